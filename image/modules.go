@@ -1,0 +1,167 @@
+package image
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+
+	"github.com/plinth-os/plinth/init/kmod"
+)
+
+// moduleFile is a module found in a kernel tree.
+type moduleFile struct {
+	kmod.Module
+	src string // absolute path of the .ko, .ko.xz or .ko.zst file
+}
+
+// indexModules maps module name → file for every module under dir/kernel.
+// Module names use '_' where file names may use '-', as the kernel does.
+func indexModules(dir string) (map[string]string, error) {
+	idx := map[string]string{}
+	err := filepath.WalkDir(filepath.Join(dir, "kernel"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		name := d.Name()
+		for _, ext := range []string{".ko", ".ko.xz", ".ko.zst"} {
+			if strings.HasSuffix(name, ext) {
+				idx[modName(strings.TrimSuffix(name, ext))] = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("index modules in %s: %w", dir, err)
+	}
+	return idx, nil
+}
+
+func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }
+
+// resolveModules returns the named modules and everything they depend on, in
+// load order (dependencies first; ties broken by name so the order is stable).
+// Dependencies come from each module's .modinfo "depends=" field, so no
+// modules.dep (which the .deb does not ship) is needed.
+func resolveModules(dir string, names []string) ([]moduleFile, error) {
+	idx, err := indexModules(dir)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		order []moduleFile
+		state = map[string]int{} // 1 = visiting, 2 = done
+		visit func(name, wantedBy string) error
+	)
+	visit = func(name, wantedBy string) error {
+		switch state[name] {
+		case 1:
+			return fmt.Errorf("module dependency cycle at %s", name)
+		case 2:
+			return nil
+		}
+		src, ok := idx[name]
+		if !ok {
+			if wantedBy != "" {
+				return fmt.Errorf("module %s (needed by %s) not found in %s", name, wantedBy, dir)
+			}
+			return fmt.Errorf("module %s not found in %s (is it built in? check boot/config-*)", name, dir)
+		}
+		state[name] = 1
+		data, err := readDecompressed(src)
+		if err != nil {
+			return err
+		}
+		deps, err := moduleDepends(data)
+		if err != nil {
+			return fmt.Errorf("read .modinfo of %s: %w", src, err)
+		}
+		sort.Strings(deps)
+		for _, d := range deps {
+			if err := visit(d, name); err != nil {
+				return err
+			}
+		}
+		state[name] = 2
+		rel, _ := filepath.Rel(dir, src)
+		rel = strings.TrimSuffix(strings.TrimSuffix(rel, ".xz"), ".zst")
+		order = append(order, moduleFile{Module: kmod.Module{Name: name, Path: rel, Deps: deps}, src: src})
+		return nil
+	}
+	sorted := append([]string(nil), names...)
+	sort.Strings(sorted)
+	for _, n := range sorted {
+		if err := visit(modName(n), ""); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// readDecompressed returns a file's bytes, decompressing .xz and .zst
+// (kernel modules may ship compressed; finit_module(2) without
+// MODULE_INIT_COMPRESSED_FILE wants a plain ELF).
+func readDecompressed(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	switch {
+	case strings.HasSuffix(path, ".xz"):
+		if r, err = xz.NewReader(f); err != nil {
+			return nil, fmt.Errorf("decompress %s: %w", path, err)
+		}
+	case strings.HasSuffix(path, ".zst"):
+		d, err := zstd.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("decompress %s: %w", path, err)
+		}
+		defer d.Close()
+		r = d
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return data, nil
+}
+
+// moduleDepends parses the "depends=" entry of an ELF module's .modinfo
+// section (NUL-separated key=value strings).
+func moduleDepends(data []byte) ([]string, error) {
+	ef, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	sec := ef.Section(".modinfo")
+	if sec == nil {
+		return nil, fmt.Errorf("no .modinfo section")
+	}
+	info, err := sec.Data()
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range bytes.Split(info, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
+			if len(v) == 0 {
+				return nil, nil
+			}
+			deps := strings.Split(string(v), ",")
+			for i := range deps {
+				deps[i] = modName(deps[i])
+			}
+			return deps, nil
+		}
+	}
+	return nil, nil
+}

@@ -1,0 +1,142 @@
+// Package config owns the machine config: the schema of the TOML file that
+// says how one plinth machine is set up, its defaults, and its strict parsing.
+// Unknown keys, wrong types and invalid values are errors that name the file,
+// line and dotted key, so a typo never silently falls back to a default.
+//
+// It does not know where the config comes from (a file, fw_cfg, a disk) or
+// what to do when there is none: that is init's job. Callers hand Parse the
+// bytes and a name for error messages, or use Default.
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Machine is the machine config. Build one from Default: the zero value has
+// no panic behaviour or timeouts.
+type Machine struct {
+	// Hostname is the kernel hostname: dot-separated RFC 1123 labels, at most
+	// 64 characters. Empty means unset and leaves the choice to init.
+	Hostname string `toml:"hostname"`
+	Boot     Boot   `toml:"boot"`
+}
+
+// Boot is the [boot] section: how PID 1 behaves when it dies or shuts down.
+type Boot struct {
+	// Panic says what PID 1 does after a panic: PanicReboot (default) or PanicHold.
+	Panic string `toml:"panic"`
+	// PanicCountdown is how long to wait before rebooting after a panic, so
+	// the console shows why. Default 5s; allowed 0s to 10m.
+	PanicCountdown Duration `toml:"panic_countdown"`
+	// ShutdownTimeout is the grace period services get on poweroff or reboot
+	// before SIGKILL. Default 10s; allowed 1s to 5m.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Values of Boot.Panic.
+const (
+	PanicReboot = "reboot" // reboot after Boot.PanicCountdown
+	PanicHold   = "hold"   // keep the machine up so the console can be read
+)
+
+// Duration is a time.Duration written in TOML as a string such as "5s" or
+// "1m30s" (the syntax of time.ParseDuration).
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a duration such as "5s".
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText formats d the way UnmarshalText reads it.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.String()), nil
+}
+
+// Default returns the config of a machine that was given none. Parse starts
+// from it, so it also supplies every key a file leaves out.
+func Default() Machine {
+	return Machine{
+		Boot: Boot{
+			Panic:           PanicReboot,
+			PanicCountdown:  Duration{5 * time.Second},
+			ShutdownTimeout: Duration{10 * time.Second},
+		},
+	}
+}
+
+// machineFields is the schema of the file's top level; each section is a
+// table with its own fields function.
+func machineFields(m *Machine) []field {
+	return []field{
+		stringField("hostname", &m.Hostname, checkHostname),
+		tableField("boot", bootFields(&m.Boot)),
+	}
+}
+
+func bootFields(b *Boot) []field {
+	return []field{
+		stringField("panic", &b.Panic, oneOf(PanicReboot, PanicHold)),
+		durationField("panic_countdown", &b.PanicCountdown, 0, 10*time.Minute),
+		durationField("shutdown_timeout", &b.ShutdownTimeout, time.Second, 5*time.Minute),
+	}
+}
+
+// maxHostname is the kernel's limit (__NEW_UTS_LEN); sethostname(2) fails
+// beyond it.
+const maxHostname = 64
+
+// checkHostname accepts dot-separated RFC 1123 labels: letters, digits and
+// hyphens, 1 to 63 characters each, not starting or ending with a hyphen.
+// Empty is accepted: it means unset.
+func checkHostname(name string) error {
+	if name == "" {
+		return nil
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%q is not a valid hostname: %s", name, fmt.Sprintf(format, args...))
+	}
+	if len(name) > maxHostname {
+		return bad("it is %d characters long; the kernel allows at most %d", len(name), maxHostname)
+	}
+	for _, label := range strings.Split(name, ".") {
+		switch {
+		case label == "":
+			return bad("it has an empty label; remove the leading, trailing or doubled dot")
+		case len(label) > 63:
+			return bad("label %q is longer than 63 characters", label)
+		case label[0] == '-':
+			return bad("label %q starts with a hyphen", label)
+		case label[len(label)-1] == '-':
+			return bad("label %q ends with a hyphen", label)
+		}
+		for _, r := range label {
+			if !isHostnameChar(r) {
+				return bad("%q is not allowed; use letters, digits, hyphens and dots", string(r))
+			}
+		}
+	}
+	return nil
+}
+
+func isHostnameChar(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-'
+}
+
+// oneOf accepts exactly the given values.
+func oneOf(values ...string) func(string) error {
+	return func(s string) error {
+		if slices.Contains(values, s) {
+			return nil
+		}
+		return fmt.Errorf("%q is not one of %s", s, strings.Join(values, ", "))
+	}
+}

@@ -1,0 +1,147 @@
+// Package kmod loads kernel modules at boot and defines the module list that
+// the image builder writes next to them.
+//
+// The list replaces modules.dep: the builder resolves dependencies once, at
+// build time, and writes the modules in load order with their dependencies, so
+// init needs neither depmod output nor ELF parsing on the slow boot path.
+// kmod does not choose which modules an image carries; that is the image
+// builder's job.
+package kmod
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// ListName is the file name of the module list inside a module directory.
+const ListName = "plinth-modules.list"
+
+// Module is one loadable kernel module.
+type Module struct {
+	Name string   // module name, e.g. "virtio_net"
+	Path string   // file path relative to the module directory
+	Deps []string // names of modules that must be loaded first
+}
+
+// FormatList writes mods, one per line: "name path dep,dep".
+func FormatList(w io.Writer, mods []Module) error {
+	for _, m := range mods {
+		deps := strings.Join(m.Deps, ",")
+		if deps == "" {
+			deps = "-"
+		}
+		if _, err := fmt.Fprintf(w, "%s %s %s\n", m.Name, m.Path, deps); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseList reads a list written by FormatList. Every dependency must appear
+// on an earlier line, which is what makes the list a valid load order.
+func ParseList(r io.Reader) ([]Module, error) {
+	var mods []Module
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		f := strings.Fields(text)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("module list line %d: want \"name path deps\", got %q", line, text)
+		}
+		m := Module{Name: f[0], Path: f[1]}
+		if f[2] != "-" {
+			m.Deps = strings.Split(f[2], ",")
+		}
+		for _, d := range m.Deps {
+			if !seen[d] {
+				return nil, fmt.Errorf("module list line %d: %s depends on %s, which is not listed before it", line, m.Name, d)
+			}
+		}
+		seen[m.Name] = true
+		mods = append(mods, m)
+	}
+	return mods, sc.Err()
+}
+
+// ReadList reads dir/ListName.
+func ReadList(dir string) ([]Module, error) {
+	f, err := os.Open(filepath.Join(dir, ListName))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseList(f)
+}
+
+// LoadAll loads mods from dir with finit_module(2). A module starts loading
+// as soon as its dependencies are in, so independent chains load in
+// parallel. A module the kernel already has (built in or loaded) counts as
+// loaded. It returns the first error per failing module, joined; modules that
+// depend on a failed one are not attempted.
+func LoadAll(dir string, mods []Module) error {
+	done := make(map[string]chan struct{}, len(mods))
+	failed := make(map[string]bool)
+	for _, m := range mods {
+		done[m.Name] = make(chan struct{})
+	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, m := range mods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[m.Name])
+			for _, d := range m.Deps {
+				if ch, ok := done[d]; ok {
+					<-ch
+				}
+				mu.Lock()
+				depFailed := failed[d]
+				mu.Unlock()
+				if depFailed {
+					mu.Lock()
+					failed[m.Name] = true
+					mu.Unlock()
+					return
+				}
+			}
+			if err := Load(filepath.Join(dir, m.Path)); err != nil {
+				mu.Lock()
+				failed[m.Name] = true
+				errs = append(errs, fmt.Errorf("load module %s: %w", m.Name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Load loads one uncompressed module file.
+func Load(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}
