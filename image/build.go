@@ -43,6 +43,8 @@ type Config struct {
 
 	// Compression of the initramfs part holding init and modules.
 	Compression string
+	// SquashfsCompression of the system image: lz4, zstd or none.
+	SquashfsCompression string
 	// CACerts is a PEM bundle installed as /etc/ssl/certs/ca-certificates.crt.
 	CACerts string
 }
@@ -62,8 +64,9 @@ func DefaultConfig() Config {
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply
 			"bridge", "veth", "vxlan", // container networking
 		},
-		Compression: CompressLZ4,
-		CACerts:     "/etc/ssl/certs/ca-certificates.crt",
+		Compression:         CompressLZ4,
+		SquashfsCompression: "zstd",
+		CACerts:             "/etc/ssl/certs/ca-certificates.crt",
 	}
 }
 
@@ -82,6 +85,7 @@ type Manifest struct {
 	KernelVersion    string   `json:"kernel_version"`
 	KernelRelease    string   `json:"kernel_release"`
 	Compression      string   `json:"initramfs_compression"`
+	SquashfsComp     string   `json:"system_image_compression"`
 	InitramfsModules []string `json:"initramfs_modules"`
 	SystemModules    []string `json:"system_modules"`
 	Files            []File   `json:"files"`
@@ -136,6 +140,7 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 		KernelVersion: cfg.Kernel.Version,
 		KernelRelease: tree.Release(),
 		Compression:   cfg.Compression,
+		SquashfsComp:  cfg.SquashfsCompression,
 	}
 	for _, mod := range early {
 		m.InitramfsModules = append(m.InitramfsModules, mod.Name)
@@ -190,28 +195,45 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 	// -all-time/-mkfs-time/-all-root/-no-xattrs make the image independent of
 	// the staging directory's metadata; 4.5's default -reproducible fixes
 	// the block order even with several compressor threads.
-	cmd := exec.CommandContext(ctx, "mksquashfs", stage, dst,
-		"-noappend", "-quiet", "-no-progress",
-		"-comp", "zstd", "-Xcompression-level", "15",
+	args := []string{stage, dst, "-noappend", "-quiet", "-no-progress",
 		"-all-root", "-no-xattrs", "-all-time", "0", "-mkfs-time", "0",
-		"-processors", strconv.Itoa(runtime.NumCPU()))
+		"-processors", strconv.Itoa(runtime.NumCPU())}
+	switch cfg.SquashfsCompression {
+	case "none":
+		args = append(args, "-noI", "-noD", "-noF", "-noX")
+	case "lz4":
+		args = append(args, "-comp", "lz4", "-Xhc")
+	case "zstd":
+		args = append(args, "-comp", "zstd", "-Xcompression-level", "15")
+	default:
+		return fmt.Errorf("unknown system image compression %q (use lz4, zstd or none)", cfg.SquashfsCompression)
+	}
+	cmd := exec.CommandContext(ctx, "mksquashfs", args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mksquashfs: %w\n%s", err, out)
 	}
 	return nil
 }
 
-// buildInitramfs writes two concatenated newc archives: init and the early
-// modules (compressed), then the system image (stored).
+// buildInitramfs writes two concatenated newc archives: first the system
+// image, stored (squashfs is compressed already, and the guest CPU that
+// unpacks the initramfs is slow under TCG), then init and the early modules,
+// compressed. The compressed archive goes last because the kernel's LZ4
+// (legacy format) decoder cannot tell where its stream ends and consumes
+// everything after it.
 func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, sysImg, dst string) error {
+	var out bytes.Buffer
+	img := []entry{{Name: SystemImagePath[1:], Mode: 0o444, Src: sysImg}}
+	if err := writeCPIO(&out, img); err != nil {
+		return fmt.Errorf("initramfs system image: %w", err)
+	}
+
 	modDir := "lib/modules/" + tree.Release()
 	entries := []entry{{Name: "init", Mode: 0o755, Src: cfg.Binary}}
 	for _, d := range []string{"dev", "proc", "sys", "newroot"} {
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
 	}
 	entries = append(entries, moduleEntries(modDir, mods)...)
-
-	var out bytes.Buffer
 	zw, err := compressWriter(&out, cfg.Compression)
 	if err != nil {
 		return err
@@ -221,14 +243,6 @@ func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, sysImg, dst 
 	}
 	if err := zw.Close(); err != nil {
 		return err
-	}
-	// The kernel requires each concatenated archive to start 4-byte aligned.
-	for out.Len()%4 != 0 {
-		out.WriteByte(0)
-	}
-	img := []entry{{Name: SystemImagePath[1:], Mode: 0o444, Src: sysImg}}
-	if err := writeCPIO(&out, img); err != nil {
-		return fmt.Errorf("initramfs system image: %w", err)
 	}
 	return os.WriteFile(dst, out.Bytes(), 0o644)
 }

@@ -125,7 +125,7 @@ func New(cfg Config) *Supervisor {
 // Stop. It returns the names of services that did not become ready in time;
 // they keep being supervised.
 func (s *Supervisor) Start(ctx context.Context, svcs ...Service) (notReady []string, err error) {
-	reap.once.Do(reap.start)
+	StartReaper()
 	if err := os.MkdirAll(s.cfg.RuntimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create notify socket dir: %w", err)
 	}
@@ -402,6 +402,11 @@ func (s *Supervisor) Status() []Status {
 	}
 	return out
 }
+
+// StartReaper starts the process's reaper if it is not running. PID 1
+// calls it first thing, before any service exists, so that orphans never
+// linger as zombies; Start calls it too.
+func StartReaper() { reap.once.Do(reap.start) }
 
 // reap is the process's one reaper. It is package state because wait4(-1)
 // is process state: two reapers would steal each other's children.

@@ -1,0 +1,75 @@
+# plinth — see README.md. `make demo` and `make test` are the two entry points.
+
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+OUT      ?= out
+CACHE    ?= .cache
+GO       ?= go
+PKG      := github.com/plinth-os/plinth
+
+# One static binary, linked with cgo against musl (libcontainer's nsenter is
+# C). musl-gcc needs the kernel headers made visible to it.
+MUSL_INC := $(CURDIR)/$(CACHE)/musl-include
+STATIC   := CGO_ENABLED=1 CC=musl-gcc CGO_CFLAGS=-I$(MUSL_INC)
+LDFLAGS  := -s -w -linkmode external -extldflags "-static" -X $(PKG)/version.Version=$(VERSION)
+GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
+
+export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
+
+.PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
+        test-repro bench bench-boot lint clean
+
+all: image
+
+deps:
+	@scripts/deps.sh
+
+$(MUSL_INC):
+	mkdir -p $@
+	ln -sfn /usr/include/linux $@/linux
+	ln -sfn /usr/include/x86_64-linux-gnu/asm $@/asm
+	ln -sfn /usr/include/asm-generic $@/asm-generic
+
+$(OUT)/plinth: $(GOSRC) | $(MUSL_INC)
+	$(STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/plinth
+
+binary: deps $(OUT)/plinth check-static
+
+# The binary must be static: it runs as /init before any library exists.
+check-static: $(OUT)/plinth
+	@if ldd $(OUT)/plinth >/dev/null 2>&1; then echo "$(OUT)/plinth is dynamically linked" >&2; exit 1; fi
+	@echo "$(OUT)/plinth: static ($$(du -h $(OUT)/plinth | cut -f1))"
+
+image: binary
+	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
+
+demo: image
+	$(OUT)/plinth vm run --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img --until-ready
+
+test: test-unit test-repro test-vm
+
+test-unit: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+test-vm: image
+	$(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
+
+test-vm-all: image
+	PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
+
+# Two builds from the same tree must give identical bytes, binary included.
+test-repro: binary
+	scripts/repro.sh
+
+bench: bench-boot
+
+bench-boot: image
+	$(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,55 @@
+// Package boot is plinth's init, in two stages that share one binary:
+//
+//   - stage 1 (stage1.go) runs as /init from the initramfs: it loads the
+//     modules needed to mount the system image, mounts it read-only with
+//     tmpfs for /run, /tmp and /var, switches root and execs stage 2;
+//   - stage 2 (pid1.go) is PID 1 for the life of the machine: it reads the
+//     machine config, supervises the layer-0 services, reaps orphans and
+//     powers the machine off or reboots it in order.
+//
+// The directory is init/ as in the repository layout; the package is named
+// boot because a package named init cannot be imported without an alias.
+// Which services exist and what they do is theirs to say, not boot's.
+package boot
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Main runs the init stage this process was started as. It does not return.
+func Main() {
+	if filepath.Clean(os.Args[0]) == "/init" {
+		guard(stage1)
+	} else {
+		guard(pid1)
+	}
+	// Both stages end by exec'ing, powering off or rebooting; reaching here
+	// means one of them returned, which PID 1 must never do.
+	crash(fmt.Errorf("init returned"))
+}
+
+// uptime is the time since the kernel started, the clock boot phases are
+// reported in so that they compare with the kernel's own timestamps.
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// phase prints one boot-phase line on the console.
+func phase(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "plinth: [%7.3fs] %s\n", uptime().Seconds(), fmt.Sprintf(format, args...))
+}
+
+// say prints a console line without a timestamp, for messages meant for a
+// person at the console (errors, instructions).
+func say(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "plinth: "+format+"\n", args...)
+}

@@ -1,0 +1,58 @@
+package boot
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/plinth-os/plinth/init/config"
+)
+
+// fwCfgConfig is where QEMU's -fw_cfg name=opt/plinth/config shows up once
+// the qemu_fw_cfg module is loaded.
+const fwCfgConfig = "/sys/firmware/qemu_fw_cfg/by_name/opt/plinth/config/raw"
+
+// maxConfigSize bounds what init reads: a config is a few hundred bytes,
+// and the parser is slow on pathological input.
+const maxConfigSize = 1 << 20
+
+// loadMachineConfig finds and parses the machine config: the path named by
+// plinth.config= ("fw_cfg" for QEMU's firmware config), else QEMU's fw_cfg
+// entry if present, else the built-in defaults. It returns the source's
+// name for messages even on error.
+func loadMachineConfig(cl cmdline) (config.Machine, string, error) {
+	path, name := cl[paramConfig], ""
+	switch path {
+	case "fw_cfg":
+		path, name = fwCfgConfig, "fw_cfg:opt/plinth/config"
+	case "":
+		if _, err := os.Stat(fwCfgConfig); err != nil {
+			return config.Default(), "built-in defaults", nil
+		}
+		path, name = fwCfgConfig, "fw_cfg:opt/plinth/config"
+	default:
+		name = path
+	}
+	data, err := readLimited(path, maxConfigSize)
+	if err != nil {
+		return config.Machine{}, name, err
+	}
+	m, err := config.Parse(name, data)
+	return m, name, err
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read machine config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read machine config %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("machine config %s is larger than %d bytes", path, limit)
+	}
+	return data, nil
+}

@@ -1,0 +1,149 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/init/config"
+	"github.com/plinth-os/plinth/init/kmod"
+	"github.com/plinth-os/plinth/init/supervise"
+)
+
+// pid1 is stage 2, read top to bottom as the boot path.
+func pid1() {
+	cl := readCmdline()
+	applyPanicPolicy(cl, nil)
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{ReplaceAttr: dropTime})))
+	phase("init: started (pid 1)")
+
+	// Everything that could go wrong later needs these: the kernel reboots
+	// 10 s after its own panic instead of hanging, Ctrl-Alt-Del reaches us
+	// as SIGINT, orphans are reaped from the start.
+	os.WriteFile("/proc/sys/kernel/panic", []byte("10"), 0o644)
+	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+	supervise.StartReaper()
+	power := watchPowerSignals()
+
+	must(mountSystem())
+	phase("init: filesystems mounted")
+
+	modDir := filepath.Join("/lib/modules", kernelRelease())
+	if n, err := loadModules(modDir); err != nil {
+		say("module loading: %v", err) // degraded, but the machine stays reachable
+	} else {
+		phase("init: %d modules loaded", n)
+	}
+	go guard(func() { watchPowerButton(power) })
+
+	m, src, err := loadMachineConfig(cl)
+	if err != nil {
+		maintenance(src, err, power)
+		return
+	}
+	applyPanicPolicy(cl, &m)
+	phase("init: machine config from %s", src)
+
+	hostname := m.Hostname
+	if hostname == "" {
+		hostname = "plinth"
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		say("set hostname %s: %v", hostname, err)
+	}
+
+	sup := supervise.New(supervisorConfig(m))
+	notReady, err := sup.Start(context.Background(), services(cl, src)...)
+	must(err)
+	if len(notReady) > 0 {
+		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
+	}
+	say("ready in %.2fs", uptime().Seconds())
+
+	if cl[paramDebug] == "panic" {
+		panic("fault injected by " + paramDebug + "=panic")
+	}
+	shutdown(<-power, sup)
+}
+
+// mountSystem mounts what stage 1 did not: cgroup2 for resource control,
+// devpts and shm for programs, and the runtime directory.
+func mountSystem() error {
+	mounts := []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate"},
+	}
+	for _, mt := range mounts {
+		if err := mount(mt.src, mt.target, mt.fstype, mt.flags, mt.data); err != nil {
+			return err
+		}
+	}
+	return os.MkdirAll("/run/plinth", 0o755)
+}
+
+// loadModules loads the system image's modules; stage 1 loaded its own.
+func loadModules(dir string) (int, error) {
+	mods, err := kmod.ReadList(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read module list: %w", err)
+	}
+	return len(mods), kmod.LoadAll(dir, mods)
+}
+
+// maintenance is where a machine with an unusable config waits: the error is
+// on the console, no services run, power handling still works.
+func maintenance(src string, err error, power <-chan powerEvent) {
+	say("machine config from %s is invalid:", src)
+	var cerr *config.Error
+	if errors.As(err, &cerr) {
+		for _, p := range cerr.Problems {
+			say("  %s", p)
+		}
+	} else {
+		say("  %v", err)
+	}
+	say("maintenance mode: no services started; fix the machine config and reboot")
+	shutdown(<-power, nil)
+}
+
+func supervisorConfig(m config.Machine) supervise.Config {
+	c := supervise.DefaultConfig()
+	c.StopTimeout = m.Boot.ShutdownTimeout.Duration
+	return c
+}
+
+// services lists the layer-0 services PID 1 runs, in start order.
+func services(cl cmdline, configSource string) []supervise.Service {
+	var svcs []supervise.Service
+	if cl[paramSelftest] == "1" {
+		svcs = append(svcs, supervise.Service{
+			Name:         "selftest",
+			Path:         "/usr/bin/plinth",
+			Args:         []string{"selftest"},
+			Env:          []string{"PLINTH_CONFIG_SOURCE=" + configSource},
+			Notify:       true,
+			Restart:      supervise.OnFailure,
+			ReadyTimeout: 60 * time.Second,
+		})
+	}
+	return svcs
+}
+
+func dropTime(_ []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
+}

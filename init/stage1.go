@@ -1,0 +1,138 @@
+package boot
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/init/kmod"
+)
+
+const (
+	newRoot     = "/newroot"
+	systemImage = "/system.img" // where the image builder puts it in the initramfs
+	stage2      = "/sbin/init"  // in the system image
+)
+
+// stage1 turns the initramfs into the real root and execs stage 2. A real
+// root (not rootfs) is also what libcontainer's pivot_root needs.
+func stage1() {
+	must(mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"))
+	must(mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
+	must(mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
+	applyPanicPolicy(readCmdline(), nil)
+	phase("stage1: started")
+
+	modDir := filepath.Join("/lib/modules", kernelRelease())
+	mods, err := kmod.ReadList(modDir)
+	must(err)
+	start := time.Now()
+	must(kmod.LoadAll(modDir, mods))
+	phase("stage1: %d modules loaded in %.3fs", len(mods), time.Since(start).Seconds())
+
+	loop, err := attachLoop(systemImage)
+	must(err)
+	must(mount(loop.Name(), newRoot, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""))
+	loop.Close() // the mount holds the device now; autoclear frees it on unmount
+	for _, m := range []struct{ dir, mode string }{{"run", "0755"}, {"tmp", "1777"}, {"var", "0755"}} {
+		must(unix.Mount("tmpfs", filepath.Join(newRoot, m.dir), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode="+m.mode))
+	}
+	phase("stage1: system image mounted from %s", loop.Name())
+
+	for _, dir := range []string{"/dev", "/proc", "/sys"} {
+		if err := unix.Mount(dir, newRoot+dir, "", unix.MS_MOVE, ""); err != nil {
+			must(fmt.Errorf("move %s into new root: %w", dir, err))
+		}
+	}
+	freeInitramfs()
+	must(switchRoot(newRoot))
+	must(unix.Exec(stage2, []string{stage2}, os.Environ()))
+}
+
+// attachLoop binds a free loop device to the image file, read-only, and
+// returns it open: with autoclear, closing it before something else (a
+// mount) holds it would detach it again. The loop keeps the image file
+// open, so the initramfs copy can be unlinked afterwards.
+func attachLoop(image string) (*os.File, error) {
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open loop-control: %w", err)
+	}
+	defer ctl.Close()
+	n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+	if err != nil {
+		return nil, fmt.Errorf("find free loop device: %w", err)
+	}
+	dev := fmt.Sprintf("/dev/loop%d", n)
+	var lf *os.File
+	// devtmpfs creates the node asynchronously after the device appears.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if lf, err = os.OpenFile(dev, os.O_RDONLY, 0); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dev, err)
+	}
+	img, err := os.Open(image)
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("open system image: %w", err)
+	}
+	defer img.Close()
+	cfg := unix.LoopConfig{Fd: uint32(img.Fd())}
+	cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR
+	copy(cfg.Info.File_name[:], image)
+	if err := unix.IoctlLoopConfigure(int(lf.Fd()), &cfg); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("configure %s for %s: %w", dev, image, err)
+	}
+	return lf, nil
+}
+
+// freeInitramfs deletes the initramfs files (init, modules, the system
+// image's name) so their memory is returned; it stays on the rootfs
+// filesystem and does not descend into the new root.
+func freeInitramfs() {
+	entries, _ := os.ReadDir("/")
+	for _, e := range entries {
+		if "/"+e.Name() == newRoot {
+			continue
+		}
+		os.RemoveAll("/" + e.Name())
+	}
+}
+
+// switchRoot makes dir the root of the mount namespace: move its mount over
+// "/" and chroot into it (pivot_root cannot be used on rootfs).
+func switchRoot(dir string) error {
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("chdir %s: %w", dir, err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move %s to /: %w", dir, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// must turns an error on the boot path into a crash (see panic.go): print,
+// sync, reboot or hold. Boot cannot continue without the step that failed.
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}

@@ -1,0 +1,92 @@
+package vmtest
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Files in a VM's state directory.
+const (
+	consoleLogFile    = "console.log"
+	qemuLogFile       = "qemu.log"
+	qmpSocketFile     = "qmp.sock"
+	machineConfigFile = "machine-config"
+)
+
+// firstLinkFD is the descriptor number of the first LinkEnd in QEMU: the
+// links are its ExtraFiles, after stdin, stdout and stderr.
+const firstLinkFD = 3
+
+// qemuArgs returns QEMU's arguments for a defaulted, validated Config whose
+// forwards have host ports. The VM starts paused (-S): Start connects QMP
+// first, so that no event escapes it, and then continues.
+func qemuArgs(c Config, stateDir string) []string {
+	args := []string{
+		"-name", qemuEscape(c.Name),
+		"-machine", c.Machine,
+		"-accel", c.Accel,
+		"-cpu", c.CPU,
+		"-m", fmt.Sprint(c.Memory),
+		"-smp", fmt.Sprint(c.CPUs),
+		"-nodefaults",
+		"-no-user-config",
+		"-display", "none",
+		// The console is QEMU's stdout, which Start reads.
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+		"-qmp", "unix:" + qemuEscape(filepath.Join(stateDir, qmpSocketFile)) + ",server=on,wait=off",
+		// Entropy at once for early crypto/rand in the guest.
+		"-device", "virtio-rng-pci",
+		"-nic", "none",
+		"-S",
+	}
+	if !c.AllowReboot {
+		args = append(args, "-no-reboot")
+	}
+	if c.Kernel != "" {
+		args = append(args, "-kernel", c.Kernel, "-append", strings.TrimSpace(BaseCmdline+" "+c.Cmdline))
+	}
+	if c.Initrd != "" {
+		args = append(args, "-initrd", c.Initrd)
+	}
+	if c.MachineConfig != nil {
+		args = append(args, "-fw_cfg", "name="+FWCfgMachineConfig+",file="+qemuEscape(filepath.Join(stateDir, machineConfigFile)))
+	}
+	fd := firstLinkFD
+	for i, n := range c.NICs {
+		id := fmt.Sprintf("net%d", i)
+		var netdev string
+		switch {
+		case n.User != nil:
+			netdev = "user,id=" + id + ",restrict=on"
+			for _, f := range n.User.Forwards {
+				netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.HostPort, f.GuestPort)
+			}
+		case n.Segment != nil:
+			netdev = "socket,id=" + id + ",mcast=" + n.Segment.Group + ",localaddr=127.0.0.1"
+		case n.Link != nil:
+			netdev = fmt.Sprintf("stream,id=%s,server=off,addr.type=fd,addr.str=%d", id, fd)
+			fd++
+		}
+		device := "virtio-net-pci,netdev=" + id
+		if n.MAC != "" {
+			device += ",mac=" + n.MAC
+		}
+		args = append(args, "-netdev", netdev, "-device", device)
+	}
+	for _, d := range c.Disks {
+		format := "raw"
+		if strings.HasSuffix(d, ".qcow2") {
+			format = "qcow2"
+		}
+		args = append(args, "-drive", "file="+qemuEscape(d)+",if=virtio,format="+format)
+	}
+	return append(args, c.ExtraArgs...)
+}
+
+// qemuEscape escapes a value inside a QEMU key=value option list, where a
+// comma is written twice.
+func qemuEscape(s string) string {
+	return strings.ReplaceAll(s, ",", ",,")
+}
