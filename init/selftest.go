@@ -26,7 +26,7 @@ type Selftest struct {
 	Hostname     string           `json:"hostname"`
 	PID1Exe      string           `json:"pid1_exe"`
 	ConfigSource string           `json:"config_source"`
-	Mounts       map[string]Mount `json:"mounts"` // by mount point, for the ones checked
+	Mounts       map[string]Mount `json:"mounts"`          // by mount point, for the ones checked
 	Modules      []string         `json:"modules"`         // loaded, from /proc/modules
 	Missing      []string         `json:"missing_modules"` // in the image's list but not loaded
 	Interfaces   []string         `json:"interfaces"`
