@@ -14,6 +14,8 @@ LDFLAGS  := -s -w -linkmode external -extldflags "-static" -X $(PKG)/version.Ver
 GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
+# The busybox harness tests boot the pinned kernel from the download cache.
+export PLINTH_TEST_KERNEL = $(firstword $(wildcard $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-*))
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
         test-repro bench bench-boot lint clean

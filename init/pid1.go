@@ -41,7 +41,9 @@ func pid1() {
 	} else {
 		phase("init: %d modules loaded", n)
 	}
-	go guard(func() { watchPowerButton(power) })
+	// Before anything can stop for a person (maintenance, ready), so that a
+	// press of the power button from then on is never lost.
+	watchPowerButton(power)
 
 	m, src, err := loadMachineConfig(cl)
 	if err != nil {

@@ -48,7 +48,12 @@ func watchPowerButton(ch chan<- powerEvent) {
 		return
 	}
 	for _, d := range devs {
-		go guard(func() { readPowerButton(d, ch) })
+		f, err := os.Open(d)
+		if err != nil {
+			say("open power button %s: %v", d, err)
+			continue
+		}
+		go guard(func() { readPowerButton(f, ch) })
 	}
 }
 
@@ -70,12 +75,7 @@ func powerButtons() []string {
 
 // readPowerButton reads struct input_event records (64-bit layout: 16 bytes
 // of time, u16 type, u16 code, s32 value).
-func readPowerButton(dev string, ch chan<- powerEvent) {
-	f, err := os.Open(dev)
-	if err != nil {
-		say("open power button %s: %v", dev, err)
-		return
-	}
+func readPowerButton(f *os.File, ch chan<- powerEvent) {
 	defer f.Close()
 	const evKey, keyPower = 1, 116
 	buf := make([]byte, 24)
