@@ -14,8 +14,6 @@ LDFLAGS  := -s -w -linkmode external -extldflags "-static" -X $(PKG)/version.Ver
 GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
-# The busybox harness tests boot the pinned kernel from the download cache.
-export PLINTH_TEST_KERNEL = $(firstword $(wildcard $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-*))
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
         test-repro bench bench-boot lint clean
@@ -53,11 +51,15 @@ test-unit: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 
+# The busybox harness tests boot the pinned kernel from the download cache,
+# which exists only once `image` has run, hence the glob in the recipe.
+KERNEL_GLOB := $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-*
+
 test-vm: image
-	$(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
+	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) $(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
 
 test-vm-all: image
-	PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
+	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
 
 # Two builds from the same tree must give identical bytes, binary included.
 test-repro: binary
@@ -66,7 +68,7 @@ test-repro: binary
 bench: bench-boot
 
 bench-boot: image
-	$(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
+	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
 
 lint:
 	gofmt -l . | (! grep .)
