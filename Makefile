@@ -53,13 +53,13 @@ test-unit: deps
 
 # The busybox harness tests boot the pinned kernel from the download cache,
 # which exists only once `image` has run, hence the glob in the recipe.
-KERNEL_GLOB := $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-*
+VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-* | head -1)
 
 test-vm: image
-	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) $(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
 
 test-vm-all: image
-	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
+	$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
 
 # Two builds from the same tree must give identical bytes, binary included.
 test-repro: binary
@@ -68,7 +68,7 @@ test-repro: binary
 bench: bench-boot
 
 bench-boot: image
-	PLINTH_TEST_KERNEL=$$(ls $(KERNEL_GLOB) | head -1) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
 
 lint:
 	gofmt -l . | (! grep .)
