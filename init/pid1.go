@@ -3,10 +3,10 @@ package boot
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -35,12 +35,7 @@ func pid1() {
 	must(mountSystem())
 	phase("init: filesystems mounted")
 
-	modDir := filepath.Join("/lib/modules", kernelRelease())
-	if n, err := loadModules(modDir); err != nil {
-		say("module loading: %v", err) // degraded, but the machine stays reachable
-	} else {
-		phase("init: %d modules loaded", n)
-	}
+	loadModules(filepath.Join("/lib/modules", kernelRelease()))
 	// Before anything can stop for a person (maintenance, ready), so that a
 	// press of the power button from then on is never lost.
 	watchPowerButton(power)
@@ -95,13 +90,44 @@ func mountSystem() error {
 	return os.MkdirAll("/run/plinth", 0o755)
 }
 
-// loadModules loads the system image's modules; stage 1 loaded its own.
-func loadModules(dir string) (int, error) {
+// initModules are the modules init itself needs before it can report ready:
+// the machine config may come through QEMU's fw_cfg, and the power button
+// must work from then on.
+var initModules = []string{"qemu_fw_cfg", "button", "evdev"}
+
+// loadModules loads the system image's modules (stage 1 loaded its own):
+// initModules now, the rest in the background. Under TCG each module costs
+// ~50 ms, and nothing before ready needs network or storage drivers; the
+// services that do wait for their devices to appear, which they must do
+// anyway because drivers probe devices asynchronously. A module that fails
+// degrades the machine but does not stop the boot: it stays reachable.
+func loadModules(dir string) {
 	mods, err := kmod.ReadList(dir)
 	if err != nil {
-		return 0, fmt.Errorf("read module list: %w", err)
+		say("read module list: %v", err)
+		return
 	}
-	return len(mods), kmod.LoadAll(dir, mods)
+	now, later, missing := kmod.Split(mods, initModules...)
+	if len(missing) > 0 {
+		say("modules not in the image: %s", strings.Join(missing, ", "))
+	}
+	if err := kmod.LoadAll(dir, now); err != nil {
+		say("module loading: %v", err)
+	}
+	phase("init: %d modules loaded, %d more in the background", len(now), len(later))
+	go func() {
+		// At the lowest priority, so the boot path keeps the CPU. The
+		// thread is locked and so dies with this goroutine, niceness
+		// included.
+		runtime.LockOSThread()
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+		start := time.Now()
+		if err := kmod.LoadSerial(dir, later); err != nil {
+			say("module loading: %v", err)
+			return
+		}
+		phase("init: %d background modules loaded in %.3fs", len(later), time.Since(start).Seconds())
+	}()
 }
 
 // maintenance is where a machine with an unusable config waits: the error is

@@ -2,18 +2,25 @@ package boot
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/version"
 )
+
+// modulesTimeout bounds the wait for init's background module loading.
+const modulesTimeout = 60 * time.Second
 
 // SelftestMarker starts the console line that carries the self-check report.
 const SelftestMarker = "plinth-selftest: "
@@ -64,10 +71,13 @@ func selftest() Selftest {
 	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
 
 	r.Hostname, _ = os.Hostname()
-	if exe, err := os.Readlink("/proc/1/exe"); err != nil {
-		problem("read /proc/1/exe: %v", err)
-	} else if r.PID1Exe = exe; exe != "/usr/bin/plinth" {
-		problem("PID 1 is %s, want /usr/bin/plinth", exe)
+	// PID 1 started as the initramfs copy of the binary, unlinked since
+	// (see Main), so compare contents, not paths.
+	r.PID1Exe, _ = os.Readlink("/proc/1/exe")
+	if same, err := sameContent("/proc/1/exe", "/usr/bin/plinth"); err != nil {
+		problem("compare PID 1 with /usr/bin/plinth: %v", err)
+	} else if !same {
+		problem("PID 1 (%s) is not the system image's /usr/bin/plinth", r.PID1Exe)
 	}
 
 	mounts, err := readMounts()
@@ -93,18 +103,24 @@ func selftest() Selftest {
 		}
 	}
 
-	r.Modules = loadedModules()
-	loaded := map[string]bool{}
-	for _, m := range r.Modules {
-		loaded[m] = true
-	}
 	listed, err := kmod.ReadList(filepath.Join("/lib/modules", r.Kernel))
 	if err != nil {
 		problem("read module list: %v", err)
 	}
-	for _, m := range listed {
-		if !loaded[m.Name] {
-			r.Missing = append(r.Missing, m.Name)
+	// Init loads most modules in the background after ready; give it time.
+	for deadline := time.Now().Add(modulesTimeout); ; time.Sleep(100 * time.Millisecond) {
+		r.Modules, r.Missing = loadedModules(), nil
+		loaded := map[string]bool{}
+		for _, m := range r.Modules {
+			loaded[m] = true
+		}
+		for _, m := range listed {
+			if !loaded[m.Name] {
+				r.Missing = append(r.Missing, m.Name)
+			}
+		}
+		if len(r.Missing) == 0 || time.Now().After(deadline) {
+			break
 		}
 	}
 	if len(r.Missing) > 0 {
@@ -121,6 +137,31 @@ func selftest() Selftest {
 	}
 	r.OK = len(r.Problems) == 0
 	return r
+}
+
+// sameContent reports whether files a and b have the same bytes.
+func sameContent(a, b string) (bool, error) {
+	sum := func(path string) ([]byte, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		return h.Sum(nil), nil
+	}
+	sa, err := sum(a)
+	if err != nil {
+		return false, err
+	}
+	sb, err := sum(b)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(sa, sb), nil
 }
 
 func loadedModules() []string {

@@ -14,11 +14,12 @@ import (
 const (
 	newRoot     = "/newroot"
 	systemImage = "/system.img" // where the image builder puts it in the initramfs
-	stage2      = "/sbin/init"  // in the system image
+	stage2      = "/sbin/init"  // argv[0] of stage 2, its path in the system image
 )
 
-// stage1 turns the initramfs into the real root and execs stage 2. A real
-// root (not rootfs) is also what libcontainer's pivot_root needs.
+// stage1 turns the initramfs into the real root; stage 2 then runs in this
+// same process (see Main). A real root (not rootfs) is also what
+// libcontainer's pivot_root needs.
 func stage1() {
 	must(mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"))
 	must(mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
@@ -49,7 +50,6 @@ func stage1() {
 	}
 	freeInitramfs()
 	must(switchRoot(newRoot))
-	must(unix.Exec(stage2, []string{stage2}, os.Environ()))
 }
 
 // attachLoop binds a free loop device to the image file, read-only, and

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -132,6 +133,25 @@ func LoadAll(dir string, mods []Module) error {
 	return errors.Join(errs...)
 }
 
+// LoadSerial loads mods from dir one after another, in list order, on the
+// calling goroutine: for loading in the background on a thread of low
+// priority. Like LoadAll it skips modules whose dependencies failed.
+func LoadSerial(dir string, mods []Module) error {
+	failed := map[string]bool{}
+	var errs []error
+	for _, m := range mods {
+		if slices.ContainsFunc(m.Deps, func(d string) bool { return failed[d] }) {
+			failed[m.Name] = true
+			continue
+		}
+		if err := Load(filepath.Join(dir, m.Path)); err != nil {
+			failed[m.Name] = true
+			errs = append(errs, fmt.Errorf("load module %s: %w", m.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Load loads one uncompressed module file.
 func Load(path string) error {
 	f, err := os.Open(path)
@@ -144,4 +164,41 @@ func Load(path string) error {
 		return nil
 	}
 	return err
+}
+
+// Split divides mods into the modules named in want together with everything
+// they depend on, and the rest, both in list order. Loading first with
+// LoadAll and rest later is a valid order: rest may depend on first, never
+// the other way round. Names not in mods are returned as missing.
+func Split(mods []Module, want ...string) (first, rest []Module, missing []string) {
+	byName := make(map[string]Module, len(mods))
+	for _, m := range mods {
+		byName[m.Name] = m
+	}
+	picked := map[string]bool{}
+	var pick func(name string)
+	pick = func(name string) {
+		if picked[name] {
+			return
+		}
+		picked[name] = true
+		for _, d := range byName[name].Deps {
+			pick(d)
+		}
+	}
+	for _, name := range want {
+		if _, ok := byName[name]; !ok {
+			missing = append(missing, name)
+			continue
+		}
+		pick(name)
+	}
+	for _, m := range mods {
+		if picked[m.Name] {
+			first = append(first, m)
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	return first, rest, missing
 }
