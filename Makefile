@@ -68,7 +68,7 @@ test-repro: binary
 bench: bench-boot
 
 bench-boot: image
-	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -timeout 30m ./vm-tests/
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
 
 lint:
 	gofmt -l . | (! grep .)

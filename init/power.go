@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,38 +35,70 @@ func watchPowerSignals() chan powerEvent {
 
 // watchPowerButton turns ACPI power-button presses (QEMU system_powerdown)
 // into a poweroff. The button driver reports them as KEY_POWER on an evdev
-// device named "Power Button".
-func watchPowerButton(ch chan<- powerEvent) {
-	var devs []string
-	// devtmpfs creates the event nodes shortly after the modules load.
-	for deadline := time.Now().Add(3 * time.Second); len(devs) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		devs = powerButtons()
-	}
-	if len(devs) == 0 {
-		say("no ACPI power button found; power off with 'plinth poweroff' or SIGUSR2 to PID 1")
-		return
-	}
-	for _, d := range devs {
-		f, err := os.Open(d)
-		if err != nil {
-			say("open power button %s: %v", d, err)
-			continue
+// device named "Power Button". Finding and opening the device happens in the
+// background (opening it cost ~60 ms under TCG, asleep in the kernel); the
+// returned channel is closed once presses are being read, or once it is
+// clear there is no button.
+func watchPowerButton(ch chan<- powerEvent) <-chan struct{} {
+	armed := make(chan struct{})
+	go guard(func() {
+		defer close(armed)
+		var devs []string
+		// devtmpfs creates the event nodes shortly after the modules load.
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if devs = powerButtons(); len(devs) > 0 || time.Now().After(deadline) {
+				break
+			}
 		}
-		go guard(func() { readPowerButton(f, ch) })
-	}
+		if len(devs) == 0 {
+			say("no ACPI power button found; power off with 'plinth poweroff' or SIGUSR2 to PID 1")
+			return
+		}
+		for _, d := range devs {
+			f, err := os.Open(d)
+			if err != nil {
+				say("open power button %s: %v", d, err)
+				continue
+			}
+			go guard(func() { readPowerButton(f, ch) })
+		}
+	})
+	return armed
 }
 
+// powerButtons lists the event devices of inputs named "Power Button", from
+// /proc/bus/input/devices: one read instead of a walk through sysfs, which
+// under TCG cost ~0.1 s on the boot path.
 func powerButtons() []string {
+	data, err := os.ReadFile("/proc/bus/input/devices")
+	if err != nil {
+		return nil
+	}
+	return parseInputDevices(data, "Power Button")
+}
+
+// parseInputDevices returns /dev/input/eventN for each device named name in
+// the text of /proc/bus/input/devices: blank-line separated records with
+// `N: Name="..."` and `H: Handlers=kbd event0` lines.
+func parseInputDevices(data []byte, name string) []string {
 	var devs []string
-	names, _ := filepath.Glob("/sys/class/input/event*/device/name")
-	for _, n := range names {
-		data, err := os.ReadFile(n)
-		if err != nil || strings.TrimSpace(string(data)) != "Power Button" {
-			continue
+	for _, rec := range strings.Split(string(data), "\n\n") {
+		var named bool
+		var events []string
+		for _, line := range strings.Split(rec, "\n") {
+			switch {
+			case line == `N: Name="`+name+`"`:
+				named = true
+			case strings.HasPrefix(line, "H: Handlers="):
+				for _, h := range strings.Fields(strings.TrimPrefix(line, "H: Handlers=")) {
+					if strings.HasPrefix(h, "event") {
+						events = append(events, "/dev/input/"+h)
+					}
+				}
+			}
 		}
-		ev := filepath.Base(filepath.Dir(filepath.Dir(n)))
-		if _, err := os.Stat("/dev/input/" + ev); err == nil {
-			devs = append(devs, "/dev/input/"+ev)
+		if named {
+			devs = append(devs, events...)
 		}
 	}
 	return devs

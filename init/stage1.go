@@ -93,17 +93,12 @@ func attachLoop(image string) (*os.File, error) {
 	return lf, nil
 }
 
-// freeInitramfs deletes the initramfs files (init, modules, the system
-// image's name) so their memory is returned; it stays on the rootfs
-// filesystem and does not descend into the new root.
+// freeInitramfs deletes what of the initramfs can be freed: the stage-1
+// modules. /init (running as PID 1) and the system image (backing the loop
+// device) stay in memory for the life of the machine, linked or not, and
+// walking and unlinking everything cost ~0.1 s under TCG for no memory.
 func freeInitramfs() {
-	entries, _ := os.ReadDir("/")
-	for _, e := range entries {
-		if "/"+e.Name() == newRoot {
-			continue
-		}
-		os.RemoveAll("/" + e.Name())
-	}
+	os.RemoveAll("/lib")
 }
 
 // switchRoot makes dir the root of the mount namespace: move its mount over

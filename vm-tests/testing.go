@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
-	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,19 +84,35 @@ func closeForTest(t testing.TB, vm *VM, ownDir bool) {
 		vm.Name(), failureTailLines, vm.ConsoleLog(), vm.StateDir(), qemuLogFile, vm.ConsoleTail(failureTailLines))
 }
 
-var unsafePathChars = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+// safePathName replaces each run of characters other than letters, digits,
+// '_', '.' and '-' with one '_'. (A package-level regexp would be compiled at
+// every start of the plinth binary, PID 1's included.)
+func safePathName(s string) string {
+	var b strings.Builder
+	underscore := false
+	for _, r := range s {
+		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-')
+		if ok {
+			b.WriteRune(r)
+		} else if !underscore {
+			b.WriteByte('_')
+		}
+		underscore = !ok
+	}
+	return b.String()
+}
 
 // testStateDir makes a state directory named after the test and VM, short
 // enough for the QMP socket path.
 func testStateDir(t testing.TB, name string) (string, error) {
-	prefix := unsafePathChars.ReplaceAllString(t.Name(), "_")
+	prefix := safePathName(t.Name())
 	if len(prefix) > 32 {
 		prefix = prefix[len(prefix)-32:]
 	}
 	if name == "" {
 		name = "vm"
 	}
-	name = unsafePathChars.ReplaceAllString(name, "_")
+	name = safePathName(name)
 	if len(name) > 16 {
 		name = name[:16]
 	}
