@@ -32,6 +32,7 @@ type Selftest struct {
 	Kernel       string           `json:"kernel"`
 	Hostname     string           `json:"hostname"`
 	PID1Exe      string           `json:"pid1_exe"`
+	PID1IsImage  bool             `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
 	ConfigSource string           `json:"config_source"`
 	Mounts       map[string]Mount `json:"mounts"`          // by mount point, for the ones checked
 	Modules      []string         `json:"modules"`         // loaded, from /proc/modules
@@ -71,12 +72,12 @@ func selftest() Selftest {
 	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
 
 	r.Hostname, _ = os.Hostname()
-	// PID 1 started as the initramfs copy of the binary, unlinked since
-	// (see Main), so compare contents, not paths.
+	// PID 1 runs the initramfs copy of the binary (see Main), so compare
+	// contents, not paths.
 	r.PID1Exe, _ = os.Readlink("/proc/1/exe")
 	if same, err := sameContent("/proc/1/exe", "/usr/bin/plinth"); err != nil {
 		problem("compare PID 1 with /usr/bin/plinth: %v", err)
-	} else if !same {
+	} else if r.PID1IsImage = same; !same {
 		problem("PID 1 (%s) is not the system image's /usr/bin/plinth", r.PID1Exe)
 	}
 

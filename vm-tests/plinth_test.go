@@ -52,8 +52,10 @@ func TestPlinthBootSmoke(t *testing.T) {
 	if !r.OK || len(r.Problems) > 0 {
 		t.Errorf("self-check problems: %v", r.Problems)
 	}
-	if r.PID1Exe != "/usr/bin/plinth" {
-		t.Errorf("PID 1 is %q", r.PID1Exe)
+	// Stage 2 continues in the stage-1 process, whose binary must be the
+	// system image's.
+	if r.PID1Exe != "/init" || !r.PID1IsImage {
+		t.Errorf("PID 1 is %q, same bytes as /usr/bin/plinth: %v", r.PID1Exe, r.PID1IsImage)
 	}
 	if m := r.Mounts["/"]; m.FSType != "squashfs" || !m.ReadOnly {
 		t.Errorf("/ = %+v, want read-only squashfs", m)
