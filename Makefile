@@ -45,7 +45,7 @@ image: binary
 demo: image
 	$(OUT)/plinth vm run --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img --until-ready
 
-test: test-unit test-repro test-vm
+test: lint test-unit test-repro test-vm
 
 test-unit: deps
 	$(GO) vet ./...
@@ -70,10 +70,11 @@ bench: bench-boot
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
 
-lint:
+lint: deps
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags vmtest ./...
 
 clean:
 	rm -rf $(OUT)
