@@ -96,10 +96,13 @@ func resolveModules(dir string, names []string) ([]moduleFile, error) {
 		order = append(order, moduleFile{Module: kmod.Module{Name: name, Path: rel, Deps: deps}, src: src})
 		return nil
 	}
-	sorted := append([]string(nil), names...)
+	sorted := make([]string, len(names))
+	for i, n := range names {
+		sorted[i] = modName(n)
+	}
 	sort.Strings(sorted)
 	for _, n := range sorted {
-		if err := visit(modName(n), ""); err != nil {
+		if err := visit(n, ""); err != nil {
 			return nil, err
 		}
 	}
