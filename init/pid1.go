@@ -36,12 +36,13 @@ func pid1() {
 	phase("init: filesystems mounted")
 
 	loadModules(filepath.Join("/lib/modules", kernelRelease()))
-	// Before anything can stop for a person (maintenance, ready), so that a
-	// press of the power button from then on is never lost.
-	watchPowerButton(power)
+	// Armed before anything can stop for a person (maintenance, ready), so
+	// that a press of the power button from then on is never lost.
+	buttonArmed := watchPowerButton(power)
 
 	m, src, err := loadMachineConfig(cl)
 	if err != nil {
+		<-buttonArmed
 		maintenance(src, err, power)
 		return
 	}
@@ -62,6 +63,7 @@ func pid1() {
 	if len(notReady) > 0 {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
 	}
+	<-buttonArmed
 	say("ready in %.2fs", uptime().Seconds())
 
 	if cl[paramDebug] == "panic" {

@@ -147,3 +147,33 @@ func TestPlinthPanicReboots(t *testing.T) {
 		t.Fatalf("SHUTDOWN event %+v (%v), want guest-reset", ev, err)
 	}
 }
+
+// TestPlinthPowerButtonAtReady presses the power button the moment the
+// machine says ready, with no services to slow the boot down: the press must
+// not be lost (init opens the button device in the background and must wait
+// for it before ready). Three boots, because a lost press was a race.
+func TestPlinthPowerButtonAtReady(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	for i := range 3 {
+		vm := StartT(t, Config{Name: "button", Kernel: kernel, Initrd: initrd})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if err := vm.Powerdown(ctx); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		// A lost press leaves the machine running; 30 s is ample for a
+		// shutdown that takes well under a second.
+		exitCtx, exitCancel := context.WithTimeout(ctx, 30*time.Second)
+		code, err := vm.WaitExit(exitCtx)
+		exitCancel()
+		cancel()
+		if err != nil || code != 0 {
+			t.Fatalf("boot %d: power button press at ready: qemu exit %d, %v", i+1, code, err)
+		}
+		vm.Close()
+	}
+}
