@@ -63,6 +63,7 @@ func DefaultConfig() Config {
 			"button", "evdev", // ACPI power button → clean poweroff
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply
 			"bridge", "veth", "vxlan", // container networking
+			"8021q", "bonding", // VLANs and bonds from the [network] config
 		},
 		Compression:         CompressLZ4,
 		SquashfsCompression: "zstd",
@@ -177,7 +178,7 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		{Name: "etc/os-release", Mode: 0o644, Data: osRelease(cfg.Version)},
 		{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/usr/bin/plinth\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/plinth\n")},
 		{Name: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
-		{Name: "etc/resolv.conf", Link: "/run/resolv.conf"},
+		{Name: "etc/resolv.conf", Link: "/run/plinth/resolv.conf"}, // written by netd
 		{Name: "etc/mtab", Link: "/proc/self/mounts"},
 		{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Src: cfg.CACerts},
 	}

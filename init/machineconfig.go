@@ -19,15 +19,16 @@ const maxConfigSize = 1 << 20
 // loadMachineConfig finds and parses the machine config: the path named by
 // plinth.config= ("fw_cfg" for QEMU's firmware config), else QEMU's fw_cfg
 // entry if present, else the built-in defaults. It returns the source's
-// name for messages even on error.
-func loadMachineConfig(cl cmdline) (config.Machine, string, error) {
+// name for messages even on error, and the file's bytes (nil for the
+// defaults) for the services that read their own sections.
+func loadMachineConfig(cl cmdline) (config.Machine, string, []byte, error) {
 	path, name := cl[paramConfig], ""
 	switch path {
 	case "fw_cfg":
 		path, name = fwCfgConfig, "fw_cfg:opt/plinth/config"
 	case "":
 		if _, err := os.Stat(fwCfgConfig); err != nil {
-			return config.Default(), "built-in defaults", nil
+			return config.Default(), "built-in defaults", nil, nil
 		}
 		path, name = fwCfgConfig, "fw_cfg:opt/plinth/config"
 	default:
@@ -35,10 +36,10 @@ func loadMachineConfig(cl cmdline) (config.Machine, string, error) {
 	}
 	data, err := readLimited(path, maxConfigSize)
 	if err != nil {
-		return config.Machine{}, name, err
+		return config.Machine{}, name, nil, err
 	}
 	m, err := config.Parse(name, data)
-	return m, name, err
+	return m, name, data, err
 }
 
 func readLimited(path string, limit int64) ([]byte, error) {

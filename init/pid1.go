@@ -40,7 +40,7 @@ func pid1() {
 	// that a press of the power button from then on is never lost.
 	buttonArmed := watchPowerButton(power)
 
-	m, src, err := loadMachineConfig(cl)
+	m, src, raw, err := loadMachineConfig(cl)
 	if err != nil {
 		<-buttonArmed
 		maintenance(src, err, power)
@@ -58,9 +58,22 @@ func pid1() {
 	}
 
 	sup := supervise.New(supervisorConfig(m))
-	notReady, err := sup.Start(context.Background(), services(cl, src)...)
+	// Services read their own sections of the machine config from here.
+	if raw != nil {
+		if err := os.WriteFile(machineConfigCopy, raw, 0o600); err != nil {
+			say("write %s: %v", machineConfigCopy, err)
+		}
+	}
+
+	start := time.Now()
+	notReady, err := sup.Start(context.Background(), netdService(m, raw != nil))
 	must(err)
-	if len(notReady) > 0 {
+	if len(notReady) == 0 {
+		phase("init: network ready in %.2fs", time.Since(start).Seconds())
+	}
+	more, err := sup.Start(context.Background(), services(cl, src)...)
+	must(err)
+	if notReady = append(notReady, more...); len(notReady) > 0 {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
 	}
 	<-buttonArmed
@@ -154,7 +167,30 @@ func supervisorConfig(m config.Machine) supervise.Config {
 	return c
 }
 
-// services lists the layer-0 services PID 1 runs, in start order.
+// machineConfigCopy is where init leaves the machine config it booted with.
+const machineConfigCopy = "/run/plinth/machine.toml"
+
+// netdService runs the network daemon on the machine config's [network]
+// section. Its readiness (addresses on the required links, or on any link
+// within network.ready_timeout) is the boot's "network ready".
+func netdService(m config.Machine, haveConfig bool) supervise.Service {
+	args := []string{"netd"}
+	if haveConfig {
+		args = append(args, "--config", machineConfigCopy)
+	}
+	if m.Hostname == "" {
+		args = append(args, "--dhcp-hostname")
+	}
+	return supervise.Service{
+		Name:    "netd",
+		Path:    "/usr/bin/plinth",
+		Args:    args,
+		Notify:  true,
+		Restart: supervise.Always,
+	}
+}
+
+// services lists the layer-0 services PID 1 runs after netd, in start order.
 func services(cl cmdline, configSource string) []supervise.Service {
 	var svcs []supervise.Service
 	if cl[paramSelftest] == "1" {

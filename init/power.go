@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/init/supervise"
+	"github.com/plinth-os/plinth/netd"
 )
 
 type powerEvent struct {
@@ -132,6 +134,8 @@ func shutdown(ev powerEvent, sup *supervise.Supervisor) {
 		what = "reboot"
 	}
 	phase("shutdown: %s requested (%s)", what, ev.why)
+	// Tells netd to release its DHCP leases as it stops (see netd.ShutdownMarker).
+	os.WriteFile(filepath.Join("/run/plinth", netd.ShutdownMarker), nil, 0o644)
 	if sup != nil {
 		sup.Stop()
 		phase("shutdown: services stopped")

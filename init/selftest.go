@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/version"
@@ -28,19 +32,21 @@ const SelftestMarker = "plinth-selftest: "
 // Selftest is the report `plinth selftest` prints: what a running machine
 // looks like from the inside, for VM tests and for people.
 type Selftest struct {
-	Version      string           `json:"version"`
-	Kernel       string           `json:"kernel"`
-	Hostname     string           `json:"hostname"`
-	PID1Exe      string           `json:"pid1_exe"`
-	PID1IsImage  bool             `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
-	ConfigSource string           `json:"config_source"`
-	Mounts       map[string]Mount `json:"mounts"`          // by mount point, for the ones checked
-	Modules      []string         `json:"modules"`         // loaded, from /proc/modules
-	Missing      []string         `json:"missing_modules"` // in the image's list but not loaded
-	Interfaces   []string         `json:"interfaces"`
-	Uptime       float64          `json:"uptime_seconds"`
-	Problems     []string         `json:"problems"`
-	OK           bool             `json:"ok"`
+	Version      string              `json:"version"`
+	Kernel       string              `json:"kernel"`
+	Hostname     string              `json:"hostname"`
+	PID1Exe      string              `json:"pid1_exe"`
+	PID1IsImage  bool                `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
+	ConfigSource string              `json:"config_source"`
+	Mounts       map[string]Mount    `json:"mounts"`          // by mount point, for the ones checked
+	Modules      []string            `json:"modules"`         // loaded, from /proc/modules
+	Missing      []string            `json:"missing_modules"` // in the image's list but not loaded
+	Interfaces   []string            `json:"interfaces"`
+	Addresses    map[string][]string `json:"addresses"`      // by interface, global unicast only
+	Ping         map[string]bool     `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
+	Uptime       float64             `json:"uptime_seconds"`
+	Problems     []string            `json:"problems"`
+	OK           bool                `json:"ok"`
 }
 
 // Mount describes one mounted filesystem.
@@ -133,11 +139,83 @@ func selftest() Selftest {
 			r.Interfaces = append(r.Interfaces, e.Name())
 		}
 	}
+	r.Addresses = interfaceAddresses()
+	if targets := readCmdline()[paramPing]; targets != "" {
+		r.Ping = map[string]bool{}
+		for _, t := range strings.Split(targets, ",") {
+			ok, err := ping(t, pingTimeout)
+			r.Ping[t] = ok
+			if !ok {
+				problem("ping %s: %v", t, err)
+			}
+		}
+	}
 	if data, err := os.ReadFile("/proc/uptime"); err == nil {
 		fmt.Sscanf(string(data), "%f", &r.Uptime)
 	}
 	r.OK = len(r.Problems) == 0
 	return r
+}
+
+// pingTimeout bounds the wait for each ping target: the peers of a test
+// boot at about the same time, so the first echoes may go unanswered.
+const pingTimeout = 60 * time.Second
+
+// ping sends ICMP echo requests to target, one a second, until one is
+// answered or timeout passes.
+func ping(target string, timeout time.Duration) (bool, error) {
+	dst, err := netip.ParseAddr(target)
+	if err != nil || !dst.Is4() {
+		return false, fmt.Errorf("%q is not an IPv4 address", target)
+	}
+	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		return false, fmt.Errorf("open ICMP socket: %w", err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1500)
+	for seq, deadline := 1, time.Now().Add(timeout); time.Now().Before(deadline); seq++ {
+		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: seq, Data: []byte("plinth")}}
+		wb, _ := msg.Marshal(nil)
+		if _, err = c.WriteTo(wb, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, from, rerr := c.ReadFrom(buf)
+			if rerr != nil {
+				err = fmt.Errorf("no reply: %w", rerr)
+				break
+			}
+			reply, perr := icmp.ParseMessage(1, buf[:n])
+			if perr != nil || reply.Type != ipv4.ICMPTypeEchoReply || from.String() != dst.String() {
+				continue
+			}
+			if e, ok := reply.Body.(*icmp.Echo); ok && e.ID == os.Getpid()&0xffff {
+				return true, nil
+			}
+		}
+	}
+	return false, err
+}
+
+// interfaceAddresses lists each interface's global unicast addresses.
+func interfaceAddresses() map[string][]string {
+	out := map[string][]string{}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return out
+	}
+	for _, itf := range ifs {
+		addrs, _ := itf.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() {
+				out[itf.Name] = append(out[itf.Name], n.String())
+			}
+		}
+	}
+	return out
 }
 
 // sameContent reports whether files a and b have the same bytes.

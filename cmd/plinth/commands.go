@@ -21,7 +21,7 @@ func rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), selftestCommand(),
+	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), selftestCommand(), netdCommand(), netCommand(),
 		powerCommand("poweroff", "Power the machine off in order", unix.SIGUSR2),
 		powerCommand("reboot", "Reboot the machine in order", unix.SIGTERM))
 	return root

@@ -13,27 +13,38 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/plinth-os/plinth/netd"
 )
 
 // Machine is the machine config. Build one from Default: the zero value has
 // no panic behaviour or timeouts.
+//
+// The TOML keys are those of the schema in machineFields, which both Parse
+// and MarshalTOML follow.
 type Machine struct {
 	// Hostname is the kernel hostname: dot-separated RFC 1123 labels, at most
 	// 64 characters. Empty means unset and leaves the choice to init.
-	Hostname string `toml:"hostname"`
-	Boot     Boot   `toml:"boot"`
+	Hostname string
+	Boot     Boot
+	// Network is the [network] section, for netd. Parse copies Hostname
+	// into it; its StateDir and RunDir are not configurable and keep
+	// netd's defaults.
+	Network netd.Config
 }
 
 // Boot is the [boot] section: how PID 1 behaves when it dies or shuts down.
 type Boot struct {
 	// Panic says what PID 1 does after a panic: PanicReboot (default) or PanicHold.
-	Panic string `toml:"panic"`
+	Panic string
 	// PanicCountdown is how long to wait before rebooting after a panic, so
 	// the console shows why. Default 5s; allowed 0s to 10m.
-	PanicCountdown Duration `toml:"panic_countdown"`
+	PanicCountdown Duration
 	// ShutdownTimeout is the grace period services get on poweroff or reboot
 	// before SIGKILL. Default 10s; allowed 1s to 5m.
-	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	ShutdownTimeout Duration
 }
 
 // Values of Boot.Panic.
@@ -70,23 +81,31 @@ func Default() Machine {
 			PanicCountdown:  Duration{5 * time.Second},
 			ShutdownTimeout: Duration{10 * time.Second},
 		},
+		Network: netd.DefaultConfig(),
 	}
+}
+
+// MarshalTOML encodes m in the schema Parse reads, so that a Machine Parse
+// returned parses again to the same Machine.
+func (m Machine) MarshalTOML() ([]byte, error) {
+	return toml.Marshal(encodeFields(machineFields(&m)))
 }
 
 // machineFields is the schema of the file's top level; each section is a
 // table with its own fields function.
 func machineFields(m *Machine) []field {
 	return []field{
-		stringField("hostname", &m.Hostname, checkHostname),
+		textField("hostname", &m.Hostname, plainString(checkHostname)),
 		tableField("boot", bootFields(&m.Boot)),
+		networkField(&m.Network),
 	}
 }
 
 func bootFields(b *Boot) []field {
 	return []field{
-		stringField("panic", &b.Panic, oneOf(PanicReboot, PanicHold)),
-		durationField("panic_countdown", &b.PanicCountdown, 0, 10*time.Minute),
-		durationField("shutdown_timeout", &b.ShutdownTimeout, time.Second, 5*time.Minute),
+		textField("panic", &b.Panic, plainString(oneOf(PanicReboot, PanicHold))),
+		textField("panic_countdown", &b.PanicCountdown.Duration, duration(0, 10*time.Minute)),
+		textField("shutdown_timeout", &b.ShutdownTimeout.Duration, duration(time.Second, 5*time.Minute)),
 	}
 }
 

@@ -3,9 +3,13 @@ package config_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/plinth-os/plinth/init/config"
+	"github.com/plinth-os/plinth/netd"
 )
 
 // TestGood loads every file in testdata/good and compares it with what it
@@ -27,14 +32,15 @@ func TestGood(t *testing.T) {
 		"empty.toml":          config.Default(),
 		"comments-only.toml":  config.Default(),
 		"empty-hostname.toml": config.Default(),
-		"full.toml": {
-			Hostname: "web1.example.com",
-			Boot: config.Boot{
+		"full.toml": withDefaults(func(m *config.Machine) {
+			m.Hostname = "web1.example.com"
+			m.Network.Hostname = m.Hostname
+			m.Boot = config.Boot{
 				Panic:           config.PanicHold,
 				PanicCountdown:  config.Duration{90 * time.Second},
 				ShutdownTimeout: config.Duration{30 * time.Second},
-			},
-		},
+			}
+		}),
 		"partial.toml": withDefaults(func(m *config.Machine) {
 			m.Boot.Panic = config.PanicHold
 		}),
@@ -44,18 +50,89 @@ func TestGood(t *testing.T) {
 		}),
 		"inline-table.toml": withDefaults(func(m *config.Machine) {
 			m.Hostname = "db-2"
+			m.Network.Hostname = m.Hostname
 			m.Boot.PanicCountdown.Duration = 0
 			m.Boot.ShutdownTimeout.Duration = 5 * time.Minute
 		}),
 		"lowest.toml": withDefaults(func(m *config.Machine) {
 			m.Hostname = "rack42-row7-datacenter-east-example-company-with-long-name.io123"
+			m.Network.Hostname = m.Hostname
 			m.Boot.PanicCountdown.Duration = 0
 			m.Boot.ShutdownTimeout.Duration = time.Second
 		}),
 		"highest.toml": withDefaults(func(m *config.Machine) {
 			m.Hostname = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk"
+			m.Network.Hostname = m.Hostname
 			m.Boot.PanicCountdown.Duration = 10 * time.Minute
 			m.Boot.ShutdownTimeout.Duration = 5 * time.Minute
+		}),
+		"network-full.toml": withDefaults(func(m *config.Machine) {
+			m.Hostname = "web1.example.com"
+			m.Network = netd.Config{
+				Interfaces: []netd.Interface{
+					{Name: "eth0", MAC: mac("52:54:00:12:34:56"), Addressing: netd.Addressing{
+						Addresses: prefixes("192.0.2.10/24", "2001:db8::10/64"),
+						Gateway:   netip.MustParseAddr("192.0.2.1"),
+						Routes: []netd.Route{
+							{To: netip.MustParsePrefix("10.0.0.0/8"), Via: netip.MustParseAddr("192.0.2.254"), Metric: 100},
+							{To: netip.MustParsePrefix("198.51.100.0/24")},
+						},
+						MTU:      9000,
+						Required: true,
+					}},
+					{MAC: mac("52:54:00:ab:cd:ef"), Addressing: netd.Addressing{DHCP: true}},
+					{Name: "eth2"},
+					{Name: "eth3"},
+					{Name: "eth4"},
+				},
+				VLANs: []netd.VLAN{{Name: "bond0.10", Link: "bond0", ID: 10, Addressing: netd.Addressing{
+					Addresses: prefixes("198.18.10.2/24"),
+					Routes:    []netd.Route{{To: netip.MustParsePrefix("198.18.0.0/16"), Via: netip.MustParseAddr("198.18.10.1"), Metric: 50}},
+				}}},
+				Bonds: []netd.Bond{{
+					Name: "bond0", Mode: netd.BondActiveBackup, Members: []string{"eth2", "eth3"}, Primary: "eth3",
+					Addressing: netd.Addressing{DHCP: true, MTU: 1500},
+				}},
+				Bridges: []netd.Bridge{{Name: "br0", Members: []string{"eth4"}, Addressing: netd.Addressing{
+					Addresses: prefixes("172.30.0.1/24"), MTU: 1500, Required: true,
+				}}},
+				DNS:          addrs("192.0.2.53", "2001:db8::53"),
+				Search:       []string{"example.org", "corp.example.org"},
+				Hostname:     "web1.example.com",
+				StateDir:     netd.DefaultConfig().StateDir,
+				RunDir:       netd.DefaultConfig().RunDir,
+				ReadyTimeout: 30 * time.Second,
+			}
+		}),
+		"network-bond-vlan.toml": withDefaults(func(m *config.Machine) {
+			m.Hostname = "db-2"
+			n := &m.Network
+			n.Hostname = "db-2"
+			n.DNS = addrs("10.0.0.53")
+			n.Interfaces = []netd.Interface{{Name: "eno1"}, {Name: "eno2"}}
+			n.Bonds = []netd.Bond{{Name: "bond0", Mode: netd.BondActiveBackup, Members: []string{"eno1", "eno2"}, Primary: "eno1"}}
+			n.VLANs = []netd.VLAN{
+				{Name: "mgmt", Link: "bond0", ID: 100, Addressing: netd.Addressing{DHCP: true}},
+				{Name: "storage", Link: "bond0", ID: 200, Addressing: netd.Addressing{
+					Addresses: prefixes("10.20.0.12/16"),
+					Gateway:   netip.MustParseAddr("10.20.0.1"),
+					MTU:       9000,
+					Required:  true,
+				}},
+			}
+		}),
+		"network-dns-only.toml": withDefaults(func(m *config.Machine) {
+			m.Network.DNS = addrs("192.0.2.53", "192.0.2.54")
+			m.Network.Search = []string{"example.org"}
+		}),
+		"network-inline.toml": withDefaults(func(m *config.Machine) {
+			n := &m.Network
+			n.ReadyTimeout = 0
+			n.Interfaces = []netd.Interface{{Name: "eth0", Addressing: netd.Addressing{DHCP: true}}, {Name: "eth1"}}
+			n.Bridges = []netd.Bridge{{Name: "br0", Members: []string{"eth1"}, Addressing: netd.Addressing{
+				Addresses: prefixes("192.0.2.10/24"),
+				Routes:    []netd.Route{{To: netip.MustParsePrefix("10.0.0.0/8"), Via: netip.MustParseAddr("192.0.2.1")}},
+			}}}
 		}),
 	}
 	paths, err := filepath.Glob("testdata/good/*.toml")
@@ -75,7 +152,7 @@ func TestGood(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != w {
+			if !reflect.DeepEqual(got, w) {
 				t.Errorf("got  %+v\nwant %+v", got, w)
 			}
 		})
@@ -108,7 +185,7 @@ func TestBad(t *testing.T) {
 			if err == nil {
 				t.Fatalf("parsed without error into %+v", m)
 			}
-			if m != (config.Machine{}) {
+			if !reflect.DeepEqual(m, config.Machine{}) {
 				t.Errorf("returned %+v along with the error, want the zero Machine", m)
 			}
 			var cerr *config.Error
@@ -124,6 +201,30 @@ func TestBad(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
 }
 
 func wantLines(data []byte) []string {
@@ -148,6 +249,58 @@ func TestProblemFields(t *testing.T) {
 	}
 }
 
+// TestExample checks that the example in manifests parses, both as shipped
+// and with its [network] example uncommented.
+func TestExample(t *testing.T) {
+	const path = "../../manifests/machine.example.toml"
+	if _, err := config.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, network, ok := strings.Cut(string(data), "# [network]\n")
+	if !ok {
+		t.Fatalf("%s has no commented [network] example", path)
+	}
+	var b strings.Builder
+	b.WriteString(before + "[network]\n")
+	for line := range strings.Lines(network) {
+		b.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "#"), " "))
+	}
+	m, err := config.Parse("uncommented example", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := m.Network
+	if len(n.Interfaces) != 4 || len(n.Bonds) != 1 || len(n.VLANs) != 1 || len(n.Bridges) != 1 || len(n.DNS) != 1 {
+		t.Errorf("uncommented example parses to %+v; want 4 interfaces, a bond, a VLAN, a bridge and a DNS server", n)
+	}
+}
+
+// TestManyEntries checks that a problem is found on its own entry's line
+// among many, and that arrays of tables are bounded.
+func TestManyEntries(t *testing.T) {
+	var b strings.Builder
+	for i := range 256 {
+		fmt.Fprintf(&b, "[[network.interface]]\nname = \"eth%d\"\n", i)
+	}
+	data := strings.Replace(b.String(), `"eth7"`, `"eth7/"`, 1)
+	_, err := config.Parse("many.toml", []byte(data))
+	want := `many.toml:16: network.interface[7].name: "eth7/" contains '/', ':' or whitespace, which link names cannot`
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+
+	data = b.String() + "[[network.interface]]\nname = \"eth256\"\n"
+	_, err = config.Parse("too-many.toml", []byte(data))
+	want = "too-many.toml:513: network.interface: 257 entries; at most 256 are supported"
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+}
+
 func TestLoadMissing(t *testing.T) {
 	_, err := config.Load(filepath.Join(t.TempDir(), "plinth.toml"))
 	if !errors.Is(err, fs.ErrNotExist) {
@@ -155,22 +308,44 @@ func TestLoadMissing(t *testing.T) {
 	}
 }
 
-// TestEncodeRoundTrip checks that the struct tags, which the toml encoder
-// uses, name the same keys as the schema Parse enforces.
+// TestEncodeRoundTrip checks that MarshalTOML, which the toml encoder
+// uses, writes every key in the schema Parse enforces.
 func TestEncodeRoundTrip(t *testing.T) {
-	m := config.Machine{
-		Hostname: "web1",
-		Boot: config.Boot{
-			Panic:           config.PanicHold,
-			PanicCountdown:  config.Duration{time.Minute},
-			ShutdownTimeout: config.Duration{20 * time.Second},
-		},
+	m := config.Default()
+	m.Hostname = "web1"
+	m.Boot = config.Boot{
+		Panic:           config.PanicHold,
+		PanicCountdown:  config.Duration{time.Minute},
+		ShutdownTimeout: config.Duration{20 * time.Second},
 	}
+	n := &m.Network
+	n.Hostname = "web1"
+	n.DNS = addrs("192.0.2.53", "fe80::53%eth0")
+	n.Search = []string{"example.org"}
+	n.ReadyTimeout = 90 * time.Second
+	n.Interfaces = []netd.Interface{
+		{Name: "eth0", MAC: mac("52:54:00:12:34:56"), Addressing: netd.Addressing{
+			Addresses: prefixes("192.0.2.10/24", "2001:db8::10/64"),
+			Gateway:   netip.MustParseAddr("192.0.2.1"),
+			Routes: []netd.Route{
+				{To: netip.MustParsePrefix("10.0.0.0/8"), Via: netip.MustParseAddr("192.0.2.254"), Metric: 100},
+				{To: netip.MustParsePrefix("2001:db8:1::/48")},
+			},
+			MTU:      9000,
+			Required: true,
+		}},
+		{Name: "eth1"},
+		{Name: "eth2"},
+	}
+	n.Bonds = []netd.Bond{{Name: "bond0", Mode: netd.BondActiveBackup, Members: []string{"eth1"}, Primary: "eth1", Addressing: netd.Addressing{DHCP: true}}}
+	n.VLANs = []netd.VLAN{{Name: "vlan7", Link: "bond0", ID: 7, Addressing: netd.Addressing{DHCP: true}}}
+	n.Bridges = []netd.Bridge{{Name: "br0", Members: []string{"eth2"}}}
+
 	got, err := config.Parse("encoded", encode(t, m))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\nencoded:\n%s", err, encode(t, m))
 	}
-	if got != m {
+	if !reflect.DeepEqual(got, m) {
 		t.Errorf("got  %+v\nwant %+v", got, m)
 	}
 }
@@ -218,7 +393,7 @@ func FuzzParse(f *testing.F) {
 		m, err := config.Parse("fuzz.toml", data)
 		if err == nil {
 			again, err := config.Parse("encoded", encode(t, m))
-			if err != nil || again != m {
+			if err != nil || !reflect.DeepEqual(again, m) {
 				t.Fatalf("accepted %+v, but its encoding parses to %+v, %v", m, again, err)
 			}
 			return

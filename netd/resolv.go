@@ -1,0 +1,77 @@
+package netd
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"github.com/plinth-os/plinth/netd/dhcp"
+)
+
+// ResolvConfName is the file netd writes in RunDir; the image's
+// /etc/resolv.conf links to it.
+const ResolvConfName = "resolv.conf"
+
+// writeResolvConf writes the configured DNS servers and search domains,
+// then those of the leases (in link-name order), without duplicates. The
+// file is replaced atomically and only when its contents change.
+func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease) error {
+	servers, search := d.resolvers(leases)
+	var b bytes.Buffer
+	b.WriteString("# written by plinth netd\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(search) > 0 {
+		b.WriteString("search")
+		for _, s := range search {
+			b.WriteString(" " + s)
+		}
+		b.WriteString("\n")
+	}
+	path := filepath.Join(d.cfg.RunDir, ResolvConfName)
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b.Bytes()) {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	d.log.Info("resolv.conf written", "servers", len(servers), "search", len(search))
+	return nil
+}
+
+func (d *Daemon) resolvers(leases map[string]dhcp.Lease) (servers []netip.Addr, search []string) {
+	servers = slices.Clone(d.cfg.DNS)
+	search = slices.Clone(d.cfg.Search)
+	names := make([]string, 0, len(leases))
+	for n := range leases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		l := leases[n]
+		for _, s := range l.DNS {
+			if !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+		domains := l.Search
+		if l.DomainName != "" {
+			domains = append([]string{l.DomainName}, domains...)
+		}
+		for _, s := range domains {
+			if !slices.Contains(search, s) {
+				search = append(search, s)
+			}
+		}
+	}
+	return servers, search
+}
