@@ -58,7 +58,7 @@ func DefaultConfig() Config {
 		Kernel:           DefaultKernel,
 		InitramfsModules: []string{"loop", "squashfs"},
 		SystemModules: []string{
-			"virtio_net", "virtio_blk", "virtio_rng", // paravirtual devices
+			"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", // paravirtual devices (virtio_pci is their bus driver, no dependency of theirs)
 			"qemu_fw_cfg",     // machine config passed by QEMU -fw_cfg
 			"button", "evdev", // ACPI power button → clean poweroff
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply

@@ -159,7 +159,7 @@ func (c Config) Check() []ConfigError {
 			return
 		}
 		if prev, ok := kind[name]; ok {
-			add(section, i, "name", "%q is already declared as a %s; link names must be unique", name, prev)
+			add(section, i, "name", "%q is already declared in [[network.%s]]; link names must be unique", name, prev)
 			return
 		}
 		kind[name] = section
@@ -260,7 +260,7 @@ func checkAddressing(section string, i int, a Addressing) []ConfigError {
 			add("addresses", "%s is not a usable host address", p)
 		}
 	}
-	if a.Gateway.IsValid() && !onLink(a.Gateway, a.Addresses) {
+	if a.Gateway.IsValid() && !a.DHCP && !onLink(a.Gateway, a.Addresses) {
 		add("gateway", "%s is not inside any of the link's addresses; it must be reachable on the link", a.Gateway)
 	}
 	for _, r := range a.Routes {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/netd/dhcp"
 )
@@ -81,7 +82,7 @@ func configErrors(errs []ConfigError) []error {
 // It serves the status API on RunDir/netd.sock meanwhile.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
-	nl, err := netlink.NewHandle()
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE) // only rtnetlink: the image has no xfrm
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
@@ -156,7 +157,11 @@ func (d *Daemon) trigger() {
 // subscribe turns netlink link, address and route changes into reconciles,
 // so that a link that flaps or an address deleted by hand is put back.
 func (d *Daemon) subscribe(ctx context.Context) error {
-	onErr := func(err error) { d.log.Warn("netlink subscription", "err", err) }
+	onErr := func(err error) {
+		if ctx.Err() == nil { // closing the sockets at stop is no news
+			d.log.Warn("netlink subscription", "err", err)
+		}
+	}
 	links := make(chan netlink.LinkUpdate, 64)
 	if err := netlink.LinkSubscribeWithOptions(links, ctx.Done(), netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link changes: %w", err)

@@ -237,7 +237,8 @@ func entryScopes(at path, p toml.Primitive, ps []toml.Primitive) []*scope {
 		scopes[i] = &scope{find: func(s *scope) {
 			parent := at.in.load()
 			if parent.fixed != 0 || parent.md.Type(at.key...) != "ArrayHash" {
-				// An inline array: only its last element can be found.
+				// An inline array: the toml library keeps positions for its
+				// last element only, so point at the array.
 				s.fixed = parent.line(at.key, p)
 				return
 			}
@@ -278,7 +279,8 @@ func (s *scope) line(key toml.Key, p toml.Primitive) int {
 	}
 	// A table that exists only through dotted keys ("boot.panic = ...") has
 	// no position of its own: use the first line of the keys under it. Keys
-	// lists every key, and never implicit tables.
+	// lists every key, and never implicit tables; in an entry's scope it
+	// also lists earlier entries' keys, hence the look into p.
 	line := 0
 	for _, k := range s.md.Keys() {
 		if len(k) <= len(key) || !slices.Equal(k[:len(key)], key) {

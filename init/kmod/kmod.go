@@ -152,14 +152,22 @@ func LoadSerial(dir string, mods []Module) error {
 	return errors.Join(errs...)
 }
 
-// Load loads one uncompressed module file.
+// Params are the parameters a module is loaded with, by module name.
+var Params = map[string]string{
+	// Without it, loading bonding creates an unconfigured bond0; netd
+	// creates the bonds the machine config asks for.
+	"bonding": "max_bonds=0",
+}
+
+// Load loads one uncompressed module file, with its Params.
 func Load(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	err = unix.FinitModule(int(f.Fd()), "", 0)
+	name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
+	err = unix.FinitModule(int(f.Fd()), Params[name], 0)
 	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
