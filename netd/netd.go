@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,7 @@ type Daemon struct {
 	status  Status
 	ready   bool
 	started time.Time
+	nics    int // Ethernet controllers on the PCI bus at start
 }
 
 // New checks cfg and returns a daemon for it.
@@ -82,6 +84,7 @@ func configErrors(errs []ConfigError) []error {
 // It serves the status API on RunDir/netd.sock meanwhile.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	d.nics = countPCINICs("/sys")
 	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE) // only rtnetlink: the image has no xfrm
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
@@ -285,7 +288,24 @@ func (d *Daemon) checkReady() {
 		d.markReady("required links have addresses")
 	case !required && any:
 		d.markReady("a link has an address")
+	case d.cfg.Default() && d.nics == 0:
+		d.markReady("no network hardware")
 	}
+}
+
+// countPCINICs counts the Ethernet controllers on the PCI bus. They are
+// there before their drivers load, so a machine that has none need not
+// wait for a link to appear.
+func countPCINICs(sysfs string) int {
+	classes, _ := filepath.Glob(filepath.Join(sysfs, "bus/pci/devices/*/class"))
+	n := 0
+	for _, c := range classes {
+		// PCI class 0x02 (network), subclass 0x00 (Ethernet).
+		if data, err := os.ReadFile(c); err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), "0x0200") {
+			n++
+		}
+	}
+	return n
 }
 
 func (d *Daemon) anyRequired() bool {

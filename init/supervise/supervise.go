@@ -40,9 +40,11 @@ const (
 
 // Service is one supervised program.
 type Service struct {
-	Name    string
-	Path    string
-	Args    []string // argv[1:]
+	Name string
+	Path string
+	Args []string // argv[1:]
+	// Argv0 is argv[0]; default Path.
+	Argv0   string
 	Env     []string // added to the supervisor's environment
 	Restart RestartPolicy
 	// Notify makes readiness wait for "READY=1" on $NOTIFY_SOCKET; without
@@ -268,7 +270,11 @@ func (s *Supervisor) spawn(svc *service) (int, chan unix.WaitStatus, error) {
 		Files: []uintptr{null.Fd(), w.Fd(), w.Fd()},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	}
-	argv := append([]string{svc.Path}, svc.Args...)
+	argv0 := svc.Path
+	if svc.Argv0 != "" {
+		argv0 = svc.Argv0
+	}
+	argv := append([]string{argv0}, svc.Args...)
 
 	exited := make(chan unix.WaitStatus, 1)
 	s.mu.Lock()
