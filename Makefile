@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot lint clean
+        test-repro bench bench-boot bench-dhcp lint clean
 
 all: image
 
@@ -65,7 +65,12 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot
+bench: bench-boot bench-dhcp
+
+# DHCP bind time in network namespaces: netd's client vs busybox udhcpc
+# against dnsmasq on the same segment, interleaved rounds.
+bench-dhcp: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkBind -benchtime 1x -v ./netd/dhcp/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
