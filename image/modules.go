@@ -34,7 +34,7 @@ func indexModules(dir string) (map[string]string, error) {
 		name := d.Name()
 		for _, ext := range []string{".ko", ".ko.xz", ".ko.zst"} {
 			if strings.HasSuffix(name, ext) {
-				idx[modName(strings.TrimSuffix(name, ext))] = p
+				idx[kmod.Name(strings.TrimSuffix(name, ext))] = p
 			}
 		}
 		return nil
@@ -44,8 +44,6 @@ func indexModules(dir string) (map[string]string, error) {
 	}
 	return idx, nil
 }
-
-func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 
 // resolveModules returns the named modules and everything they depend on, in
 // load order (dependencies first; ties broken by name so the order is stable).
@@ -98,7 +96,7 @@ func resolveModules(dir string, names []string) ([]moduleFile, error) {
 	}
 	sorted := make([]string, len(names))
 	for i, n := range names {
-		sorted[i] = modName(n)
+		sorted[i] = kmod.Name(n)
 	}
 	sort.Strings(sorted)
 	for _, n := range sorted {
@@ -163,7 +161,7 @@ func moduleDepends(data []byte) ([]string, error) {
 			}
 			deps := strings.Split(string(v), ",")
 			for i := range deps {
-				deps[i] = modName(deps[i])
+				deps[i] = kmod.Name(deps[i])
 			}
 			return deps, nil
 		}

@@ -3,6 +3,7 @@ package boot
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,7 +22,7 @@ import (
 func pid1() {
 	cl := readCmdline()
 	applyPanicPolicy(cl, nil)
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{ReplaceAttr: dropTime})))
+	slog.SetDefault(ConsoleLogger(os.Stdout))
 	phase("init: started (pid 1)")
 
 	// Everything that could go wrong later needs these: the kernel reboots
@@ -216,9 +217,14 @@ func services(cl cmdline, configSource string) []supervise.Service {
 	return svcs
 }
 
-func dropTime(_ []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey {
-		return slog.Attr{}
-	}
-	return a
+// ConsoleLogger logs one key=value line per event without timestamps: the
+// console lines of init and its services already carry boot-time phases,
+// and under TCG every byte on the serial console costs.
+func ConsoleLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
 }

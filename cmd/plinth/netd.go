@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	boot "github.com/plinth-os/plinth/init"
 	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/netd"
 )
@@ -45,7 +45,7 @@ func netdCommand() *cobra.Command {
 			if cmd.Flags().Changed("run-dir") {
 				cfg.RunDir = runDir
 			}
-			log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{ReplaceAttr: dropTimeAttr}))
+			log := boot.ConsoleLogger(os.Stdout)
 			opts := netd.Options{
 				Log:   log,
 				Ready: func() { daemon.SdNotify(false, daemon.SdNotifyReady) },
@@ -141,11 +141,4 @@ func printNetStatus(st netd.Status) {
 	if st.LastError != "" {
 		fmt.Printf("last error: %s\n", st.LastError)
 	}
-}
-
-func dropTimeAttr(_ []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey {
-		return slog.Attr{}
-	}
-	return a
 }

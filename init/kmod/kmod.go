@@ -152,6 +152,12 @@ func LoadSerial(dir string, mods []Module) error {
 	return errors.Join(errs...)
 }
 
+// Name is the kernel's name of a module given by file path or name: no
+// directory or .ko suffix, and '_' where file names may use '-'.
+func Name(path string) string {
+	return strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
+}
+
 // Params are the parameters a module is loaded with, by module name.
 var Params = map[string]string{
 	// Without it, loading bonding creates an unconfigured bond0; netd
@@ -166,8 +172,7 @@ func Load(path string) error {
 		return err
 	}
 	defer f.Close()
-	name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
-	err = unix.FinitModule(int(f.Fd()), Params[name], 0)
+	err = unix.FinitModule(int(f.Fd()), Params[Name(path)], 0)
 	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
