@@ -12,6 +12,10 @@ import (
 // the qemu_fw_cfg module is loaded.
 const fwCfgConfig = "/sys/firmware/qemu_fw_cfg/by_name/opt/plinth/config/raw"
 
+// FwCfgBundle is where QEMU's -fw_cfg name=opt/plinth/bundle shows up: the
+// cluster bundle, when the machine config says bundle = "fw_cfg".
+const FwCfgBundle = "/sys/firmware/qemu_fw_cfg/by_name/opt/plinth/bundle/raw"
+
 // maxConfigSize bounds what init reads: a config is a few hundred bytes,
 // and the parser is slow on pathological input.
 const maxConfigSize = 1 << 20

@@ -72,7 +72,7 @@ func pid1() {
 	if len(notReady) == 0 {
 		phase("init: network ready in %.2fs", time.Since(start).Seconds())
 	}
-	more, err := sup.Start(context.Background(), services(cl, src)...)
+	more, err := sup.Start(context.Background(), services(cl, src, raw != nil)...)
 	must(err)
 	if notReady = append(notReady, more...); len(notReady) > 0 {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
@@ -199,9 +199,27 @@ func netdService(m config.Machine, haveConfig bool) supervise.Service {
 	}
 }
 
+// hostdService runs the host agent on the machine config's [cluster]
+// section. It starts after netd so that it advertises the address netd
+// configured rather than moving to it later.
+func hostdService(haveConfig bool) supervise.Service {
+	args := []string{"hostd"}
+	if haveConfig {
+		args = append(args, "--config", machineConfigCopy)
+	}
+	return supervise.Service{
+		Name:    "hostd",
+		Path:    selfExe,
+		Argv0:   "plinth",
+		Args:    args,
+		Notify:  true,
+		Restart: supervise.Always,
+	}
+}
+
 // services lists the layer-0 services PID 1 runs after netd, in start order.
-func services(cl cmdline, configSource string) []supervise.Service {
-	var svcs []supervise.Service
+func services(cl cmdline, configSource string, haveConfig bool) []supervise.Service {
+	svcs := []supervise.Service{hostdService(haveConfig)}
 	if cl[paramSelftest] == "1" {
 		svcs = append(svcs, supervise.Service{
 			Name:         "selftest",

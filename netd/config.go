@@ -154,7 +154,7 @@ func (c Config) Check() []ConfigError {
 	}
 	kind := map[string]string{} // link name → section that declares it
 	declare := func(section string, i int, name string) {
-		if err := checkIfName(name); err != nil {
+		if err := CheckLinkName(name); err != nil {
 			add(section, i, "name", "%v", err)
 			return
 		}
@@ -291,7 +291,8 @@ func onLink(gw netip.Addr, addrs []netip.Prefix) bool {
 	return false
 }
 
-func checkIfName(name string) error {
+// CheckLinkName reports whether the kernel accepts name as a link name.
+func CheckLinkName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("a name is required")

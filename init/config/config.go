@@ -9,6 +9,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,6 +34,7 @@ type Machine struct {
 	// into it; its StateDir and RunDir are not configurable and keep
 	// netd's defaults.
 	Network netd.Config
+	Cluster Cluster
 }
 
 // Boot is the [boot] section: how PID 1 behaves when it dies or shuts down.
@@ -82,6 +84,10 @@ func Default() Machine {
 			ShutdownTimeout: Duration{10 * time.Second},
 		},
 		Network: netd.DefaultConfig(),
+		Cluster: Cluster{
+			GossipPort: 7946,
+			APIPort:    7947,
+		},
 	}
 }
 
@@ -98,6 +104,7 @@ func machineFields(m *Machine) []field {
 		textField("hostname", &m.Hostname, plainString(checkHostname)),
 		tableField("boot", bootFields(&m.Boot)),
 		networkField(&m.Network),
+		clusterField(&m.Cluster),
 	}
 }
 
@@ -113,33 +120,39 @@ func bootFields(b *Boot) []field {
 // beyond it.
 const maxHostname = 64
 
-// checkHostname accepts dot-separated RFC 1123 labels: letters, digits and
-// hyphens, 1 to 63 characters each, not starting or ending with a hyphen.
-// Empty is accepted: it means unset.
+// checkHostname accepts dot-separated RFC 1123 labels (see checkLabels), at
+// most maxHostname characters. Empty is accepted: it means unset.
 func checkHostname(name string) error {
 	if name == "" {
 		return nil
 	}
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%q is not a valid hostname: %s", name, fmt.Sprintf(format, args...))
-	}
 	if len(name) > maxHostname {
-		return bad("it is %d characters long; the kernel allows at most %d", len(name), maxHostname)
+		return fmt.Errorf("%q is not a valid hostname: it is %d characters long; the kernel allows at most %d", name, len(name), maxHostname)
 	}
+	if err := checkLabels(name); err != nil {
+		return fmt.Errorf("%q is not a valid hostname: %v", name, err)
+	}
+	return nil
+}
+
+// checkLabels accepts dot-separated RFC 1123 labels: letters, digits and
+// hyphens, 1 to 63 characters each, not starting or ending with a hyphen.
+// Its errors say what is wrong with name's labels, not what name is for.
+func checkLabels(name string) error {
 	for _, label := range strings.Split(name, ".") {
 		switch {
 		case label == "":
-			return bad("it has an empty label; remove the leading, trailing or doubled dot")
+			return errors.New("it has an empty label; remove the leading, trailing or doubled dot")
 		case len(label) > 63:
-			return bad("label %q is longer than 63 characters", label)
+			return fmt.Errorf("label %q is longer than 63 characters", label)
 		case label[0] == '-':
-			return bad("label %q starts with a hyphen", label)
+			return fmt.Errorf("label %q starts with a hyphen", label)
 		case label[len(label)-1] == '-':
-			return bad("label %q ends with a hyphen", label)
+			return fmt.Errorf("label %q ends with a hyphen", label)
 		}
 		for _, r := range label {
 			if !isHostnameChar(r) {
-				return bad("%q is not allowed; use letters, digits, hyphens and dots", string(r))
+				return fmt.Errorf("%q is not allowed; use letters, digits, hyphens and dots", string(r))
 			}
 		}
 	}

@@ -125,6 +125,27 @@ func TestGood(t *testing.T) {
 			m.Network.DNS = addrs("192.0.2.53", "192.0.2.54")
 			m.Network.Search = []string{"example.org"}
 		}),
+		"cluster-full.toml": withDefaults(func(m *config.Machine) {
+			m.Hostname = "node-2"
+			m.Network.Hostname = m.Hostname
+			m.Cluster = config.Cluster{
+				Bundle:     "/perm/cluster/bundle",
+				Join:       []string{"10.0.0.1", "node1.example.org:7946", "[2001:db8::1]:8946", "2001:db8::2"},
+				Advertise:  "10.0.0.0/24",
+				GossipPort: 8946,
+				APIPort:    8947,
+				Roles:      []string{"controller", "router", "gpu-2"},
+			}
+		}),
+		"cluster-fw-cfg.toml": withDefaults(func(m *config.Machine) {
+			m.Cluster.Bundle = config.BundleFWCfg
+			m.Cluster.Join = []string{"node1"}
+			m.Cluster.Advertise = "lan0"
+		}),
+		"cluster-alone.toml": withDefaults(func(m *config.Machine) {
+			m.Cluster.Bundle = "/perm/cluster/bundle"
+			m.Cluster.Advertise = "fe80::1%lan0"
+		}),
 		"network-inline.toml": withDefaults(func(m *config.Machine) {
 			n := &m.Network
 			n.ReadyTimeout = 0
@@ -301,6 +322,52 @@ func TestManyEntries(t *testing.T) {
 	}
 }
 
+// TestClusterDefaults checks the ports hostd uses when [cluster] leaves
+// them out, and that without a bundle the machine joins nothing.
+func TestClusterDefaults(t *testing.T) {
+	want := config.Cluster{GossipPort: 7946, APIPort: 7947}
+	if got := config.Default().Cluster; !reflect.DeepEqual(got, want) {
+		t.Errorf("Default().Cluster = %+v, want %+v", got, want)
+	}
+	m, err := config.Parse("ports.toml", []byte("[cluster]\nadvertise = \"lan0\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Advertise = "lan0"; !reflect.DeepEqual(m.Cluster, want) {
+		t.Errorf("got %+v, want %+v", m.Cluster, want)
+	}
+}
+
+// TestClusterLimits checks that the longest lists and names [cluster]
+// allows parse, and that one more is refused.
+func TestClusterLimits(t *testing.T) {
+	file := func(seeds, roles int, role string) []byte {
+		var join, names []string
+		for i := range seeds {
+			join = append(join, fmt.Sprintf("%q", fmt.Sprintf("10.0.%d.%d:7946", i/250, i%250+1)))
+		}
+		for i := range roles - 1 {
+			names = append(names, fmt.Sprintf(`"role%d"`, i))
+		}
+		names = append(names, fmt.Sprintf("%q", role))
+		return fmt.Appendf(nil, "[cluster]\nbundle = \"fw_cfg\"\njoin = [%s]\nroles = [%s]\ngossip_port = 1\napi_port = 65535\n",
+			strings.Join(join, ", "), strings.Join(names, ", "))
+	}
+	longest := strings.Repeat("a", 32)
+	m, err := config.Parse("limits.toml", file(64, 16, longest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := m.Cluster; len(c.Join) != 64 || len(c.Roles) != 16 || c.Roles[15] != longest || c.GossipPort != 1 || c.APIPort != 65535 {
+		t.Errorf("parsed to %+v", c)
+	}
+	for _, data := range [][]byte{file(65, 16, longest), file(64, 17, longest), file(64, 16, longest+"a")} {
+		if _, err := config.Parse("over.toml", data); err == nil {
+			t.Errorf("accepted %s", data)
+		}
+	}
+}
+
 func TestLoadMissing(t *testing.T) {
 	_, err := config.Load(filepath.Join(t.TempDir(), "plinth.toml"))
 	if !errors.Is(err, fs.ErrNotExist) {
@@ -340,6 +407,14 @@ func TestEncodeRoundTrip(t *testing.T) {
 	n.Bonds = []netd.Bond{{Name: "bond0", Mode: netd.BondActiveBackup, Members: []string{"eth1"}, Primary: "eth1", Addressing: netd.Addressing{DHCP: true}}}
 	n.VLANs = []netd.VLAN{{Name: "vlan7", Link: "bond0", ID: 7, Addressing: netd.Addressing{DHCP: true}}}
 	n.Bridges = []netd.Bridge{{Name: "br0", Members: []string{"eth2"}}}
+	m.Cluster = config.Cluster{
+		Bundle:     config.BundleFWCfg,
+		Join:       []string{"10.0.0.1", "[2001:db8::1]:8946", "node1.example.org"},
+		Advertise:  "lan0",
+		GossipPort: 8946,
+		APIPort:    8947,
+		Roles:      []string{"controller", "router"},
+	}
 
 	got, err := config.Parse("encoded", encode(t, m))
 	if err != nil {

@@ -45,12 +45,7 @@ func (d *decoder) checkProblem(at path, p toml.Primitive, keys map[string]toml.P
 	if entries := seen[e.Section]; e.Index < len(entries) {
 		at, p, keys = entries[e.Index].at, entries[e.Index].p, entries[e.Index].keys
 	}
-	key := at.child(e.Field)
-	line := at.in.line(at.key, p)
-	if v, ok := keys[e.Field]; ok {
-		line = key.in.line(key.key, v)
-	}
-	d.problems = append(d.problems, Problem{File: d.file, Line: line, Key: key.name, Msg: e.Msg})
+	d.keyProblem(at, p, keys, e.Field, "%s", e.Msg)
 }
 
 func networkFields(c *netd.Config, seen map[string][]entry) []field {

@@ -189,6 +189,18 @@ func (d *decoder) problem(at path, p toml.Primitive, format string, args ...any)
 	})
 }
 
+// keyProblem records a problem with key in the table p at `at`, whose keys
+// are keys: on the key's line, or, when the file leaves key out, on the
+// table's first line.
+func (d *decoder) keyProblem(at path, p toml.Primitive, keys map[string]toml.Primitive, key, format string, args ...any) {
+	k := at.child(key)
+	line := at.in.line(at.key, p)
+	if v, ok := keys[key]; ok {
+		line = k.in.line(k.key, v)
+	}
+	d.problems = append(d.problems, Problem{File: d.file, Line: line, Key: k.name, Msg: fmt.Sprintf(format, args...)})
+}
+
 // A path is where a value is in the file.
 type path struct {
 	key  toml.Key // as the toml library knows it, without array indexes

@@ -1,0 +1,43 @@
+package host
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestPickAdvertise(t *testing.T) {
+	addrs := []hostAddr{
+		{Link: "eth0", Index: 2, Addr: netip.MustParseAddr("10.0.2.15")},
+		{Link: "lan0", Index: 3, Addr: netip.MustParseAddr("fd00::5")},
+		{Link: "lan0", Index: 3, Addr: netip.MustParseAddr("192.168.7.5")},
+		{Link: "br0", Index: 4, Addr: netip.MustParseAddr("172.16.0.1")},
+	}
+	for _, tc := range []struct {
+		spec        string
+		defaultLink int
+		want        string
+	}{
+		{"", 0, "10.0.2.15"},
+		{"", 3, "192.168.7.5"}, // IPv4 preferred on the default route's link
+		{"", 9, "10.0.2.15"},   // default link without addresses: first address
+		{"lan0", 0, "192.168.7.5"},
+		{"br0", 2, "172.16.0.1"},
+		{"192.168.0.0/16", 0, "192.168.7.5"},
+		{"fd00::/8", 0, "fd00::5"},
+		{"172.16.0.1", 0, "172.16.0.1"},
+		{"127.0.0.1", 0, "127.0.0.1"},
+	} {
+		got, err := pickAdvertise(tc.spec, addrs, tc.defaultLink)
+		if err != nil || got.String() != tc.want {
+			t.Errorf("pickAdvertise(%q, default link %d) = %v, %v; want %s", tc.spec, tc.defaultLink, got, err, tc.want)
+		}
+	}
+	for _, spec := range []string{"wlan0", "10.9.9.9", "10.9.0.0/16"} {
+		if got, err := pickAdvertise(spec, addrs, 0); err == nil {
+			t.Errorf("pickAdvertise(%q) = %v, want an error", spec, got)
+		}
+	}
+	if _, err := pickAdvertise("", nil, 0); err == nil {
+		t.Error("no addresses: want an error")
+	}
+}

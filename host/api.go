@@ -1,0 +1,98 @@
+package host
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// HostInfo is GET /v1/host: who this host is.
+type HostInfo struct {
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	Cluster  string `json:"cluster"`
+	Version  string `json:"version"`
+	// Addr is the advertised gossip address, ip:port.
+	Addr string `json:"addr"`
+	// API is the advertised host API address, ip:port.
+	API       string    `json:"api"`
+	Roles     []string  `json:"roles"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+// eventKeepalive is how often an idle event stream gets a comment line,
+// so proxies and clients can tell a quiet stream from a dead one.
+const eventKeepalive = 15 * time.Second
+
+// handler serves the host API. TLS has already checked the client's
+// certificate against the cluster CA before a request gets here.
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/host", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Info())
+	})
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.members.Members())
+	})
+	mux.HandleFunc("GET /v1/events", d.serveEvents)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, apiError{fmt.Sprintf("no such endpoint: %s %s (see docs/api-reference.md)", r.Method, r.URL.Path)})
+	})
+	return mux
+}
+
+// serveEvents streams member events as server-sent events: one
+// "event: <type>" and one "data: <Event JSON>" line per event. A first
+// comment line tells the client the subscription is in place.
+func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported"})
+		return
+	}
+	events, cancel := d.members.subscribe()
+	defer cancel()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": subscribed\n\n")
+	flusher.Flush()
+	keepalive := time.NewTicker(eventKeepalive)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+		case e, ok := <-events:
+			if !ok {
+				return // hostd is stopping, or this client fell behind
+			}
+			data, err := json.Marshal(e)
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, data)
+		}
+		flusher.Flush()
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,226 @@
+package host
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/version"
+)
+
+// Files hostd keeps in Config.StateDir besides the node ID.
+const (
+	// LocalBundleFile is the single-host bundle of a host given none.
+	LocalBundleFile = "bundle.toml"
+	// LocalCredentialsFile holds client credentials for root on this host,
+	// so `plinth members` works there without flags.
+	LocalCredentialsFile = "client.toml"
+)
+
+// localCluster names the single-host bundle hostd makes for itself.
+const localCluster = "local"
+
+// Options are the hooks a caller of hostd provides.
+type Options struct {
+	// Log receives one line per event; nil discards.
+	Log *slog.Logger
+	// Ready is called once the API is serving and the member is gossiping.
+	Ready func()
+}
+
+// Daemon is one running hostd.
+type Daemon struct {
+	cfg      Config
+	opts     Options
+	log      *slog.Logger
+	id       string
+	hostname string
+	bundle   *bundle.Bundle
+	started  time.Time
+	members  *membership
+
+	mu      sync.Mutex
+	apiAddr net.Addr
+}
+
+// New prepares hostd: it checks cfg, creates the state directory, and
+// loads or makes the node ID and, without a cluster bundle, the local one.
+func New(cfg Config, opts Options) (*Daemon, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("hostd: state directory: %w", err)
+	}
+	id, created, err := loadOrCreateNodeID(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("hostd: %w", err)
+	}
+	if created {
+		log.Info("new node ID", "id", id, "file", filepath.Join(cfg.StateDir, nodeIDFile))
+	}
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	b := cfg.Bundle
+	if b == nil {
+		if b, err = localBundle(cfg.StateDir, log); err != nil {
+			return nil, fmt.Errorf("hostd: %w", err)
+		}
+	}
+	if err := writeLocalCredentials(cfg.StateDir, b); err != nil {
+		return nil, fmt.Errorf("hostd: %w", err)
+	}
+	d := &Daemon{cfg: cfg, opts: opts, log: log, id: id, hostname: hostname, bundle: b}
+	d.members = newMembership(cfg, id, hostname, b.SerfKey, log)
+	return d, nil
+}
+
+// ID returns the node ID.
+func (d *Daemon) ID() string { return d.id }
+
+// localBundle loads the host's own single-host bundle, making it on first
+// use.
+func localBundle(dir string, log *slog.Logger) (*bundle.Bundle, error) {
+	path := filepath.Join(dir, LocalBundleFile)
+	b, err := bundle.Load(path)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return b, err
+	}
+	if b, err = bundle.Create(localCluster); err != nil {
+		return nil, err
+	}
+	data, err := b.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := bundle.WriteFile(path, data); err != nil {
+		return nil, err
+	}
+	log.Info("no cluster bundle given; made a single-host one", "file", path)
+	return b, nil
+}
+
+// writeLocalCredentials keeps StateDir/client.toml valid for b: it is
+// written when missing or when it belongs to another CA (the host was
+// given a new bundle).
+func writeLocalCredentials(dir string, b *bundle.Bundle) error {
+	path := filepath.Join(dir, LocalCredentialsFile)
+	if c, err := bundle.LoadCredentials(path); err == nil && c.CACert.Equal(b.CACert) &&
+		time.Until(c.Cert.Leaf.NotAfter) > 30*24*time.Hour {
+		return nil
+	}
+	c, err := b.IssueClient("root@local", 365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	data, err := c.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return bundle.WriteFile(path, data)
+}
+
+// Info describes this host, as GET /v1/host returns it.
+func (d *Daemon) Info() HostInfo {
+	local := d.members.Local()
+	return HostInfo{
+		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: version.Version,
+		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, StartedAt: d.started,
+	}
+}
+
+// Members lists the members this host knows.
+func (d *Daemon) Members() []Member { return d.members.Members() }
+
+// APIAddr returns the address the API listens on, once Run has started it.
+func (d *Daemon) APIAddr() net.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.apiAddr
+}
+
+// Run serves the host API and gossips until ctx ends, then leaves the
+// cluster so the others see a departure rather than a failure.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.started = time.Now().UTC()
+	adv, err := currentAdvertise(d.cfg.Advertise)
+	if err != nil {
+		// The member moves once an address appears (followAddress).
+		d.log.Warn("no address to advertise yet; using loopback until one appears", "err", err)
+		adv = netip.MustParseAddr("127.0.0.1")
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(d.cfg.APIBind, strconv.Itoa(d.cfg.APIPort)))
+	if err != nil {
+		return fmt.Errorf("hostd: listen for the host API: %w", err)
+	}
+	d.mu.Lock()
+	d.apiAddr = ln.Addr()
+	d.mu.Unlock()
+	if d.cfg.APIPort == 0 {
+		d.members.cfg.APIPort = ln.Addr().(*net.TCPAddr).Port
+	}
+	cert, err := d.bundle.HostCertificate(d.id, d.hostname, nil)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("hostd: host certificate: %w", err)
+	}
+	if err := d.members.start(adv); err != nil {
+		ln.Close()
+		return fmt.Errorf("hostd: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           d.handler(),
+		TLSConfig:         d.bundle.ServerTLS(cert),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Refused handshakes (no or foreign client certificate) are the
+		// client's problem to report; keep them out of the console.
+		ErrorLog: log.New(serfLog{d.log}, "", 0),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
+
+	local := d.members.Local()
+	d.log.Info("hostd ready", "id", d.id, "cluster", d.bundle.Cluster, "gossip", local.Addr, "api", ln.Addr().String())
+	if d.opts.Ready != nil {
+		d.opts.Ready()
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("host API stopped", "err", err)
+		}
+		cancel()
+	}()
+	d.members.run(runCtx)
+
+	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
+	defer done()
+	srv.Shutdown(shutCtx)
+	if ctx.Err() == nil {
+		return errors.New("hostd: host API stopped")
+	}
+	return nil
+}

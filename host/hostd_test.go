@@ -1,0 +1,273 @@
+package host
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinth-os/plinth/host/bundle"
+)
+
+// loopbackHost runs a hostd on 127.0.0.1 with free ports until the test
+// ends. Hosts on loopback need no root, so these tests run anywhere.
+func loopbackHost(t *testing.T, b *bundle.Bundle, hostname string, join ...string) *Daemon {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	cfg.Hostname = hostname
+	cfg.Bundle = b
+	cfg.Join = join
+	cfg.Advertise = "127.0.0.1"
+	cfg.BindAddr = "127.0.0.1"
+	cfg.APIBind = "127.0.0.1"
+	cfg.GossipPort, cfg.APIPort = 0, 0
+	cfg.Roles = []string{"test"}
+	d, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	d.opts.Ready = func() { close(ready) }
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("hostd %s: %v", hostname, err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("hostd %s: %v", hostname, err)
+		}
+	})
+	return d
+}
+
+func newBundle(t *testing.T) *bundle.Bundle {
+	t.Helper()
+	b, err := bundle.Create("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func adminClient(t *testing.T, b *bundle.Bundle, d *Daemon) *Client {
+	t.Helper()
+	creds, err := b.IssueClient("admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewClient(d.APIAddr().String(), creds.TLS())
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestAPIServesHostAndMembers(t *testing.T) {
+	b := newBundle(t)
+	a := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, a)
+	ctx := context.Background()
+
+	if err := c.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != a.ID() || info.Hostname != "alpha" || info.Cluster != "test" || !slices.Equal(info.Roles, []string{"test"}) {
+		t.Errorf("host info = %+v, want id %s hostname alpha cluster test roles [test]", info, a.ID())
+	}
+	if !strings.HasPrefix(info.Addr, "127.0.0.1:") || info.API != a.APIAddr().String() {
+		t.Errorf("host info addresses = %s, %s; want gossip on 127.0.0.1 and API %s", info.Addr, info.API, a.APIAddr())
+	}
+
+	events, err := c.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	beta := loopbackHost(t, b, "beta", strings.TrimPrefix(info.Addr, ""))
+	waitFor(t, "alpha sees beta alive", 10*time.Second, func() error {
+		ms, err := c.Members(ctx)
+		if err != nil {
+			return err
+		}
+		if len(ms) != 2 || ms[0].Hostname != "alpha" || ms[1].ID != beta.ID() || ms[1].Status != StatusAlive {
+			return errors.New("members: " + summary(ms))
+		}
+		return nil
+	})
+	for {
+		e, err := events.Next()
+		if err != nil {
+			t.Fatalf("event stream: %v", err)
+		}
+		if e.Type == "member-join" && e.Member.ID == beta.ID() {
+			if e.Member.Hostname != "beta" || e.Member.Version == "" {
+				t.Errorf("join event member = %+v, want hostname beta and a version", e.Member)
+			}
+			break
+		}
+	}
+
+	resp, err := c.http.Get(c.base + "/v2/nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("unknown path: %d %s, want 404 application/json", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+func summary(ms []Member) string {
+	var s []string
+	for _, m := range ms {
+		s = append(s, m.Hostname+"/"+m.ID+"@"+m.Addr+"="+m.Status)
+	}
+	return strings.Join(s, " ")
+}
+
+func TestAPIRefusesClientsWithoutClusterCertificate(t *testing.T) {
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	ca := b.CACert
+	other := newBundle(t)
+	otherCreds, err := other.IssueClient("admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, conf := range map[string]*tls.Config{
+		"no certificate":          bundle.ClientTLS(ca, tls.Certificate{}),
+		"another cluster's certs": bundle.ClientTLS(ca, otherCreds.Cert),
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := NewClient(d.APIAddr().String(), conf).Health(context.Background())
+			if err == nil {
+				t.Fatal("request succeeded, want the handshake refused")
+			}
+		})
+	}
+	// A host certificate of the cluster (host to host calls) is accepted.
+	cert, err := b.HostCertificate(NewNodeID(), "peer", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewClient(d.APIAddr().String(), b.ClientTLS(cert)).Health(context.Background()); err != nil {
+		t.Errorf("host-to-host call: %v", err)
+	}
+}
+
+func TestWrongGossipKeyCannotJoin(t *testing.T) {
+	b := newBundle(t)
+	a := loopbackHost(t, b, "alpha")
+	stranger := loopbackHost(t, newBundle(t), "stranger", a.members.Local().Addr)
+	time.Sleep(2 * time.Second) // several join attempts and gossip rounds
+	for _, d := range []*Daemon{a, stranger} {
+		if ms := d.Members(); len(ms) != 1 {
+			t.Errorf("%s knows %s, want only itself", d.hostname, summary(ms))
+		}
+	}
+}
+
+func TestNodeIDKeptAndDamageReported(t *testing.T) {
+	dir := t.TempDir()
+	id, created, err := loadOrCreateNodeID(dir)
+	if err != nil || !created {
+		t.Fatalf("first load: %q %v %v", id, created, err)
+	}
+	if err := CheckNodeID(id); err != nil {
+		t.Fatal(err)
+	}
+	again, created, err := loadOrCreateNodeID(dir)
+	if err != nil || created || again != id {
+		t.Fatalf("second load: %q created=%v %v, want %q kept", again, created, err, id)
+	}
+	if NewNodeID() == id {
+		t.Fatal("two random IDs are equal")
+	}
+	path := filepath.Join(dir, nodeIDFile)
+	if err := os.WriteFile(path, []byte("not an id\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadOrCreateNodeID(dir); err == nil || !strings.Contains(err.Error(), "remove the file") {
+		t.Fatalf("damaged ID file: err = %v, want an error saying how to recover", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "not an id\n" {
+		t.Fatal("damaged ID file was overwritten")
+	}
+}
+
+func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.StateDir = dir
+	d1, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1.bundle.Cluster != localCluster || !d1.bundle.CACert.Equal(d2.bundle.CACert) || d1.ID() != d2.ID() {
+		t.Fatal("a second start made a new local bundle or node ID")
+	}
+	creds, err := bundle.LoadCredentials(filepath.Join(dir, LocalCredentialsFile))
+	if err != nil || !creds.CACert.Equal(d1.bundle.CACert) {
+		t.Fatalf("local credentials: %v", err)
+	}
+	// Given a cluster bundle later, the local credentials follow it.
+	cfg.Bundle = newBundle(t)
+	if _, err := New(cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	creds, err = bundle.LoadCredentials(filepath.Join(dir, LocalCredentialsFile))
+	if err != nil || !creds.CACert.Equal(cfg.Bundle.CACert) {
+		t.Fatalf("local credentials after a new bundle: %v", err)
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	for name, edit := range map[string]func(*Config){
+		"join without bundle": func(c *Config) { c.Join = []string{"10.0.0.1"} },
+		"bad bind":            func(c *Config) { c.BindAddr = "eth0" },
+		"port range":          func(c *Config) { c.APIPort = 70000 },
+		"probe timeout":       func(c *Config) { c.Gossip.ProbeTimeout = c.Gossip.ProbeInterval },
+		"no state dir":        func(c *Config) { c.StateDir = "" },
+	} {
+		cfg := DefaultConfig()
+		edit(&cfg)
+		if err := cfg.check(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	cfg := DefaultConfig()
+	if err := cfg.check(); err != nil {
+		t.Errorf("default config: %v", err)
+	}
+}
