@@ -25,17 +25,21 @@ type Client struct {
 // NewClient returns a client for the host API at addr ("host" or
 // "host:port"; the port defaults to DefaultAPIPort).
 func NewClient(addr string, tlsConfig *tls.Config) *Client {
+	return NewClientTransport(addr, &http.Transport{
+		TLSClientConfig:     tlsConfig,
+		TLSHandshakeTimeout: 10 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	})
+}
+
+// NewClientTransport is NewClient with a transport of the caller's, for
+// callers that dial in their own way (another network namespace, a
+// tunnel); the transport must carry the TLS config.
+func NewClientTransport(addr string, tr http.RoundTripper) *Client {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, strconv.Itoa(DefaultAPIPort))
 	}
-	return &Client{
-		base: "https://" + addr,
-		http: &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     tlsConfig,
-			TLSHandshakeTimeout: 10 * time.Second,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		}},
-	}
+	return &Client{base: "https://" + addr, http: &http.Client{Transport: tr}}
 }
 
 // APIError is an error response from a host.
