@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip lint clean
 
 all: image
 
@@ -65,12 +65,17 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp
+bench: bench-boot bench-dhcp bench-gossip
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
 bench-dhcp: deps
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkBind -benchtime 1x -v ./netd/dhcp/
+
+# Serf join convergence and failure detection at 5, 20 and 100 members on
+# loopback: hostd's timings vs memberlist's LAN defaults, alternating rounds.
+bench-gossip: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkGossip -benchtime 1x -timeout 20m ./host/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/

@@ -30,8 +30,9 @@ type apiError struct {
 // so proxies and clients can tell a quiet stream from a dead one.
 const eventKeepalive = 15 * time.Second
 
-// handler serves the host API. TLS has already checked the client's
-// certificate against the cluster CA before a request gets here.
+// handler serves the host API. TLS has already checked a client
+// certificate, if one was given, against the cluster CA; only the bundle
+// endpoint, which wants the join token instead, serves a request without.
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -47,7 +48,17 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{fmt.Sprintf("no such endpoint: %s %s (see docs/api-reference.md)", r.Method, r.URL.Path)})
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == bundlePath {
+			d.serveBundle(w, r) // authorised by the join token instead
+			return
+		}
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			writeJSON(w, http.StatusUnauthorized, apiError{"client certificate required: use the client.toml of this cluster (plinth cluster init, plinth cluster credentials)"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // serveEvents streams member events as server-sent events: one

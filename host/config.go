@@ -32,6 +32,10 @@ type Config struct {
 	// create a single-host bundle in StateDir; such a host cannot join
 	// others.
 	Bundle *bundle.Bundle
+	// JoinToken, when Bundle is nil, makes hostd fetch the bundle from a
+	// seed's host API (at APIPort) and keep it in StateDir; see
+	// `plinth cluster token`.
+	JoinToken string
 	// Join lists seed hosts ("host" or "host:port"); the port defaults to
 	// GossipPort. hostd keeps retrying them while it is alone.
 	Join []string
@@ -125,8 +129,18 @@ func (c *Config) check() error {
 	if c.GossipPort < 0 || c.GossipPort > 65535 || c.APIPort < 0 || c.APIPort > 65535 {
 		return fmt.Errorf("hostd: ports must be 0..65535 (gossip %d, api %d)", c.GossipPort, c.APIPort)
 	}
-	if len(c.Join) > 0 && c.Bundle == nil {
-		return fmt.Errorf("hostd: joining %v needs the cluster bundle (the gossip key); pass one made by `plinth cluster init`", c.Join)
+	switch {
+	case c.JoinToken != "" && c.Bundle != nil:
+		return fmt.Errorf("hostd: give either a cluster bundle or a join token, not both")
+	case c.JoinToken != "" && len(c.Join) == 0:
+		return fmt.Errorf("hostd: a join token needs seed hosts to fetch the cluster bundle from; add them to join")
+	case len(c.Join) > 0 && c.Bundle == nil && c.JoinToken == "":
+		return fmt.Errorf("hostd: joining %v needs the cluster bundle (the gossip key) or its join token; make them with `plinth cluster init`", c.Join)
+	}
+	if c.JoinToken != "" {
+		if _, _, err := bundle.ParseJoinToken(c.JoinToken); err != nil {
+			return fmt.Errorf("hostd: %w", err)
+		}
 	}
 	g := c.Gossip
 	if g.ProbeInterval <= 0 || g.ProbeTimeout <= 0 || g.GossipInterval <= 0 || g.SuspicionMult < 1 ||

@@ -80,18 +80,36 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
+	d := &Daemon{cfg: cfg, opts: opts, log: log, id: id, hostname: hostname}
 	b := cfg.Bundle
-	if b == nil {
+	switch {
+	case b != nil:
+	case cfg.JoinToken != "":
+		// Fetched by an earlier start, or else by Run from a seed.
+		if b, err = loadJoinedBundle(cfg.StateDir, cfg.JoinToken); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("kept cluster bundle unusable; fetching it again", "err", err)
+		}
+	default:
 		if b, err = localBundle(cfg.StateDir, log); err != nil {
 			return nil, fmt.Errorf("hostd: %w", err)
 		}
 	}
-	if err := writeLocalCredentials(cfg.StateDir, b); err != nil {
-		return nil, fmt.Errorf("hostd: %w", err)
+	if b != nil {
+		if err := d.useBundle(b); err != nil {
+			return nil, err
+		}
 	}
-	d := &Daemon{cfg: cfg, opts: opts, log: log, id: id, hostname: hostname, bundle: b}
-	d.members = newMembership(cfg, id, hostname, b.SerfKey, log)
 	return d, nil
+}
+
+// useBundle makes b the cluster's bundle: local credentials, gossip key.
+func (d *Daemon) useBundle(b *bundle.Bundle) error {
+	if err := writeLocalCredentials(d.cfg.StateDir, b); err != nil {
+		return fmt.Errorf("hostd: %w", err)
+	}
+	d.bundle = b
+	d.members = newMembership(d.cfg, d.id, d.hostname, b.SerfKey, d.log)
+	return nil
 }
 
 // ID returns the node ID.
@@ -142,6 +160,17 @@ func writeLocalCredentials(dir string, b *bundle.Bundle) error {
 	return bundle.WriteFile(path, data)
 }
 
+// serverTLS is the bundle's server config, except that a client may come
+// without a certificate: a host with only a join token does so to fetch
+// the bundle. The handler refuses every other request that has no
+// verified certificate, and one with a certificate from another CA fails
+// the handshake as before.
+func (d *Daemon) serverTLS(cert tls.Certificate) *tls.Config {
+	conf := d.bundle.ServerTLS(cert)
+	conf.ClientAuth = tls.VerifyClientCertIfGiven
+	return conf
+}
+
 // Info describes this host, as GET /v1/host returns it.
 func (d *Daemon) Info() HostInfo {
 	local := d.members.Local()
@@ -165,6 +194,15 @@ func (d *Daemon) APIAddr() net.Addr {
 // cluster so the others see a departure rather than a failure.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now().UTC()
+	if d.bundle == nil {
+		b, err := d.fetchBundle(ctx)
+		if err != nil {
+			return fmt.Errorf("hostd: %w", err)
+		}
+		if err := d.useBundle(b); err != nil {
+			return err
+		}
+	}
 	adv, err := currentAdvertise(d.cfg.Advertise)
 	if err != nil {
 		// The member moves once an address appears (followAddress).
@@ -192,7 +230,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	srv := &http.Server{
 		Handler:           d.handler(),
-		TLSConfig:         d.bundle.ServerTLS(cert),
+		TLSConfig:         d.serverTLS(cert),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Refused handshakes (no or foreign client certificate) are the
 		// client's problem to report; keep them out of the console.
@@ -202,7 +240,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { served <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
 
 	local := d.members.Local()
-	d.log.Info("hostd ready", "id", d.id, "cluster", d.bundle.Cluster, "gossip", local.Addr, "api", ln.Addr().String())
+	d.log.Info("hostd ready", "id", d.id, "bundle", d.bundle, "gossip", local.Addr, "api", ln.Addr().String())
 	if d.opts.Ready != nil {
 		d.opts.Ready()
 	}

@@ -33,8 +33,8 @@ const helperEnv = "PLINTH_HOSTD_TEST_CONFIG"
 
 // helperConfig is what a re-executed test binary runs hostd with.
 type helperConfig struct {
-	StateDir, Hostname, BundlePath string
-	Join                           []string
+	StateDir, Hostname, BundlePath, Token string
+	Join                                  []string
 }
 
 func TestMain(m *testing.M) {
@@ -54,12 +54,13 @@ func runHelper(path string) int {
 	if err := json.Unmarshal(data, &hc); err != nil {
 		return fail(err)
 	}
-	b, err := bundle.Load(hc.BundlePath)
-	if err != nil {
-		return fail(err)
-	}
 	cfg := DefaultConfig()
-	cfg.StateDir, cfg.Hostname, cfg.Bundle, cfg.Join = hc.StateDir, hc.Hostname, b, hc.Join
+	cfg.StateDir, cfg.Hostname, cfg.Join, cfg.JoinToken = hc.StateDir, hc.Hostname, hc.Join, hc.Token
+	if hc.BundlePath != "" {
+		if cfg.Bundle, err = bundle.Load(hc.BundlePath); err != nil {
+			return fail(err)
+		}
+	}
 	d, err := New(cfg, Options{Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		return fail(err)
@@ -180,14 +181,16 @@ func (s *segment) kill(h *netnsHost, sig syscall.Signal) {
 
 // client calls h's API from inside h's namespace, as its own root would.
 func (s *segment) client(h *netnsHost, creds *bundle.Credentials) *Client {
-	c := NewClient(h.addr, creds.TLS())
+	return s.clientTLS(h, creds.TLS())
+}
+
+func (s *segment) clientTLS(h *netnsHost, conf *tls.Config) *Client {
 	ns, err := netns.GetFromName(h.ns)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(func() { ns.Close() })
-	c.http.Transport.(*http.Transport).DialContext = dialInNamespace(ns)
-	return c
+	return NewClientTransport(h.addr, &http.Transport{TLSClientConfig: conf, DialContext: dialInNamespace(ns)})
 }
 
 // logs returns every host's log, for failure messages.
@@ -286,6 +289,10 @@ func TestFiveHostsOnABridge(t *testing.T) {
 	for n := 1; n <= 5; n++ {
 		h := s.addHost(n, path)
 		h.hc.Join = seeds
+		if n == 3 {
+			// This one has only the join token and fetches the bundle.
+			h.hc.BundlePath, h.hc.Token = "", b.JoinToken
+		}
 		s.start(h)
 		clients[h] = s.client(h, creds)
 	}
@@ -332,6 +339,9 @@ func TestFiveHostsOnABridge(t *testing.T) {
 		return nil
 	})
 	t.Logf("5 hosts converged %.2fs after the first start", time.Since(start).Seconds())
+	if data, _ := os.ReadFile(filepath.Join(s.dir, "h3.log")); !strings.Contains(string(data), "cluster bundle fetched with the join token") {
+		t.Errorf("h3 (token only) did not fetch the bundle:\n%s", data)
+	}
 
 	victim, others := s.hosts[4], s.hosts[:4]
 
@@ -478,8 +488,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 	}
 
 	// The API refuses a caller without a client certificate.
-	c := s.client(s.hosts[0], creds)
-	c.http.Transport.(*http.Transport).TLSClientConfig = bundle.ClientTLS(b.CACert, tls.Certificate{})
+	c := s.clientTLS(s.hosts[0], bundle.ClientTLS(b.CACert, tls.Certificate{}))
 	if _, err := membersOf(c); err == nil {
 		t.Error("API answered a caller without a client certificate")
 	}

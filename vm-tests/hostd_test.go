@@ -5,7 +5,6 @@ package vmtest
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,17 +14,6 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 )
-
-// hostClient calls the host API of vm through its forwarded port.
-func hostClient(t *testing.T, vm *VM, creds *bundle.Credentials) *host.Client {
-	t.Helper()
-	addr := vm.HostAddr(host.DefaultAPIPort)
-	if addr == "" {
-		t.Fatalf("%s forwards no host API port", vm.Name())
-	}
-	tr := &http.Transport{TLSClientConfig: creds.TLS(), DialContext: vm.DialContext}
-	return host.NewClientTransport(addr, tr)
-}
 
 // TestHostdClusterOfThree: three VMs share a cluster bundle (fw_cfg) and
 // one L2 segment; each joins the others and every host API lists all three
@@ -50,49 +38,25 @@ func TestHostdClusterOfThree(t *testing.T) {
 	}
 
 	seg := NewSegment(t)
-	addr := func(i int) string { return fmt.Sprintf("10.60.0.%d", i+1) }
-	seeds := fmt.Sprintf(`"%s", "%s", "%s"`, addr(0), addr(1), addr(2))
 	var cfgs []Config
 	for i := range 3 {
-		cfgs = append(cfgs, Config{
-			Name: fmt.Sprintf("node%d", i+1), Kernel: kernel, Initrd: initrd,
-			NICs: []NIC{
-				{MAC: fmt.Sprintf("52:54:00:60:00:%02d", i+1), Segment: seg},
-				// The harness reaches each host API through a forward.
-				{MAC: fmt.Sprintf("52:54:00:60:01:%02d", i+1), User: &UserNet{Forwards: []Forward{{GuestPort: host.DefaultAPIPort}}}},
-			},
-			ExtraArgs: []string{"-fw_cfg", "name=opt/plinth/bundle,file=" + bundlePath},
-			MachineConfig: []byte(fmt.Sprintf(`hostname = "node%d"
-[[network.interface]]
-mac = "52:54:00:60:00:%02d"
-name = "lan0"
-addresses = ["%s/24"]
-required = true
-
-[[network.interface]]
-mac = "52:54:00:60:01:%02d"
-name = "mgmt0"
-addresses = ["10.0.2.15/24"]
-
-[cluster]
-bundle = "fw_cfg"
-join = [%s]
-advertise = "lan0"
-roles = ["test"]
-`, i+1, i+1, addr(i), i+1, seeds)),
-		})
+		cfgs = append(cfgs, ClusterNode(i, 3, kernel, initrd, seg, bundlePath))
 	}
 	vms := StartN(t, cfgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	for _, vm := range vms {
+	clients := make([]*host.Client, len(vms))
+	for i, vm := range vms {
 		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
 			t.Fatalf("%s: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
 		}
+		if clients[i], err = HostClient(vm, creds); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ids := map[string]string{} // node name → ID, from /v1/host
-	for _, vm := range vms {
-		info, err := hostClient(t, vm, creds).Host(ctx)
+	for i, vm := range vms {
+		info, err := clients[i].Host(ctx)
 		if err != nil {
 			t.Fatalf("%s: /v1/host: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
 		}
@@ -104,8 +68,8 @@ roles = ["test"]
 	start := time.Now()
 	for {
 		var problems []string
-		for _, vm := range vms {
-			ms, err := hostClient(t, vm, creds).Members(ctx)
+		for i, vm := range vms {
+			ms, err := clients[i].Members(ctx)
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("%s: %v", vm.Name(), err))
 				continue
@@ -137,8 +101,8 @@ func checkMembers(ms []host.Member, ids map[string]string) string {
 	for i, m := range ms {
 		name := fmt.Sprintf("node%d", i+1)
 		if m.ID != ids[name] || m.Hostname != name || m.Status != host.StatusAlive ||
-			!strings.HasPrefix(m.Addr, fmt.Sprintf("10.60.0.%d:", i+1)) || len(m.Roles) != 1 || m.Roles[0] != "test" {
-			return fmt.Sprintf("member %d = %+v, want %s (%s) alive at 10.60.0.%d with role test", i, m, name, ids[name], i+1)
+			!strings.HasPrefix(m.Addr, ClusterAddr(i)+":") || len(m.Roles) != 1 || m.Roles[0] != "demo" {
+			return fmt.Sprintf("member %d = %+v, want %s (%s) alive at %s with role demo", i, m, name, ids[name], ClusterAddr(i))
 		}
 	}
 	return ""

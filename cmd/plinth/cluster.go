@@ -23,7 +23,7 @@ const defaultClientValidity = 365 * 24 * time.Hour
 
 func clusterCommand() *cobra.Command {
 	cluster := &cobra.Command{Use: "cluster", Short: "Make a cluster's secrets and operator credentials"}
-	cluster.AddCommand(clusterInitCommand(), clusterCredentialsCommand())
+	cluster.AddCommand(clusterInitCommand(), clusterCredentialsCommand(), clusterTokenCommand())
 	return cluster
 }
 
@@ -112,6 +112,29 @@ func clusterCredentialsCommand() *cobra.Command {
 	for _, required := range []string{"bundle", "name", "out"} {
 		cmd.MarkFlagRequired(required)
 	}
+	return cmd
+}
+
+func clusterTokenCommand() *cobra.Command {
+	var bundlePath string
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Print the cluster's join token (a secret: it fetches the whole bundle)",
+		Long: "Print the join token of the bundle. A machine config with [cluster] token and join,\n" +
+			"instead of bundle, makes hostd fetch the bundle from a seed's host API, verified\n" +
+			"against the CA the token names, and keep it. Whoever holds the token can join the\n" +
+			"cluster and read its CA key: treat it like bundle.toml.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := bundle.Load(bundlePath)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), b.JoinToken)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&bundlePath, "bundle", "bundle.toml", "cluster bundle file")
 	return cmd
 }
 

@@ -70,6 +70,11 @@ func TestClusterInit(t *testing.T) {
 		}
 	}
 
+	tok, err := runCluster("token", "--bundle", bundlePath)
+	if err != nil || tok != b.JoinToken+"\n" {
+		t.Errorf("cluster token printed %q, %v; want the bundle's join token", tok, err)
+	}
+
 	before, err := os.ReadFile(bundlePath)
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func vmCommand() *cobra.Command {
 	f.StringVar(&configFile, "config", "", "machine config (TOML) passed through fw_cfg")
 	f.IntSliceVar(&forwards, "forward", nil, "guest TCP port to expose on 127.0.0.1 (user networking; repeatable)")
 	f.BoolVar(&untilReady, "until-ready", false, "power off once plinth reports ready")
-	vm.AddCommand(run)
+	vm.AddCommand(run, vmClusterCommand())
 	return vm
 }
 

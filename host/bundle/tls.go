@@ -62,3 +62,39 @@ func ClientTLS(ca *x509.Certificate, cert tls.Certificate) *tls.Config {
 	}
 	return cfg
 }
+
+// TokenTLS returns the client config of a host that has only a join token:
+// it trusts a server whose chain holds the CA the token names (by the hash
+// of its public key) and whose certificate that CA issued for serving. The
+// host presents no certificate; the token's secret goes in the request.
+func TokenTLS(token string) (*tls.Config, error) {
+	caHash, _, err := ParseJoinToken(token)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Verification is not skipped: VerifyConnection pins the CA.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) < 2 {
+				return errors.New("host presented no CA certificate in its chain")
+			}
+			for _, ca := range cs.PeerCertificates[1:] {
+				if spkiHash(ca) != caHash {
+					continue
+				}
+				roots := x509.NewCertPool()
+				roots.AddCert(ca)
+				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+					Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+				})
+				if err != nil {
+					return fmt.Errorf("host certificate: %w", err)
+				}
+				return nil
+			}
+			return errors.New("host's CA is not the one the join token names: another cluster, or an impostor")
+		},
+	}, nil
+}

@@ -1,8 +1,6 @@
 package config
 
 import (
-	"github.com/plinth-os/plinth/netd"
-
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +10,9 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/netd"
 )
 
 // Cluster is the [cluster] section, for hostd: how this machine finds and
@@ -22,6 +23,11 @@ type Cluster struct {
 	// no cluster (hostd runs alone, without gossip encryption keys it cannot
 	// join anything).
 	Bundle string
+	// Token is the cluster's join token (`plinth cluster token`), the
+	// alternative to Bundle for machines that should carry less: hostd
+	// fetches the bundle from a Join seed's host API, verified against the
+	// CA the token names, and keeps it on the machine.
+	Token string
 	// Join lists seed hosts to join: "host" or "host:port", where host is an
 	// IP address ("[IPv6]:port" with a port) or a DNS name; port defaults to
 	// GossipPort. At most 64, no duplicates.
@@ -70,8 +76,13 @@ func clusterField(c *Cluster) field {
 			if len(d.problems) > n {
 				return
 			}
-			if len(c.Join) > 0 && c.Bundle == "" {
-				d.keyProblem(at, p, keys, "join", "joining a cluster needs cluster.bundle, which holds the gossip encryption key; "+
+			switch {
+			case c.Token != "" && c.Bundle != "":
+				d.keyProblem(at, p, keys, "token", "give either bundle or token, not both; the token only fetches the bundle")
+			case c.Token != "" && len(c.Join) == 0:
+				d.keyProblem(at, p, keys, "token", "a join token needs seed hosts in cluster.join to fetch the bundle from")
+			case len(c.Join) > 0 && c.Bundle == "" && c.Token == "":
+				d.keyProblem(at, p, keys, "join", "joining a cluster needs cluster.bundle, which holds the gossip encryption key, or cluster.token; "+
 					"set bundle to the path of the bundle `plinth cluster init` made, or to %q", BundleFWCfg)
 			}
 			if c.APIPort == c.GossipPort {
@@ -85,6 +96,7 @@ func clusterField(c *Cluster) field {
 func clusterFields(c *Cluster) []field {
 	return []field{
 		textField("bundle", &c.Bundle, plainString(checkBundle)),
+		textField("token", &c.Token, plainString(checkToken)),
 		setField("join", &c.Join, plainString(checkSeed), maxSeeds),
 		textField("advertise", &c.Advertise, plainString(checkAdvertise)),
 		intField("gossip_port", &c.GossipPort, 1, 65535),
@@ -103,6 +115,18 @@ func checkBundle(s string) error {
 		return fmt.Errorf("%q is not an absolute path; write one like \"/perm/cluster/bundle\", or use %q", s, BundleFWCfg)
 	case filepath.Clean(s) != s:
 		return fmt.Errorf("%q is not a clean path; write %q", s, filepath.Clean(s))
+	}
+	return nil
+}
+
+// checkToken accepts "" and well-formed join tokens. The message never
+// repeats the token: it is a secret and config errors reach the console.
+func checkToken(s string) error {
+	if s == "" {
+		return nil
+	}
+	if _, _, err := bundle.ParseJoinToken(s); err != nil {
+		return fmt.Errorf("%v; copy it from `plinth cluster token`", err)
 	}
 	return nil
 }

@@ -142,6 +142,10 @@ func TestGood(t *testing.T) {
 			m.Cluster.Join = []string{"node1"}
 			m.Cluster.Advertise = "lan0"
 		}),
+		"cluster-token.toml": withDefaults(func(m *config.Machine) {
+			m.Cluster.Token = "plinth1.0000000000000000000000000000000000000000000000000000000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+			m.Cluster.Join = []string{"10.0.0.1", "10.0.0.2"}
+		}),
 		"cluster-alone.toml": withDefaults(func(m *config.Machine) {
 			m.Cluster.Bundle = "/perm/cluster/bundle"
 			m.Cluster.Advertise = "fe80::1%lan0"

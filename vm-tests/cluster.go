@@ -1,0 +1,71 @@
+package vmtest
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/bundle"
+)
+
+// FWCfgBundle is the fw_cfg name under which ClusterNode hands the guest
+// the cluster bundle; a machine config reads it with bundle = "fw_cfg".
+const FWCfgBundle = "opt/plinth/bundle"
+
+// ClusterNode returns the config of node i (0-based) of an n-node plinth
+// cluster on seg: hostname node<i+1>, address 10.60.0.<i+1>/24 on lan0,
+// joining every other node, with the cluster bundle at bundlePath. A
+// second NIC on QEMU's user network forwards the host API to the
+// caller's loopback (see HostClient).
+func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath string) Config {
+	var seeds []string
+	for j := range n {
+		seeds = append(seeds, fmt.Sprintf("%q", ClusterAddr(j)))
+	}
+	name := fmt.Sprintf("node%d", i+1)
+	lanMAC := fmt.Sprintf("52:54:00:60:00:%02x", i+1)
+	mgmtMAC := fmt.Sprintf("52:54:00:60:01:%02x", i+1)
+	return Config{
+		Name: name, Kernel: kernel, Initrd: initrd,
+		NICs: []NIC{
+			{MAC: lanMAC, Segment: seg},
+			{MAC: mgmtMAC, User: &UserNet{Forwards: []Forward{{GuestPort: host.DefaultAPIPort}}}},
+		},
+		ExtraArgs: []string{"-fw_cfg", "name=" + FWCfgBundle + ",file=" + qemuEscape(bundlePath)},
+		MachineConfig: fmt.Appendf(nil, `hostname = %q
+
+[[network.interface]]
+mac = %q
+name = "lan0"
+addresses = ["%s/24"]
+required = true
+
+# QEMU's user network forwards the host API to 10.0.2.15.
+[[network.interface]]
+mac = %q
+name = "mgmt0"
+addresses = ["10.0.2.15/24"]
+
+[cluster]
+bundle = "fw_cfg"
+join = [%s]
+advertise = "lan0"
+roles = ["demo"]
+`, name, lanMAC, ClusterAddr(i), mgmtMAC, strings.Join(seeds, ", ")),
+	}
+}
+
+// ClusterAddr is node i's address on the cluster segment.
+func ClusterAddr(i int) string { return fmt.Sprintf("10.60.0.%d", i+1) }
+
+// HostClient calls the host API of a VM made by ClusterNode, through its
+// forwarded port and from inside its network namespace.
+func HostClient(vm *VM, creds *bundle.Credentials) (*host.Client, error) {
+	addr := vm.HostAddr(host.DefaultAPIPort)
+	if addr == "" {
+		return nil, fmt.Errorf("%s forwards no host API port", vm.Name())
+	}
+	tr := &http.Transport{TLSClientConfig: creds.TLS(), DialContext: vm.DialContext}
+	return host.NewClientTransport(addr, tr), nil
+}
