@@ -42,8 +42,10 @@ check-static: $(OUT)/plinth
 image: binary
 	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
 
+# Three VMs with one cluster bundle: members listed, one killed, its failure
+# reported by the others, the rest powered off.
 demo: image
-	$(OUT)/plinth vm run --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img --until-ready
+	$(OUT)/plinth vm cluster --nodes 3 --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img
 
 test: lint test-unit test-repro test-vm
 
