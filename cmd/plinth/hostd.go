@@ -72,7 +72,7 @@ func hostdCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "machine config file (TOML); its hostname and [cluster] section are used")
 	f.StringVar(&bundlePath, "bundle", "", `cluster bundle file from "plinth cluster init" ("fw_cfg": QEMU's opt/plinth/bundle)`)
-	f.StringVar(&cfg.JoinToken, "token", "", "join token (plinth cluster token): fetch the bundle from a --join seed instead of --bundle")
+	f.StringVar(&cfg.JoinToken, "token", "", "join token (plinth cluster token): fetch the bundle from a --join seed instead of --bundle;\nevery user can read a command line, so prefer [cluster] token in a --config file")
 	f.StringSliceVar(&cfg.Join, "join", nil, "seed hosts to join, host[:port], comma-separated or repeated")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address to advertise: interface name, CIDR or IP (default: the default route's link)")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the node ID and gossip snapshot are kept")
