@@ -102,11 +102,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	return d, nil
 }
 
-// useBundle makes b the cluster's bundle: local credentials, gossip key.
+// useBundle makes b the cluster's bundle and its Serf key the gossip key.
 func (d *Daemon) useBundle(b *bundle.Bundle) error {
-	if err := writeLocalCredentials(d.cfg.StateDir, b); err != nil {
-		return fmt.Errorf("hostd: %w", err)
-	}
 	d.bundle = b
 	d.members = newMembership(d.cfg, d.id, d.hostname, b.SerfKey, d.log)
 	return nil
@@ -243,6 +240,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("hostd ready", "id", d.id, "bundle", d.bundle, "gossip", local.Addr, "api", ln.Addr().String())
 	if d.opts.Ready != nil {
 		d.opts.Ready()
+	}
+	// After ready: issuing a certificate costs ~30 ms of a TCG guest's
+	// boot, and nothing before ready needs the file.
+	if err := writeLocalCredentials(d.cfg.StateDir, d.bundle); err != nil {
+		d.log.Error("write local client credentials", "err", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"crypto/x509"
 	"crypto/tls"
 	"errors"
 	"net/http"
@@ -223,13 +224,8 @@ func TestNodeIDKeptAndDamageReported(t *testing.T) {
 }
 
 func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
-	dir := t.TempDir()
-	cfg := DefaultConfig()
-	cfg.StateDir = dir
-	d1, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loopbackConfig(t, "127.0.0.1", "alpha", 0)
+	d1 := runHost(t, cfg)
 	d2, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -237,19 +233,29 @@ func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
 	if d1.bundle.Cluster != localCluster || !d1.bundle.CACert.Equal(d2.bundle.CACert) || d1.ID() != d2.ID() {
 		t.Fatal("a second start made a new local bundle or node ID")
 	}
-	creds, err := bundle.LoadCredentials(filepath.Join(dir, LocalCredentialsFile))
-	if err != nil || !creds.CACert.Equal(d1.bundle.CACert) {
-		t.Fatalf("local credentials: %v", err)
+	credsPath := filepath.Join(cfg.StateDir, LocalCredentialsFile)
+	// hostd writes them just after it reports ready.
+	loadCreds := func(ca *x509.Certificate) *bundle.Credentials {
+		var creds *bundle.Credentials
+		waitFor(t, "local credentials for the bundle's CA", 5*time.Second, func() error {
+			c, err := bundle.LoadCredentials(credsPath)
+			if err == nil && !c.CACert.Equal(ca) {
+				err = errors.New("credentials from another CA")
+			}
+			creds = c
+			return err
+		})
+		return creds
+	}
+	creds := loadCreds(d1.bundle.CACert)
+	// Root on the host reaches its API with them.
+	if err := NewClient(d1.APIAddr().String(), creds.TLS()).Health(context.Background()); err != nil {
+		t.Fatalf("local credentials refused: %v", err)
 	}
 	// Given a cluster bundle later, the local credentials follow it.
 	cfg.Bundle = newBundle(t)
-	if _, err := New(cfg, Options{}); err != nil {
-		t.Fatal(err)
-	}
-	creds, err = bundle.LoadCredentials(filepath.Join(dir, LocalCredentialsFile))
-	if err != nil || !creds.CACert.Equal(cfg.Bundle.CACert) {
-		t.Fatalf("local credentials after a new bundle: %v", err)
-	}
+	runHost(t, cfg)
+	loadCreds(cfg.Bundle.CACert)
 }
 
 func TestConfigCheck(t *testing.T) {
