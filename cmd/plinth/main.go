@@ -8,18 +8,25 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/plinth-os/plinth/host/container"
 	boot "github.com/plinth-os/plinth/init"
 )
 
 func main() {
+	// A container's setup re-executes this binary as "<self> init" inside
+	// the container's PID namespace, where it is PID 1 too: recognise it
+	// before anything looks at the PID.
+	if container.IsInit() {
+		container.Init()
+		return
+	}
 	// PID 1 and stage 1 are recognised before any argument parsing: the
 	// kernel may pass stray command-line words as arguments to init.
 	if os.Getpid() == 1 || filepath.Clean(os.Args[0]) == "/init" {
 		boot.Main()
 		return
 	}
-	// "init" is reserved: the container runtime re-executes this binary
-	// as "<self> init" to become a container's init.
+	// "init" is reserved for the container runtime (above).
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		fmt.Fprintln(os.Stderr, "plinth: \"init\" is reserved for the container runtime; PID 1 is entered as /init or /sbin/init")
 		os.Exit(2)

@@ -1,0 +1,259 @@
+package container
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests start real containers with libcontainer: root, and a static
+// busybox (Debian's busybox-static) as the whole root filesystem.
+
+func TestMain(m *testing.M) {
+	Init() // this test binary is re-executed as "<binary> init"
+	os.Exit(m.Run())
+}
+
+// busyboxRoot makes a root filesystem of a static busybox and its applet
+// links.
+func busyboxRoot(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (namespaces, cgroups)")
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("needs a static busybox (apt-get install busybox-static): %v", err)
+	}
+	root := t.TempDir()
+	for _, d := range []string{"bin", "proc", "dev", "sys", "tmp", "etc"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, applet := range []string{"sh", "echo", "cat", "sleep", "dd", "touch", "hostname", "grep", "id", "wc", "ls"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+var testSeq int
+
+// run starts a container of spec on a busybox root and returns its exit
+// and what it wrote to stdout and stderr.
+func run(t *testing.T, rt *Runtime, s Spec) (Exit, string, string) {
+	t.Helper()
+	c, stdout, stderr := start(t, rt, s)
+	exit := c.Wait()
+	out, _ := os.ReadFile(stdout.Name())
+	errOut, _ := os.ReadFile(stderr.Name())
+	return exit, string(out), string(errOut)
+}
+
+func start(t *testing.T, rt *Runtime, s Spec) (*Container, *os.File, *os.File) {
+	t.Helper()
+	testSeq++
+	if s.ID == "" {
+		s.ID = fmt.Sprintf("plinth-test-%d-%d", os.Getpid(), testSeq)
+	}
+	dir := t.TempDir()
+	stdout, err := os.Create(filepath.Join(dir, "stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdout.Close(); stderr.Close() })
+	c, err := rt.Start(s, Stdio{Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Destroy(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c, stdout, stderr
+}
+
+func newRuntime(t *testing.T) *Runtime {
+	rt, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+func TestExitCodeEnvAndStreams(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	exit, out, errOut := run(t, rt, Spec{Rootfs: root, Env: []string{"GREETING=hello"},
+		Args: []string{"sh", "-c", "echo $GREETING out; echo err >&2; exit 7"}})
+	if exit.Code != 7 || exit.Signal != "" || exit.OOMKilled {
+		t.Errorf("exit = %+v, want code 7", exit)
+	}
+	if out != "hello out\n" || errOut != "err\n" {
+		t.Errorf("stdout %q, stderr %q; want \"hello out\\n\" and \"err\\n\"", out, errOut)
+	}
+}
+
+func TestIsolation(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	script := `echo pid=$$; hostname; grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; ` +
+		`echo kcore=$(cat /proc/kcore 2>/dev/null | dd bs=1 count=1 2>/dev/null | wc -c); ` +
+		`touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro; ` +
+		`echo links=$(ls /sys/class/net)`
+	exit, out, errOut := run(t, rt, Spec{Rootfs: root, Hostname: "jobhost", ReadonlyRootfs: true,
+		Args: []string{"sh", "-c", script}})
+	if exit.Code != 0 {
+		t.Fatalf("exit %+v, stderr %s", exit, errOut)
+	}
+	// kill (5), net_bind_service (10), audit_write (29).
+	const caps = "0000000020000420"
+	for _, want := range []string{"pid=1\n", "jobhost\n", "CapBnd:\t" + caps, "CapEff:\t" + caps, "NoNewPrivs:\t1",
+		"kcore=0\n", "rootfs=ro\n", "links=lo\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestMemoryLimitKillsWithOOM(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	// dd allocates its 64 MiB block and fills it from /dev/zero.
+	exit, _, errOut := run(t, rt, Spec{Rootfs: root, Resources: Resources{MemoryBytes: 16 << 20},
+		Args: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}})
+	if !exit.OOMKilled || exit.Signal != "killed" {
+		t.Errorf("exit = %+v (stderr %q), want killed by the OOM killer", exit, errOut)
+	}
+	// Under the limit the same command succeeds.
+	exit, _, errOut = run(t, rt, Spec{Rootfs: root, Resources: Resources{MemoryBytes: 128 << 20},
+		Args: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}})
+	if exit.Code != 0 || exit.OOMKilled {
+		t.Errorf("with room: exit = %+v (stderr %q), want 0", exit, errOut)
+	}
+}
+
+// tini is the init hostd gives containers.
+func tini(t *testing.T) string {
+	const path = "/usr/bin/tini-static"
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("needs %s (apt-get install tini)", path)
+	}
+	return path
+}
+
+func TestSignalAndAdopt(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	c, _, _ := start(t, rt, Spec{Rootfs: root, Init: tini(t), Args: []string{"sleep", "60"}})
+	ids, err := rt.List()
+	if err != nil || len(ids) != 1 || ids[0] != c.ID() {
+		t.Fatalf("List = %v, %v; want [%s]", ids, err, c.ID())
+	}
+	// Until the init has started the command, a signal to it would be
+	// dropped: PID 1 of a namespace ignores signals it does not handle.
+	waitFor(t, "the init's child", func() bool { return len(children(c.Pid())) > 0 })
+	adopted, err := rt.Adopt(c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if adopted.Pid() != c.Pid() {
+		t.Errorf("adopted PID %d, want %d", adopted.Pid(), c.Pid())
+	}
+	if err := adopted.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Exit)
+	go func() { done <- c.Wait() }()
+	select {
+	case exit := <-done:
+		// The init passes the signal on and exits as shells do: 128+15.
+		if exit.Code != 128+int(syscall.SIGTERM) {
+			t.Errorf("exit = %+v, want 143 (the command terminated by SIGTERM)", exit)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("container did not stop on SIGTERM")
+	}
+}
+
+func TestBadSpecsRefused(t *testing.T) {
+	rt := newRuntime(t)
+	for name, s := range map[string]Spec{
+		"bad id":          {ID: "Bad/ID", Rootfs: "/", Args: []string{"true"}},
+		"relative rootfs": {ID: "a", Rootfs: "rootfs", Args: []string{"true"}},
+		"no command":      {ID: "a", Rootfs: "/"},
+		"tiny memory":     {ID: "a", Rootfs: "/", Args: []string{"true"}, Resources: Resources{MemoryBytes: 1 << 20}},
+		"bad env":         {ID: "a", Rootfs: "/", Args: []string{"true"}, Env: []string{"NOVALUE"}},
+	} {
+		if _, err := rt.Start(s, Stdio{}); err == nil {
+			t.Errorf("%s: started", name)
+		}
+	}
+	if ids, _ := rt.List(); len(ids) != 0 {
+		t.Errorf("refused specs left containers behind: %v", ids)
+	}
+}
+
+// children returns the PIDs of pid's children.
+func children(pid int) []string {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	return strings.Fields(string(data))
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 10s", what)
+		}
+	}
+}
+
+// zombies counts the children of the container's first process that
+// have exited and not been reaped. (Zombies leave their cgroup at exit, so
+// the cgroup's process list does not show them.)
+func zombies(c *Container) int {
+	n := 0
+	for _, pid := range children(c.Pid()) {
+		data, err := os.ReadFile("/proc/" + pid + "/stat")
+		// The state follows the command name in parentheses.
+		if i := strings.LastIndexByte(string(data), ')'); err == nil && i > 0 && strings.HasPrefix(string(data[i+1:]), " Z") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestInitReapsOrphans(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	// The subshell's sleep is orphaned to PID 1; "sleep 30" never reaps.
+	cmd := []string{"sh", "-c", "(sleep 0.1 &); exec sleep 30"}
+	bare, _, _ := start(t, rt, Spec{Rootfs: root, Args: cmd})
+	withInit, _, _ := start(t, rt, Spec{Rootfs: root, Init: tini(t), Args: cmd})
+	time.Sleep(time.Second)
+	if n := zombies(bare); n != 1 {
+		t.Errorf("without an init: %d zombies, want 1 (the test would prove nothing)", n)
+	}
+	if n := zombies(withInit); n != 0 {
+		t.Errorf("with the init: %d zombies, want 0", n)
+	}
+	for _, c := range []*Container{bare, withInit} {
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
+	}
+}
