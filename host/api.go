@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -45,7 +46,15 @@ func (d *Daemon) handler() http.Handler {
 		writeJSON(w, http.StatusOK, d.members.Members())
 	})
 	mux.HandleFunc("GET /v1/events", d.serveEvents)
+	// The catch-all also gets known paths asked with another method, which
+	// the mux alone would answer with 405; keep that answer.
+	getOnly := []string{"/healthz", "/v1/host", "/v1/members", "/v1/events", bundlePath}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if slices.Contains(getOnly, r.URL.Path) {
+			w.Header().Set("Allow", "GET")
+			writeJSON(w, http.StatusMethodNotAllowed, apiError{fmt.Sprintf("%s %s: only GET is allowed", r.Method, r.URL.Path)})
+			return
+		}
 		writeJSON(w, http.StatusNotFound, apiError{fmt.Sprintf("no such endpoint: %s %s (see docs/api-reference.md)", r.Method, r.URL.Path)})
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -22,7 +22,7 @@ type Client struct {
 	http *http.Client
 }
 
-// NewClient returns a client for the host API at addr ("host" or
+// NewClient returns a client for the host API at addr ("host", "[IPv6]" or
 // "host:port"; the port defaults to DefaultAPIPort).
 func NewClient(addr string, tlsConfig *tls.Config) *Client {
 	return NewClientTransport(addr, &http.Transport{
@@ -37,7 +37,7 @@ func NewClient(addr string, tlsConfig *tls.Config) *Client {
 // tunnel); the transport must carry the TLS config.
 func NewClientTransport(addr string, tr http.RoundTripper) *Client {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, strconv.Itoa(DefaultAPIPort))
+		addr = net.JoinHostPort(strings.Trim(addr, "[]"), strconv.Itoa(DefaultAPIPort))
 	}
 	return &Client{base: "https://" + addr, http: &http.Client{Transport: tr}}
 }

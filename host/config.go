@@ -13,6 +13,8 @@ package host
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
@@ -49,7 +51,7 @@ type Config struct {
 	BindAddr string
 	// GossipPort is Serf's UDP and TCP port; 0 picks a free one.
 	GossipPort int
-	// APIPort is the host API's HTTPS port, served on every address.
+	// APIPort is the host API's HTTPS port; 0 picks a free one.
 	APIPort int
 	// APIBind is the IP the API listens on; empty means all addresses.
 	APIBind string
@@ -129,11 +131,30 @@ func (c *Config) check() error {
 	if c.GossipPort < 0 || c.GossipPort > 65535 || c.APIPort < 0 || c.APIPort > 65535 {
 		return fmt.Errorf("hostd: ports must be 0..65535 (gossip %d, api %d)", c.GossipPort, c.APIPort)
 	}
+	// Gossip listens on TCP too, so the two would collide at bind.
+	if c.GossipPort != 0 && c.GossipPort == c.APIPort {
+		return fmt.Errorf("hostd: gossip and API both on port %d; give them different ports", c.APIPort)
+	}
+	// A spec with a slash is meant as a CIDR; anything else unparsed is an
+	// interface name, which may appear later.
+	if strings.Contains(c.Advertise, "/") {
+		if _, err := netip.ParsePrefix(c.Advertise); err != nil {
+			return fmt.Errorf("hostd: advertise %q is not a CIDR; write one like 10.0.0.0/24", c.Advertise)
+		}
+	}
+	for _, r := range c.Roles {
+		if r == "" || strings.Contains(r, ",") {
+			return fmt.Errorf("hostd: role %q: roles are non-empty and hold no ',' (the gossip tag's separator)", r)
+		}
+	}
 	switch {
 	case c.JoinToken != "" && c.Bundle != nil:
 		return fmt.Errorf("hostd: give either a cluster bundle or a join token, not both")
 	case c.JoinToken != "" && len(c.Join) == 0:
 		return fmt.Errorf("hostd: a join token needs seed hosts to fetch the cluster bundle from; add them to join")
+	case c.JoinToken != "" && c.APIPort == 0:
+		// The seeds are asked at this host's API port.
+		return fmt.Errorf("hostd: a join token needs the cluster's API port to reach the seeds; set the API port (default %d)", DefaultAPIPort)
 	case len(c.Join) > 0 && c.Bundle == nil && c.JoinToken == "":
 		return fmt.Errorf("hostd: joining %v needs the cluster bundle (the gossip key) or its join token; make them with `plinth cluster init`", c.Join)
 	}

@@ -95,18 +95,15 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		}
 	}
 	if b != nil {
-		if err := d.useBundle(b); err != nil {
-			return nil, err
-		}
+		d.useBundle(b)
 	}
 	return d, nil
 }
 
 // useBundle makes b the cluster's bundle and its Serf key the gossip key.
-func (d *Daemon) useBundle(b *bundle.Bundle) error {
+func (d *Daemon) useBundle(b *bundle.Bundle) {
 	d.bundle = b
 	d.members = newMembership(d.cfg, d.id, d.hostname, b.SerfKey, d.log)
-	return nil
 }
 
 // ID returns the node ID.
@@ -168,7 +165,8 @@ func (d *Daemon) serverTLS(cert tls.Certificate) *tls.Config {
 	return conf
 }
 
-// Info describes this host, as GET /v1/host returns it.
+// Info describes this host, as GET /v1/host returns it. Like Members, it
+// may be called once Run has reported ready.
 func (d *Daemon) Info() HostInfo {
 	local := d.members.Local()
 	return HostInfo{
@@ -194,11 +192,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.bundle == nil {
 		b, err := d.fetchBundle(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while waiting for a seed: a shutdown, not a failure
+			}
 			return fmt.Errorf("hostd: %w", err)
 		}
-		if err := d.useBundle(b); err != nil {
-			return err
-		}
+		d.useBundle(b)
 	}
 	adv, err := currentAdvertise(d.cfg.Advertise)
 	if err != nil {
@@ -229,6 +228,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Handler:           d.handler(),
 		TLSConfig:         d.serverTLS(cert),
 		ReadHeaderTimeout: 10 * time.Second,
+		// Clients that never close a keep-alive connection (one per
+		// joining host and per host.Client) must not hold it forever.
+		IdleTimeout: 2 * time.Minute,
 		// Refused handshakes (no or foreign client certificate) are the
 		// client's problem to report; keep them out of the console.
 		ErrorLog: log.New(serfLog{d.log}, "", 0),
@@ -258,7 +260,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	defer done()
-	srv.Shutdown(shutCtx)
+	if srv.Shutdown(shutCtx) != nil {
+		// An event stream to a client that stopped reading blocks in a
+		// write that Shutdown does not interrupt.
+		srv.Close()
+	}
 	if ctx.Err() == nil {
 		return errors.New("hostd: host API stopped")
 	}

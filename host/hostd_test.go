@@ -2,8 +2,8 @@ package host
 
 import (
 	"context"
-	"crypto/x509"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"os"
@@ -143,6 +143,14 @@ func TestAPIServesHostAndMembers(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("unknown path: %d %s, want 404 application/json", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+	resp, err = c.http.Post(c.base+"/v1/members", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+		t.Errorf("POST /v1/members: %d, Allow %q; want 405, Allow GET", resp.StatusCode, resp.Header.Get("Allow"))
+	}
 }
 
 func summary(ms []Member) string {
@@ -259,21 +267,54 @@ func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
 }
 
 func TestConfigCheck(t *testing.T) {
-	for name, edit := range map[string]func(*Config){
-		"join without bundle": func(c *Config) { c.Join = []string{"10.0.0.1"} },
-		"bad bind":            func(c *Config) { c.BindAddr = "eth0" },
-		"port range":          func(c *Config) { c.APIPort = 70000 },
-		"probe timeout":       func(c *Config) { c.Gossip.ProbeTimeout = c.Gossip.ProbeInterval },
-		"no state dir":        func(c *Config) { c.StateDir = "" },
+	token := "plinth1." + strings.Repeat("0", 64) + "." + strings.Repeat("A", 43)
+	for _, tc := range []struct {
+		name, want string
+		edit       func(*Config)
+	}{
+		{"join without bundle", "needs the cluster bundle", func(c *Config) { c.Join = []string{"10.0.0.1"} }},
+		{"bad bind", "bind address", func(c *Config) { c.BindAddr = "eth0" }},
+		{"port range", "ports must be", func(c *Config) { c.APIPort = 70000 }},
+		{"probe timeout", "probe timeout", func(c *Config) { c.Gossip.ProbeTimeout = c.Gossip.ProbeInterval }},
+		{"no state dir", "state directory", func(c *Config) { c.StateDir = "" }},
+		{"same ports", "different ports", func(c *Config) { c.APIPort = c.GossipPort }},
+		{"bad CIDR", "not a CIDR", func(c *Config) { c.Advertise = "10.0.0.0/33" }},
+		{"role with comma", "role", func(c *Config) { c.Roles = []string{"a,b"} }},
+		{"token, API port 0", "API port", func(c *Config) { c.Join, c.JoinToken, c.APIPort = []string{"10.0.0.1"}, token, 0 }},
 	} {
 		cfg := DefaultConfig()
-		edit(&cfg)
-		if err := cfg.check(); err == nil {
-			t.Errorf("%s: accepted", name)
+		tc.edit(&cfg)
+		if err := cfg.check(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want one about %q", tc.name, err, tc.want)
 		}
 	}
 	cfg := DefaultConfig()
 	if err := cfg.check(); err != nil {
 		t.Errorf("default config: %v", err)
+	}
+	cfg.Join, cfg.JoinToken = []string{"10.0.0.1"}, token
+	if err := cfg.check(); err != nil {
+		t.Errorf("join token config: %v", err)
+	}
+}
+
+func TestAddressesDefaultTheirPort(t *testing.T) {
+	for addr, want := range map[string]string{
+		"10.0.0.1":          "https://10.0.0.1:7947",
+		"10.0.0.1:8000":     "https://10.0.0.1:8000",
+		"2001:db8::1":       "https://[2001:db8::1]:7947",
+		"[2001:db8::1]":     "https://[2001:db8::1]:7947",
+		"node1.example.org": "https://node1.example.org:7947",
+	} {
+		if got := NewClient(addr, nil).base; got != want {
+			t.Errorf("NewClient(%q) calls %s, want %s", addr, got, want)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Join = []string{"10.0.0.1", "[2001:db8::1]", "2001:db8::2", "[2001:db8::3]:8000"}
+	seeds, _ := newMembership(cfg, "id", "h", nil, nil).seeds()
+	want := []string{"10.0.0.1:7946", "[2001:db8::1]:7946", "[2001:db8::2]:7946", "[2001:db8::3]:8000"}
+	if !slices.Equal(seeds, want) {
+		t.Errorf("seeds = %v, want %v", seeds, want)
 	}
 }

@@ -53,6 +53,7 @@ func (d *Daemon) fetchBundle(ctx context.Context) (*bundle.Bundle, error) {
 		Timeout:   10 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: conf, DialContext: (&net.Dialer{Timeout: 3 * time.Second}).DialContext},
 	}
+	defer client.CloseIdleConnections()
 	wait := time.Second
 	for attempt := 1; ; attempt++ {
 		var errs []error

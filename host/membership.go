@@ -347,7 +347,8 @@ func (m *membership) joinLoop(ctx context.Context) {
 			continue
 		}
 		n, err := m.current().Join(seeds, true)
-		if n > 0 {
+		// A seed given by name may be this host itself, which answers too.
+		if n > 0 && m.aliveOthers() > 0 {
 			m.log.Info("joined cluster", "contacted", n, "seeds", len(seeds))
 			wait, failures = idleCheck, 0
 			continue
@@ -373,7 +374,7 @@ func (m *membership) seeds() (seeds []string, moving bool) {
 	var out []string
 	for _, s := range slices.Concat(m.cfg.Join, m.extra) {
 		if _, _, err := net.SplitHostPort(s); err != nil {
-			s = net.JoinHostPort(s, strconv.Itoa(cmp.Or(m.cfg.GossipPort, DefaultGossipPort)))
+			s = net.JoinHostPort(strings.Trim(s, "[]"), strconv.Itoa(cmp.Or(m.cfg.GossipPort, DefaultGossipPort)))
 		}
 		if s != self && !slices.Contains(out, s) {
 			out = append(out, s)
@@ -416,6 +417,17 @@ func (m *membership) followAddress(ctx context.Context) {
 		ErrorCallback: func(err error) { m.log.Debug("address events", "err", err) },
 	}); err != nil {
 		m.log.Warn("watch addresses; polling every 10s instead", "err", err)
+		updates = nil
+	} else {
+		// netlink's reader blocks sending to the channel; drain it until
+		// the reader, stopped by done, closes it.
+		ch := updates
+		defer func() {
+			go func() {
+				for range ch {
+				}
+			}()
+		}()
 	}
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
@@ -426,6 +438,7 @@ func (m *membership) followAddress(ctx context.Context) {
 			return
 		case _, ok := <-updates:
 			if !ok {
+				m.log.Warn("address events stopped; polling every 10s instead")
 				updates = nil
 				continue
 			}

@@ -75,7 +75,7 @@ func hostdCommand() *cobra.Command {
 	f.StringVar(&cfg.JoinToken, "token", "", "join token (plinth cluster token): fetch the bundle from a --join seed instead of --bundle;\nevery user can read a command line, so prefer [cluster] token in a --config file")
 	f.StringSliceVar(&cfg.Join, "join", nil, "seed hosts to join, host[:port], comma-separated or repeated")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address to advertise: interface name, CIDR or IP (default: the default route's link)")
-	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the node ID and gossip snapshot are kept")
+	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the node ID, gossip snapshot, kept or single-host bundle.toml and root's client.toml are kept")
 	f.StringVar(&cfg.BindAddr, "bind", cfg.BindAddr, "IP the gossip sockets listen on")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "Serf port, UDP and TCP")
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "host API port (HTTPS)")

@@ -54,6 +54,8 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 		}
 		defer os.RemoveAll(tmp)
 		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--dir: %w", err)
 	}
 	b, creds, err := makeClusterFiles(dir)
 	if err != nil {
@@ -119,7 +121,14 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 			victimID = m.ID
 		}
 	}
-	events, err := clients[0].Events(ctx)
+	if victimID == "" {
+		return fmt.Errorf("node1 lists no member with hostname %s", victim.Name())
+	}
+	// The failure is expected within seconds (FastGossip); a stream that
+	// never reports it must not hang the demo.
+	ectx, ecancel := context.WithTimeout(ctx, time.Minute)
+	defer ecancel()
+	events, err := clients[0].Events(ectx)
 	if err != nil {
 		return err
 	}
@@ -132,7 +141,7 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	for {
 		e, err := events.Next()
 		if err != nil {
-			return fmt.Errorf("node1's event stream: %w", err)
+			return fmt.Errorf("node1's event stream, waiting for %s to be declared failed: %w", victim.Name(), err)
 		}
 		if e.Type == "member-failed" && e.Member.ID == victimID {
 			break

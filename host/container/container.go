@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -59,6 +61,8 @@ func New(root string) (*Runtime, error) {
 type Stdio struct {
 	Stdin          *os.File
 	Stdout, Stderr *os.File
+	// Extra files become the process's file descriptors 3, 4, ...
+	Extra []*os.File
 }
 
 // Container is one started container.
@@ -81,12 +85,15 @@ type Exit struct {
 	// OOMKilled is set when the kernel killed it for exceeding its memory
 	// limit.
 	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Unknown is set when the status could not be learnt: the process was
+	// not our child (an adopted container) or was gone when we looked.
+	Unknown bool `json:"unknown,omitempty"`
 }
 
 // Start creates the container and starts its process. On error nothing of
 // it is left behind: no state directory, no cgroup.
 func (r *Runtime) Start(s Spec, stdio Stdio) (*Container, error) {
-	if err := s.check(); err != nil {
+	if err := s.Check(); err != nil {
 		return nil, err
 	}
 	spec := s.ociSpec(cgroups.IsCgroup2UnifiedMode())
@@ -121,6 +128,7 @@ func (r *Runtime) Start(s Spec, stdio Stdio) (*Container, error) {
 	if stdio.Stderr != nil {
 		p.Stderr = stdio.Stderr
 	}
+	p.ExtraFiles = stdio.Extra
 	if err := lc.Run(p); err != nil {
 		lc.Destroy()
 		return nil, fmt.Errorf("container %s: start %q: %w", s.ID, s.args()[0], err)
@@ -174,11 +182,27 @@ func (c *Container) Wait() Exit {
 		case ws.Signaled():
 			c.exit = Exit{Code: -1, Signal: ws.Signal().String()}
 		}
-		if ws.Signaled() && ws.Signal() == syscall.SIGKILL && c.oom != nil {
-			select {
-			case <-c.oom:
-				c.exit.OOMKilled = true
-			case <-time.After(oomGrace):
+		if c.oom == nil {
+			return
+		}
+		// Killed by SIGKILL itself, or an init reporting a child killed so
+		// (128+9): the OOM killer may be why.
+		killed := ws.Signaled() && ws.Signal() == syscall.SIGKILL || ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGKILL)
+		var grace <-chan time.Time
+		if killed {
+			grace = time.After(oomGrace)
+		}
+		select {
+		case <-c.oom:
+			c.exit.OOMKilled = true
+		case <-grace: // nil unless killed: then no wait at all
+		default:
+			if killed {
+				select {
+				case <-c.oom:
+					c.exit.OOMKilled = true
+				case <-grace:
+				}
 			}
 		}
 	})
@@ -192,6 +216,22 @@ func (c *Container) Destroy() error {
 		return fmt.Errorf("container %s: destroy: %w", c.ID(), err)
 	}
 	return nil
+}
+
+// WaitAdopted blocks until the first process of an adopted container has
+// exited. Only a parent learns an exit status, so the Exit is Unknown.
+func (c *Container) WaitAdopted() Exit {
+	fd, err := unix.PidfdOpen(c.pid, 0)
+	if err == nil {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+	}
+	return Exit{Code: -1, Unknown: true}
 }
 
 // Adopt finds a container a previous hostd started and that is still

@@ -50,7 +50,7 @@ type Spec struct {
 	// Empty: the command itself is PID 1.
 	Init string
 	// Mounts are bind mounts from the host (volumes).
-	Mounts []Mount
+	Mounts    []Mount
 	Resources Resources
 }
 
@@ -88,8 +88,8 @@ var DefaultCapabilities = []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
 
-// check reports the first problem with s, phrased for the API's caller.
-func (s *Spec) check() error {
+// Check reports the first problem with s, phrased for the API's caller.
+func (s *Spec) Check() error {
 	switch {
 	case !idPattern.MatchString(s.ID):
 		return fmt.Errorf("container id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)

@@ -1,0 +1,563 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/host/container"
+)
+
+// Job is a job's record: what was asked and what happened.
+type Job struct {
+	Spec   Spec   `json:"spec"`
+	Status Status `json:"status"`
+}
+
+// Status is what happened to a job so far.
+type Status struct {
+	// State is StateRunning, StateBackoff, StateExited or StateStopped.
+	State     string          `json:"state"`
+	Pid       int             `json:"pid,omitempty"`
+	StartedAt time.Time       `json:"started_at,omitzero"`
+	ExitedAt  time.Time       `json:"exited_at,omitzero"`
+	Exit      *container.Exit `json:"exit,omitempty"`
+	// Restarts counts the starts after the first.
+	Restarts int `json:"restarts"`
+	// NextStart is when a job in StateBackoff starts again.
+	NextStart time.Time `json:"next_start,omitzero"`
+	// Error is why the last start failed, if it did.
+	Error string `json:"error,omitempty"`
+	// BootID is the kernel's boot ID when the job last started: a
+	// different one at restore means the host rebooted since.
+	BootID string `json:"boot_id,omitempty"`
+}
+
+// Job states.
+const (
+	StateRunning = "running"
+	StateBackoff = "backoff" // exited; starts again at NextStart
+	StateExited  = "exited"  // exited; its policy does not restart it
+	StateStopped = "stopped" // stopped on request
+)
+
+// Event is a change of one job, for GET /v1/jobs/events: started,
+// restarted, exited (with its Exit), oom-killed, stopped, removed.
+type Event struct {
+	Type string          `json:"type"`
+	Job  string          `json:"job"`
+	Time time.Time       `json:"time"`
+	Pid  int             `json:"pid,omitempty"`
+	Exit *container.Exit `json:"exit,omitempty"`
+}
+
+// Errors the API maps to status codes.
+var (
+	ErrNotFound = errors.New("no such job")
+	ErrExists   = errors.New("a job with this id exists")
+	ErrRunning  = errors.New("job is running")
+	ErrInvalid  = errors.New("invalid job")
+)
+
+// Config says where a Manager keeps things.
+type Config struct {
+	// StateDir holds jobs.db and logs/<id>/; on the data partition, so
+	// records and logs survive reboots.
+	StateDir string
+	// RunDir holds the containers' runtime state; a tmpfs such as /run,
+	// because it describes processes, which do not survive reboots.
+	RunDir string
+	// Init is the static init run as every job's PID 1 (Debian's
+	// tini-static); empty runs the command itself as PID 1.
+	Init string
+	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
+	StopTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Manager runs the jobs of one host.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	rt     *container.Runtime
+	store  *store
+	bootID string
+
+	mu     sync.Mutex
+	jobs   map[string]*entry
+	subs   map[chan Event]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// entry is the live side of one job.
+type entry struct {
+	job  Job
+	c    *container.Container
+	log  *jobLog
+	stop chan struct{} // closed by Stop and Remove: no more restarts
+	// ran is closed and replaced when a run ends, for Wait.
+	ran chan struct{}
+	// copying counts the output copiers of the current run; a run has
+	// ended once they have read everything.
+	copying sync.WaitGroup
+	gone    chan struct{} // closed when removed, ending log followers
+	done    chan struct{} // closed when the supervisor returns
+}
+
+// Log pipes: a job's output goes through pipes that hostd reads; the job
+// also holds their read ends as file descriptors 3 and 4, so that the
+// pipes keep a reader while hostd restarts (its writes wait instead of
+// failing) and a new hostd reopens them through /proc/<pid>/fd.
+const (
+	stdoutFD = 3
+	stderrFD = 4
+	pipeSize = 1 << 20
+)
+
+// New opens the job store. Call Restore to bring back the jobs it holds.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "logs"), 0o700); err != nil {
+		return nil, fmt.Errorf("job state directory: %w", err)
+	}
+	rt, err := container.New(cfg.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(filepath.Join(cfg.StateDir, "jobs.db"))
+	if err != nil {
+		return nil, err
+	}
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return &Manager{
+		cfg: cfg, log: cfg.Log, rt: rt, store: st, bootID: strings.TrimSpace(string(boot)),
+		jobs: map[string]*entry{}, subs: map[chan Event]struct{}{},
+	}, nil
+}
+
+// Create records the job and starts it. A job that cannot start (bad
+// spec, missing command) is refused with nothing left behind.
+func (m *Manager) Create(spec Spec) (Job, error) {
+	if err := spec.Check(); err != nil {
+		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := spec.findCommand(); err != nil {
+		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	m.mu.Lock()
+	if _, ok := m.jobs[spec.ID]; ok || m.closed {
+		m.mu.Unlock()
+		return Job{}, fmt.Errorf("%w: %s", ErrExists, spec.ID)
+	}
+	e := newEntry(Job{Spec: spec})
+	m.jobs[spec.ID] = e // reserves the id while it starts
+	m.mu.Unlock()
+
+	logDir := m.logDir(spec.ID)
+	fail := func(err error) (Job, error) {
+		if e.log != nil {
+			e.log.close()
+		}
+		os.RemoveAll(logDir)
+		m.mu.Lock()
+		delete(m.jobs, spec.ID)
+		m.mu.Unlock()
+		return Job{}, err
+	}
+	var err error
+	if e.log, err = openLog(logDir); err != nil {
+		return fail(fmt.Errorf("job %s: log: %w", spec.ID, err))
+	}
+	if err := m.start(e); err != nil {
+		return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
+	}
+	if err := m.persist(e); err != nil {
+		e.c.Signal(syscall.SIGKILL)
+		e.c.Wait()
+		e.c.Destroy()
+		return fail(err)
+	}
+	m.publish(Event{Type: "started", Job: spec.ID, Pid: e.job.Status.Pid})
+	m.supervise(e, false)
+	return m.snapshot(e), nil
+}
+
+func newEntry(j Job) *entry {
+	return &entry{job: j, stop: make(chan struct{}), ran: make(chan struct{}), gone: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (m *Manager) logDir(id string) string { return filepath.Join(m.cfg.StateDir, "logs", id) }
+
+// start starts e's container with its output piped into its log.
+func (m *Manager) start(e *entry) error {
+	var pipes [4]*os.File // out r/w, err r/w
+	for i := 0; i < 4; i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		pipes[i], pipes[i+1] = r, w
+	}
+	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init), container.Stdio{
+		Stdout: pipes[1], Stderr: pipes[3], Extra: []*os.File{pipes[0], pipes[2]},
+	})
+	pipes[1].Close()
+	pipes[3].Close()
+	if err != nil {
+		pipes[0].Close()
+		pipes[2].Close()
+		e.job.Status.Error = err.Error()
+		return err
+	}
+	m.mu.Lock()
+	e.c = c
+	e.job.Status = Status{State: StateRunning, Pid: c.Pid(), StartedAt: time.Now().UTC(),
+		Restarts: e.job.Status.Restarts, BootID: m.bootID}
+	m.mu.Unlock()
+	m.readOutput(e, pipes[0], pipes[2])
+	return nil
+}
+
+// readOutput copies the job's output pipes into its log; each copier
+// ends when every process of the job has closed the pipe.
+func (m *Manager) readOutput(e *entry, stdout, stderr *os.File) {
+	for stream, f := range map[string]*os.File{Stdout: stdout, Stderr: stderr} {
+		e.copying.Add(1)
+		m.wg.Go(func() {
+			defer e.copying.Done()
+			defer f.Close()
+			e.log.copy(stream, f)
+		})
+	}
+}
+
+// supervise waits for e's runs to end and applies the restart policy.
+// adopted says the running container was started by an earlier hostd.
+func (m *Manager) supervise(e *entry, adopted bool) {
+	m.wg.Go(func() {
+		defer close(e.done)
+		backoff := firstBackoff
+		for {
+			var exit container.Exit
+			if adopted {
+				exit = e.c.WaitAdopted()
+			} else {
+				exit = e.c.Wait()
+			}
+			adopted = false
+			e.copying.Wait()
+			if err := e.c.Destroy(); err != nil {
+				m.log.Warn("remove container", "job", e.job.Spec.ID, "err", err)
+			}
+			m.mu.Lock()
+			st := &e.job.Status
+			st.State, st.ExitedAt, st.Exit, st.Pid = StateExited, time.Now().UTC(), &exit, 0
+			ranFor := st.ExitedAt.Sub(st.StartedAt)
+			stopped := isClosed(e.stop)
+			restart := !stopped && e.job.Spec.restarts(exit)
+			if stopped {
+				st.State = StateStopped
+			}
+			// A job that ran a while before failing starts over with a
+			// short delay.
+			if ranFor > 10*time.Second {
+				backoff = firstBackoff
+			}
+			if restart {
+				st.State, st.NextStart = StateBackoff, time.Now().Add(backoff).UTC()
+			}
+			close(e.ran)
+			e.ran = make(chan struct{})
+			m.mu.Unlock()
+			m.persist(e)
+			m.publish(Event{Type: "exited", Job: e.job.Spec.ID, Exit: &exit})
+			if exit.OOMKilled {
+				m.publish(Event{Type: "oom-killed", Job: e.job.Spec.ID, Exit: &exit})
+			}
+			if stopped {
+				m.publish(Event{Type: "stopped", Job: e.job.Spec.ID})
+			}
+			if !restart {
+				return
+			}
+			for {
+				select {
+				case <-e.stop:
+					m.mu.Lock()
+					e.job.Status.State, e.job.Status.NextStart = StateStopped, time.Time{}
+					m.mu.Unlock()
+					m.persist(e)
+					m.publish(Event{Type: "stopped", Job: e.job.Spec.ID})
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, e.job.Spec.maxBackoff())
+				m.mu.Lock()
+				e.job.Status.Restarts++
+				m.mu.Unlock()
+				if err := m.start(e); err != nil {
+					m.log.Warn("restart job", "job", e.job.Spec.ID, "err", err)
+					m.mu.Lock()
+					e.job.Status.NextStart = time.Now().Add(backoff).UTC()
+					m.mu.Unlock()
+					m.persist(e)
+					continue
+				}
+				m.persist(e)
+				m.publish(Event{Type: "restarted", Job: e.job.Spec.ID, Pid: e.job.Status.Pid})
+				break
+			}
+		}
+	})
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func (m *Manager) persist(e *entry) error {
+	m.mu.Lock()
+	j := e.job
+	m.mu.Unlock()
+	if err := m.store.put(j); err != nil {
+		m.log.Error("persist job", "job", j.Spec.ID, "err", err)
+		return fmt.Errorf("job %s: store: %w", j.Spec.ID, err)
+	}
+	return nil
+}
+
+func (m *Manager) snapshot(e *entry) Job {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return e.job
+}
+
+func (m *Manager) entry(id string) (*entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.jobs[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return e, nil
+}
+
+// Get returns one job.
+func (m *Manager) Get(id string) (Job, error) {
+	e, err := m.entry(id)
+	if err != nil {
+		return Job{}, err
+	}
+	return m.snapshot(e), nil
+}
+
+// List returns every job, sorted by id.
+func (m *Manager) List() []Job {
+	m.mu.Lock()
+	jobs := make([]Job, 0, len(m.jobs))
+	for _, e := range m.jobs {
+		jobs = append(jobs, e.job)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(jobs, func(a, b Job) int { return strings.Compare(a.Spec.ID, b.Spec.ID) })
+	return jobs
+}
+
+// Signal sends sig to a running job's first process.
+func (m *Manager) Signal(id string, sig syscall.Signal) error {
+	e, err := m.entry(id)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	running, c := e.job.Status.State == StateRunning, e.c
+	m.mu.Unlock()
+	if !running {
+		return fmt.Errorf("%w: %s is %s", ErrNotFound, id, e.job.Status.State)
+	}
+	return c.Signal(sig)
+}
+
+// Stop ends a job for good (no restarts): SIGTERM, then SIGKILL after
+// grace (the default StopTimeout when zero). It returns once the job has
+// exited.
+func (m *Manager) Stop(ctx context.Context, id string, grace time.Duration) (Job, error) {
+	e, err := m.entry(id)
+	if err != nil {
+		return Job{}, err
+	}
+	if grace <= 0 {
+		grace = m.cfg.StopTimeout
+	}
+	m.mu.Lock()
+	if !isClosed(e.stop) {
+		close(e.stop)
+	}
+	running, c := e.job.Status.State == StateRunning, e.c
+	m.mu.Unlock()
+	if running {
+		c.Signal(syscall.SIGTERM)
+		select {
+		case <-e.done:
+		case <-time.After(grace):
+			c.Signal(syscall.SIGKILL)
+		case <-ctx.Done():
+			return Job{}, ctx.Err()
+		}
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return Job{}, ctx.Err()
+	}
+	return m.snapshot(e), nil
+}
+
+// Remove forgets a job that is not running: its record, its logs. With
+// force a running job is killed first.
+func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
+	e, err := m.entry(id)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	running := e.job.Status.State == StateRunning
+	m.mu.Unlock()
+	if running && !force {
+		return fmt.Errorf("%w: stop %s first, or remove it with force", ErrRunning, id)
+	}
+	if _, err := m.Stop(ctx, id, time.Nanosecond); err != nil {
+		return err
+	}
+	if err := m.store.delete(id); err != nil {
+		return fmt.Errorf("job %s: store: %w", id, err)
+	}
+	m.mu.Lock()
+	delete(m.jobs, id)
+	close(e.gone)
+	m.mu.Unlock()
+	e.log.close()
+	os.RemoveAll(m.logDir(id))
+	m.publish(Event{Type: "removed", Job: id})
+	return nil
+}
+
+// Wait blocks until the job's current run ends (returning at once when
+// it is not running) and returns the job.
+func (m *Manager) Wait(ctx context.Context, id string) (Job, error) {
+	e, err := m.entry(id)
+	if err != nil {
+		return Job{}, err
+	}
+	m.mu.Lock()
+	running, ran := e.job.Status.State == StateRunning, e.ran
+	m.mu.Unlock()
+	if running {
+		select {
+		case <-ran:
+		case <-ctx.Done():
+			return Job{}, ctx.Err()
+		}
+	}
+	return m.snapshot(e), nil
+}
+
+// Logs sends the job's log lines to emit: the last opts.Tail ones (all
+// when 0), then, with opts.Follow, new ones until ctx ends or the job is
+// removed.
+func (m *Manager) Logs(ctx context.Context, id string, opts LogOptions, emit func(LogLine) error) error {
+	e, err := m.entry(id)
+	if err != nil {
+		return err
+	}
+	if opts.Stream != "" && opts.Stream != Stdout && opts.Stream != Stderr {
+		return fmt.Errorf("%w: stream %q: use %s or %s", ErrInvalid, opts.Stream, Stdout, Stderr)
+	}
+	lines, offset, err := readLines(e.log.dir, opts.Stream)
+	if err != nil {
+		return err
+	}
+	if opts.Tail > 0 && len(lines) > opts.Tail {
+		lines = lines[len(lines)-opts.Tail:]
+	}
+	for _, l := range lines {
+		if err := emit(l); err != nil {
+			return err
+		}
+	}
+	if !opts.Follow {
+		return nil
+	}
+	return follow(ctx, e.log, e.gone, offset, opts.Stream, emit)
+}
+
+// Subscribe returns job events from now on and a cancel function; the
+// channel closes if the subscriber falls 256 events behind.
+func (m *Manager) Subscribe() (<-chan Event, func()) {
+	ch := make(chan Event, 256)
+	m.mu.Lock()
+	if m.closed {
+		close(ch)
+	} else {
+		m.subs[ch] = struct{}{}
+	}
+	m.mu.Unlock()
+	return ch, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if _, ok := m.subs[ch]; ok {
+			delete(m.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+func (m *Manager) publish(e Event) {
+	e.Time = time.Now().UTC()
+	m.log.Info("job "+e.Type, "job", e.Job)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ch := range m.subs {
+		select {
+		case ch <- e:
+		default:
+			delete(m.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+// Close stops supervising and closes the store. Running containers keep
+// running; the next Manager on the same directories adopts them.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	for ch := range m.subs {
+		delete(m.subs, ch)
+		close(ch)
+	}
+	m.mu.Unlock()
+	return m.store.close()
+}

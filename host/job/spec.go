@@ -1,0 +1,246 @@
+// Package job is hostd's dyno manager: it keeps the jobs of one host
+// (platform services and user apps alike) as records that survive
+// restarts, runs each as a container, applies its restart policy, keeps
+// its logs, reports its events, and after a hostd restart adopts the
+// containers that kept running. After a reboot it starts again the jobs
+// marked resurrect.
+//
+// It does not isolate processes (package container does), fetch images
+// (package imagestore) or decide where jobs run (the scheduler does).
+package job
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/plinth-os/plinth/host/container"
+)
+
+// Spec is what a job's creator asks for.
+type Spec struct {
+	// ID is unique on the host: 1 to 64 of a-z, 0-9, '_', '.', '-',
+	// starting with a letter or digit.
+	ID string `json:"id"`
+	// Rootfs is the job's root directory on the host, an absolute path.
+	Rootfs string `json:"rootfs"`
+	// Cmd is the command and its arguments.
+	Cmd []string `json:"cmd"`
+	// Env is KEY=value pairs.
+	Env []string `json:"env,omitempty"`
+	// WorkingDir inside the job; default "/".
+	WorkingDir string `json:"working_dir,omitempty"`
+	// User is "uid" or "uid:gid", numeric; default 0:0 (root inside the
+	// container, with only container.DefaultCapabilities).
+	User string `json:"user,omitempty"`
+	// Resources are cgroup limits; zero values mean unlimited.
+	Resources Resources `json:"resources,omitzero"`
+	// Network is NetworkNone (own, empty namespace; the default) or
+	// NetworkHost.
+	Network string `json:"network,omitempty"`
+	// ReadonlyRootfs mounts the root read-only.
+	ReadonlyRootfs bool `json:"readonly_rootfs,omitempty"`
+	// Volumes are host directories bound into the job.
+	Volumes []Volume `json:"volumes,omitempty"`
+	// Restart says when the job is started again after it exits.
+	Restart Restart `json:"restart,omitzero"`
+	// Resurrect starts the job again when the host boots.
+	Resurrect bool `json:"resurrect,omitempty"`
+	// Tags are free-form labels for the job's owner.
+	Tags map[string]string `json:"tags,omitempty"`
+}
+
+// Resources are a job's limits.
+type Resources struct {
+	MemoryBytes int64   `json:"memory_bytes,omitempty"`
+	CPUWeight   uint64  `json:"cpu_weight,omitempty"`
+	CPUQuota    float64 `json:"cpu_quota,omitempty"`
+	Pids        int64   `json:"pids,omitempty"`
+}
+
+// Volume binds a host path into the job.
+type Volume struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// Restart is a job's restart policy.
+type Restart struct {
+	// Policy is RestartNever (default), RestartOnFailure or RestartAlways.
+	Policy string `json:"policy,omitempty"`
+	// MaxBackoff caps the delay between restarts, which starts at 1 s
+	// and doubles; default 1 min.
+	MaxBackoff Duration `json:"max_backoff,omitzero"`
+}
+
+// Restart policies.
+const (
+	RestartNever     = "never"
+	RestartOnFailure = "on-failure"
+	RestartAlways    = "always"
+)
+
+// Networks.
+const (
+	NetworkNone = "none"
+	NetworkHost = "host"
+)
+
+// Duration is a time.Duration written in JSON as "1m30s".
+type Duration struct{ time.Duration }
+
+// MarshalText writes d as time.Duration's String does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+
+// Default restart backoff bounds.
+const (
+	firstBackoff      = time.Second
+	defaultMaxBackoff = time.Minute
+)
+
+// Check reports the first problem with s, phrased for the API's caller.
+func (s *Spec) Check() error {
+	switch {
+	case !idPattern.MatchString(s.ID):
+		return fmt.Errorf("id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)
+	case !filepath.IsAbs(s.Rootfs):
+		return fmt.Errorf("rootfs %q: give an absolute path to the job's root directory", s.Rootfs)
+	case len(s.Cmd) == 0 || s.Cmd[0] == "":
+		return fmt.Errorf("cmd is empty: give the command to run")
+	}
+	switch s.Network {
+	case "", NetworkNone, NetworkHost:
+	default:
+		return fmt.Errorf("network %q: use %q or %q", s.Network, NetworkNone, NetworkHost)
+	}
+	switch s.Restart.Policy {
+	case "", RestartNever, RestartOnFailure, RestartAlways:
+	default:
+		return fmt.Errorf("restart.policy %q: use %q, %q or %q", s.Restart.Policy, RestartNever, RestartOnFailure, RestartAlways)
+	}
+	if s.Restart.MaxBackoff.Duration < 0 {
+		return fmt.Errorf("restart.max_backoff cannot be negative")
+	}
+	if _, _, err := s.user(); err != nil {
+		return err
+	}
+	c := s.container("")
+	return c.Check()
+}
+
+// user parses User.
+func (s *Spec) user() (uid, gid uint32, err error) {
+	if s.User == "" {
+		return 0, 0, nil
+	}
+	u, g, hasGroup := strings.Cut(s.User, ":")
+	uv, err := strconv.ParseUint(u, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("user %q: want a numeric uid or uid:gid", s.User)
+	}
+	gv := uv
+	if hasGroup {
+		if gv, err = strconv.ParseUint(g, 10, 32); err != nil {
+			return 0, 0, fmt.Errorf("user %q: want a numeric uid or uid:gid", s.User)
+		}
+	}
+	return uint32(uv), uint32(gv), nil
+}
+
+// container is the container spec of the job, with init (may be empty)
+// as its PID 1.
+func (s *Spec) container(init string) container.Spec {
+	uid, gid, _ := s.user()
+	c := container.Spec{
+		ID: s.ID, Rootfs: s.Rootfs, Args: s.Cmd, Env: s.Env, Cwd: s.WorkingDir,
+		UID: uid, GID: gid, ReadonlyRootfs: s.ReadonlyRootfs, HostNetwork: s.Network == NetworkHost,
+		Init: init,
+		Resources: container.Resources{
+			MemoryBytes: s.Resources.MemoryBytes, CPUWeight: s.Resources.CPUWeight,
+			CPUQuota: s.Resources.CPUQuota, Pids: s.Resources.Pids,
+		},
+	}
+	for _, v := range s.Volumes {
+		c.Mounts = append(c.Mounts, container.Mount{Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly})
+	}
+	return c
+}
+
+// restarts reports whether a job that ended with exit is started again.
+func (s *Spec) restarts(exit container.Exit) bool {
+	switch s.Restart.Policy {
+	case RestartAlways:
+		return true
+	case RestartOnFailure:
+		return exit.Code != 0 || exit.Signal != "" || exit.OOMKilled
+	}
+	return false
+}
+
+// maxBackoff is the cap of the restart delay.
+func (s *Spec) maxBackoff() time.Duration {
+	if s.Restart.MaxBackoff.Duration > 0 {
+		return s.Restart.MaxBackoff.Duration
+	}
+	return defaultMaxBackoff
+}
+
+// findCommand checks that Cmd[0] names an executable file inside the
+// rootfs, looked up in the job's PATH as the container would, so that a
+// typo is refused at create rather than reported as exit status 127. The
+// lookup stays inside the rootfs even through symlinks.
+func (s *Spec) findCommand() error {
+	root, err := os.OpenRoot(s.Rootfs)
+	if err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	defer root.Close()
+	isExec := func(p string) bool {
+		st, err := root.Stat(strings.TrimPrefix(path.Clean(p), "/"))
+		return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
+	}
+	cmd := s.Cmd[0]
+	if strings.Contains(cmd, "/") {
+		if !path.IsAbs(cmd) {
+			cmd = path.Join(cmp.Or(s.WorkingDir, "/"), cmd)
+		}
+		if isExec(cmd) {
+			return nil
+		}
+		return fmt.Errorf("cmd %q: no executable file at that path in the rootfs", s.Cmd[0])
+	}
+	pathVar := strings.TrimPrefix(defaultPath, "PATH=")
+	for _, e := range s.Env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	for _, dir := range filepath.SplitList(pathVar) {
+		if path.IsAbs(dir) && isExec(path.Join(dir, cmd)) {
+			return nil
+		}
+	}
+	return fmt.Errorf("cmd %q: not found in the rootfs's PATH (%s)", cmd, pathVar)
+}
+
+// defaultPath is the PATH of a job whose Env sets none (container's too).
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
