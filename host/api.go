@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
+	"strings"
 	"time"
 )
 
@@ -45,14 +45,26 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.members.Members())
 	})
-	mux.HandleFunc("GET /v1/events", d.serveEvents)
-	// The catch-all also gets known paths asked with another method, which
-	// the mux alone would answer with 405; keep that answer.
-	getOnly := []string{"/healthz", "/v1/host", "/v1/members", "/v1/events", bundlePath}
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		events, cancel := d.members.subscribe()
+		defer cancel()
+		serveSSE(w, r, events, func(e Event) string { return e.Type })
+	})
+	d.jobRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if slices.Contains(getOnly, r.URL.Path) {
-			w.Header().Set("Allow", "GET")
-			writeJSON(w, http.StatusMethodNotAllowed, apiError{fmt.Sprintf("%s %s: only GET is allowed", r.Method, r.URL.Path)})
+		// The catch-all also gets known paths asked with another method;
+		// answer those 405 with the methods that exist.
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, apiError{fmt.Sprintf("%s %s: allowed are %s", r.Method, r.URL.Path, strings.Join(allow, ", "))})
 			return
 		}
 		writeJSON(w, http.StatusNotFound, apiError{fmt.Sprintf("no such endpoint: %s %s (see docs/api-reference.md)", r.Method, r.URL.Path)})
@@ -70,17 +82,17 @@ func (d *Daemon) handler() http.Handler {
 	})
 }
 
-// serveEvents streams member events as server-sent events: one
-// "event: <type>" and one "data: <Event JSON>" line per event. A first
-// comment line tells the client the subscription is in place.
-func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
+// serveSSE streams events as server-sent events: one "event: <type>"
+// and one "data: <JSON>" line per event. A first comment line tells the
+// client the subscription is in place; a comment every eventKeepalive
+// keeps idle streams distinguishable from dead ones. The stream ends when
+// events closes (hostd stopping, or the client fell behind).
+func serveSSE[E any](w http.ResponseWriter, r *http.Request, events <-chan E, typeOf func(E) string) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported"})
 		return
 	}
-	events, cancel := d.members.subscribe()
-	defer cancel()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -97,13 +109,13 @@ func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprint(w, ": keepalive\n\n")
 		case e, ok := <-events:
 			if !ok {
-				return // hostd is stopping, or this client fell behind
+				return
 			}
 			data, err := json.Marshal(e)
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, data)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typeOf(e), data)
 		}
 		flusher.Flush()
 	}

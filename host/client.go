@@ -2,6 +2,7 @@ package host
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -10,9 +11,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/plinth-os/plinth/host/job"
 )
 
 // Client calls one host's API. Make its TLS config from the cluster's
@@ -73,27 +77,52 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 }
 
 func (c *Client) get(ctx context.Context, path string, v any) error {
-	resp, err := c.do(ctx, path)
+	return c.call(ctx, http.MethodGet, path, nil, v)
+}
+
+// call sends body (JSON, when not nil) and decodes the answer into out
+// (when not nil).
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(data)
+	}
+	resp, err := c.send(ctx, method, path, rd)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("host API %s: decode: %w", path, err)
 	}
 	return nil
 }
 
 func (c *Client) do(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	return c.send(ctx, http.MethodGet, path, nil)
+}
+
+// send makes the request and turns a non-2xx answer into an *APIError.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("host API: %w", err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		defer resp.Body.Close()
 		var e apiError
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -114,7 +143,16 @@ type EventStream struct {
 // Events opens the host's member event stream. When it returns, the host
 // has subscribed: every later event reaches the stream.
 func (c *Client) Events(ctx context.Context) (*EventStream, error) {
-	resp, err := c.do(ctx, "/v1/events")
+	return c.openEvents(ctx, "/v1/events")
+}
+
+// JobEvents opens the host's job event stream; read it with NextJob.
+func (c *Client) JobEvents(ctx context.Context) (*EventStream, error) {
+	return c.openEvents(ctx, "/v1/jobs/events")
+}
+
+func (c *Client) openEvents(ctx context.Context, path string) (*EventStream, error) {
+	resp, err := c.do(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -122,14 +160,27 @@ func (c *Client) Events(ctx context.Context) (*EventStream, error) {
 	line, err := s.r.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, ":") {
 		resp.Body.Close()
-		return nil, fmt.Errorf("host API /v1/events: no subscription confirmation (%q, %v)", line, err)
+		return nil, fmt.Errorf("host API %s: no subscription confirmation (%q, %v)", path, line, err)
 	}
 	return s, nil
 }
 
-// Next blocks until the next event. It returns io.EOF when the host ends
-// the stream.
+// Next blocks until the next member event. It returns io.EOF when the
+// host ends the stream.
 func (s *EventStream) Next() (Event, error) {
+	var e Event
+	err := s.next(&e)
+	return e, err
+}
+
+// NextJob blocks until the next job event.
+func (s *EventStream) NextJob() (job.Event, error) {
+	var e job.Event
+	err := s.next(&e)
+	return e, err
+}
+
+func (s *EventStream) next(v any) error {
 	var data strings.Builder
 	for {
 		line, err := s.r.ReadString('\n')
@@ -137,7 +188,7 @@ func (s *EventStream) Next() (Event, error) {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				err = io.EOF
 			}
-			return Event{}, err
+			return err
 		}
 		line = strings.TrimRight(line, "\r\n")
 		switch {
@@ -145,11 +196,10 @@ func (s *EventStream) Next() (Event, error) {
 			if data.Len() == 0 {
 				continue // end of a comment or of the confirmation
 			}
-			var e Event
-			if err := json.Unmarshal([]byte(data.String()), &e); err != nil {
-				return Event{}, fmt.Errorf("host API /v1/events: decode: %w", err)
+			if err := json.Unmarshal([]byte(data.String()), v); err != nil {
+				return fmt.Errorf("host API event stream: decode: %w", err)
 			}
-			return e, nil
+			return nil
 		case strings.HasPrefix(line, "data:"):
 			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
 		}
@@ -158,3 +208,85 @@ func (s *EventStream) Next() (Event, error) {
 
 // Close ends the stream.
 func (s *EventStream) Close() error { return s.body.Close() }
+
+// CreateJob creates and starts a job.
+func (c *Client) CreateJob(ctx context.Context, spec job.Spec) (job.Job, error) {
+	var j job.Job
+	err := c.call(ctx, http.MethodPost, "/v1/jobs", spec, &j)
+	return j, err
+}
+
+// Jobs lists the host's jobs.
+func (c *Client) Jobs(ctx context.Context) ([]job.Job, error) {
+	var v []job.Job
+	err := c.get(ctx, "/v1/jobs", &v)
+	return v, err
+}
+
+// Job returns one job.
+func (c *Client) Job(ctx context.Context, id string) (job.Job, error) {
+	var j job.Job
+	err := c.get(ctx, "/v1/jobs/"+url.PathEscape(id), &j)
+	return j, err
+}
+
+// SignalJob sends a signal ("TERM", "KILL", "HUP", or a number).
+func (c *Client) SignalJob(ctx context.Context, id, signal string) error {
+	return c.call(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/signal?signal="+url.QueryEscape(signal), nil, nil)
+}
+
+// StopJob stops a job for good: SIGTERM, SIGKILL after grace (0: the
+// host's default).
+func (c *Client) StopJob(ctx context.Context, id string, grace time.Duration) (job.Job, error) {
+	var j job.Job
+	p := "/v1/jobs/" + url.PathEscape(id) + "/stop"
+	if grace > 0 {
+		p += "?grace=" + grace.String()
+	}
+	err := c.call(ctx, http.MethodPost, p, nil, &j)
+	return j, err
+}
+
+// RemoveJob forgets a stopped job; force kills a running one first.
+func (c *Client) RemoveJob(ctx context.Context, id string, force bool) error {
+	return c.call(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(id)+"?force="+strconv.FormatBool(force), nil, nil)
+}
+
+// WaitJob blocks until the job's current run ends.
+func (c *Client) WaitJob(ctx context.Context, id string) (job.Job, error) {
+	var j job.Job
+	err := c.get(ctx, "/v1/jobs/"+url.PathEscape(id)+"/wait", &j)
+	return j, err
+}
+
+// JobLogs calls emit for each log line; with opts.Follow until ctx ends.
+func (c *Client) JobLogs(ctx context.Context, id string, opts job.LogOptions, emit func(job.LogLine) error) error {
+	q := url.Values{}
+	if opts.Stream != "" {
+		q.Set("stream", opts.Stream)
+	}
+	if opts.Tail > 0 {
+		q.Set("tail", strconv.Itoa(opts.Tail))
+	}
+	if opts.Follow {
+		q.Set("follow", "true")
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var l job.LogLine
+		if err := dec.Decode(&l); err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("host API logs: %w", err)
+		}
+		if err := emit(l); err != nil {
+			return err
+		}
+	}
+}

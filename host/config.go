@@ -12,6 +12,7 @@ package host
 
 import (
 	"fmt"
+	"os"
 	"net"
 	"net/netip"
 	"strings"
@@ -26,6 +27,13 @@ type Config struct {
 	// bundle, its own single-host bundle. On a diskless image it is on
 	// tmpfs, so such a host gets a new identity every boot.
 	StateDir string
+	// RunDir keeps what must not outlive a boot: the containers' runtime
+	// state. Default /run/plinth/host.
+	RunDir string
+	// Init is the static init every job runs under as PID 1 (it forwards
+	// signals and reaps orphans); DefaultConfig finds the image's
+	// tini, else Debian's tini-static. Empty runs commands as PID 1.
+	Init string
 	// Hostname is advertised to other hosts; empty means the kernel's.
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").
@@ -89,6 +97,22 @@ const (
 // DefaultStateDir is where hostd keeps its state on a plinth machine.
 const DefaultStateDir = "/var/lib/plinth/host"
 
+// DefaultRunDir is where hostd keeps state that ends with the boot.
+const DefaultRunDir = "/run/plinth/host"
+
+// initPaths are where findInit looks: the image's copy, then Debian's
+// tini package.
+var initPaths = []string{"/usr/lib/plinth/tini", "/usr/bin/tini-static"}
+
+func findInit() string {
+	for _, p := range initPaths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
 // FastGossip declares a silent host failed in 1.5 to 2.5 s at 5 to 20
 // members on a quiet LAN (measured by make bench-gossip), about three times
 // faster than Serf's LAN defaults. The price: a host paused for more than
@@ -110,6 +134,8 @@ func FastGossip() Gossip {
 func DefaultConfig() Config {
 	return Config{
 		StateDir:   DefaultStateDir,
+		RunDir:     DefaultRunDir,
+		Init:       findInit(),
 		BindAddr:   "0.0.0.0",
 		GossipPort: DefaultGossipPort,
 		APIPort:    DefaultAPIPort,

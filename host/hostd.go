@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/version"
 )
 
@@ -51,6 +52,7 @@ type Daemon struct {
 	bundle   *bundle.Bundle
 	started  time.Time
 	members  *membership
+	jobs     *job.Manager
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -199,6 +201,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.useBundle(b)
 	}
+	jobs, err := job.New(job.Config{
+		StateDir: filepath.Join(d.cfg.StateDir, "jobs"),
+		RunDir:   filepath.Join(d.cfg.RunDir, "containers"),
+		Init:     d.cfg.Init,
+		Log:      d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("hostd: %w", err)
+	}
+	defer jobs.Close()
+	// Before the API serves: running jobs are adopted, resurrect jobs
+	// started again after a reboot.
+	if err := jobs.Restore(); err != nil {
+		return fmt.Errorf("hostd: %w", err)
+	}
+	d.jobs = jobs
 	adv, err := currentAdvertise(d.cfg.Advertise)
 	if err != nil {
 		// The member moves once an address appears (followAddress).

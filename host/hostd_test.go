@@ -21,7 +21,7 @@ import (
 func loopbackHost(t *testing.T, b *bundle.Bundle, hostname string, join ...string) *Daemon {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.StateDir = t.TempDir()
+	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
 	cfg.Hostname = hostname
 	cfg.Bundle = b
 	cfg.Join = join
@@ -233,7 +233,7 @@ func TestNodeIDKeptAndDamageReported(t *testing.T) {
 
 func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
 	cfg := loopbackConfig(t, "127.0.0.1", "alpha", 0)
-	d1 := runHost(t, cfg)
+	d1, stop1 := runHostStop(t, cfg)
 	d2, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +261,7 @@ func TestLocalBundleMadeOnceAndCredentialsFollowIt(t *testing.T) {
 		t.Fatalf("local credentials refused: %v", err)
 	}
 	// Given a cluster bundle later, the local credentials follow it.
+	stop1()
 	cfg.Bundle = newBundle(t)
 	runHost(t, cfg)
 	loadCreds(cfg.Bundle.CACert)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,13 @@ func freePort(t *testing.T) int {
 // runHost runs cfg's hostd until the test ends.
 func runHost(t *testing.T, cfg Config) *Daemon {
 	t.Helper()
+	d, _ := runHostStop(t, cfg)
+	return d
+}
+
+// runHostStop runs cfg's hostd until the test ends or stop is called.
+func runHostStop(t *testing.T, cfg Config) (d *Daemon, stop func()) {
+	t.Helper()
 	d, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -43,20 +51,24 @@ func runHost(t *testing.T, cfg Config) *Daemon {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("hostd %s not ready within 30s", cfg.Hostname)
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("hostd %s: %v", cfg.Hostname, err)
-		}
-	})
-	return d
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("hostd %s: %v", cfg.Hostname, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return d, stop
 }
 
 // loopbackConfig is a hostd on its own loopback address with the given API
 // port: hosts that fetch a bundle find the seed's API at their own port.
 func loopbackConfig(t *testing.T, ip, hostname string, apiPort int) Config {
 	cfg := DefaultConfig()
-	cfg.StateDir = t.TempDir()
+	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
 	cfg.Hostname = hostname
 	cfg.Advertise, cfg.BindAddr, cfg.APIBind = ip, ip, ip
 	cfg.GossipPort, cfg.APIPort = 0, apiPort

@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/container"
 )
 
 // These tests run real hostd processes (this test binary re-executed under
@@ -38,6 +39,7 @@ type helperConfig struct {
 }
 
 func TestMain(m *testing.M) {
+	container.Init() // jobs re-execute this binary as their container's init
 	if path := os.Getenv(helperEnv); path != "" {
 		os.Exit(runHelper(path))
 	}
@@ -56,6 +58,7 @@ func runHelper(path string) int {
 	}
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.Hostname, cfg.Join, cfg.JoinToken = hc.StateDir, hc.Hostname, hc.Join, hc.Token
+	cfg.RunDir = filepath.Join(hc.StateDir, "run")
 	if hc.BundlePath != "" {
 		if cfg.Bundle, err = bundle.Load(hc.BundlePath); err != nil {
 			return fail(err)

@@ -79,6 +79,9 @@ func hostdCommand() *cobra.Command {
 	f.StringVar(&cfg.BindAddr, "bind", cfg.BindAddr, "IP the gossip sockets listen on")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "Serf port, UDP and TCP")
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "host API port (HTTPS)")
+	f.StringVar(&cfg.APIBind, "api-bind", "", "IP the host API listens on (default: every address)")
+	f.StringVar(&cfg.RunDir, "run-dir", cfg.RunDir, "where the containers' runtime state is kept (a tmpfs)")
+	f.StringVar(&cfg.Init, "init", cfg.Init, "static init run as every job's PID 1 (tini-static); empty runs commands as PID 1")
 	f.StringSliceVar(&cfg.Roles, "roles", nil, "roles to advertise, comma-separated")
 	f.StringVar(&cfg.Hostname, "hostname", "", "hostname to advertise (default: the kernel's)")
 	return cmd

@@ -91,6 +91,7 @@ type Manager struct {
 	log    *slog.Logger
 	rt     *container.Runtime
 	store  *store
+	lock   *os.File // flock on RunDir/.lock
 	bootID string
 
 	mu     sync.Mutex
@@ -140,13 +141,24 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Restore removes containers no job owns: two managers on one RunDir
+	// would remove each other's.
+	lock, err := os.OpenFile(filepath.Join(cfg.RunDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", cfg.RunDir, err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%s is in use by another hostd (one per run directory): %w", cfg.RunDir, err)
+	}
 	st, err := openStore(filepath.Join(cfg.StateDir, "jobs.db"))
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	return &Manager{
-		cfg: cfg, log: cfg.Log, rt: rt, store: st, bootID: strings.TrimSpace(string(boot)),
+		cfg: cfg, log: cfg.Log, rt: rt, store: st, lock: lock, bootID: strings.TrimSpace(string(boot)),
 		jobs: map[string]*entry{}, subs: map[chan Event]struct{}{},
 	}, nil
 }
@@ -559,5 +571,6 @@ func (m *Manager) Close() error {
 		close(ch)
 	}
 	m.mu.Unlock()
+	defer m.lock.Close()
 	return m.store.close()
 }

@@ -1,0 +1,166 @@
+package host
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/host/job"
+)
+
+// maxSpecSize bounds a job spec in a request.
+const maxSpecSize = 1 << 20
+
+// jobRoutes adds the job API: /v1/jobs and below.
+func (d *Daemon) jobRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		var spec job.Spec
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxSpecSize))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&spec); err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{"job spec: " + err.Error()})
+			return
+		}
+		j, err := d.jobs.Create(spec)
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, j)
+	})
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.jobs.List())
+	})
+	mux.HandleFunc("GET /v1/jobs/events", func(w http.ResponseWriter, r *http.Request) {
+		events, cancel := d.jobs.Subscribe()
+		defer cancel()
+		serveSSE(w, r, events, func(e job.Event) string { return e.Type })
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		j, err := d.jobs.Get(r.PathValue("id"))
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, j)
+	})
+	mux.HandleFunc("DELETE /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.jobs.Remove(r.Context(), r.PathValue("id"), r.URL.Query().Get("force") == "true"); err != nil {
+			writeJobError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/jobs/{id}/signal", func(w http.ResponseWriter, r *http.Request) {
+		sig, err := parseSignal(r.URL.Query().Get("signal"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+			return
+		}
+		if err := d.jobs.Signal(r.PathValue("id"), sig); err != nil {
+			writeJobError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/jobs/{id}/stop", func(w http.ResponseWriter, r *http.Request) {
+		var grace time.Duration
+		if g := r.URL.Query().Get("grace"); g != "" {
+			var err error
+			if grace, err = time.ParseDuration(g); err != nil || grace < 0 {
+				writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("grace %q: want a duration such as 10s", g)})
+				return
+			}
+		}
+		j, err := d.jobs.Stop(r.Context(), r.PathValue("id"), grace)
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, j)
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}/wait", func(w http.ResponseWriter, r *http.Request) {
+		j, err := d.jobs.Wait(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, j)
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}/logs", d.serveLogs)
+}
+
+// serveLogs streams log lines as JSON, one per line (application/x-ndjson).
+func (d *Daemon) serveLogs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	opts := job.LogOptions{Stream: q.Get("stream"), Follow: q.Get("follow") == "true"}
+	if t := q.Get("tail"); t != "" {
+		n, err := strconv.Atoi(t)
+		if err != nil || n < 0 {
+			writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("tail %q: want a number of lines", t)})
+			return
+		}
+		opts.Tail = n
+	}
+	if _, err := d.jobs.Get(r.PathValue("id")); err != nil {
+		writeJobError(w, err)
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	started := false
+	err := d.jobs.Logs(r.Context(), r.PathValue("id"), opts, func(l job.LogLine) error {
+		started = true
+		if err := enc.Encode(l); err != nil {
+			return err
+		}
+		if flusher != nil && opts.Follow {
+			flusher.Flush()
+		}
+		return nil
+	})
+	if err != nil && !started {
+		writeJobError(w, err)
+	}
+}
+
+// writeJobError maps the job manager's errors to status codes.
+func writeJobError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, job.ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, job.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, job.ErrExists), errors.Is(err, job.ErrRunning):
+		status = http.StatusConflict
+	case errors.Is(err, context.Canceled):
+		return // the client went away
+	}
+	writeJSON(w, status, apiError{err.Error()})
+}
+
+// parseSignal reads "TERM", "SIGTERM" or "15".
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("signal %q: want a name such as TERM or a number", s)
+}

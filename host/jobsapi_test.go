@@ -1,0 +1,127 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinth-os/plinth/host/job"
+)
+
+// busyboxRoot is a root filesystem of Debian's static busybox.
+func busyboxRoot(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (containers)")
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("needs busybox-static: %v", err)
+	}
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "echo", "sleep"} {
+		os.Symlink("busybox", filepath.Join(root, "bin", a))
+	}
+	return root
+}
+
+func TestJobAPI(t *testing.T) {
+	root := busyboxRoot(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, d)
+	ctx := context.Background()
+
+	events, err := c.JobEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	spec := job.Spec{ID: "hello", Rootfs: root, Cmd: []string{"sh", "-c", "echo hi $WHO; echo warn >&2; exit 3"}, Env: []string{"WHO=api"}}
+	j, err := c.CreateJob(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Spec.ID != "hello" || j.Status.Pid == 0 {
+		t.Errorf("created %+v", j)
+	}
+	if j, err = c.WaitJob(ctx, "hello"); err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 3 {
+		t.Fatalf("wait: %+v, %v; want exit code 3", j.Status, err)
+	}
+	var lines []string
+	if err := c.JobLogs(ctx, "hello", job.LogOptions{}, func(l job.LogLine) error {
+		lines = append(lines, l.Stream+":"+l.Text)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(lines, "|"); !strings.Contains(got, "stdout:hi api") || !strings.Contains(got, "stderr:warn") {
+		t.Errorf("logs %s", got)
+	}
+	for _, want := range []string{"started", "exited"} {
+		e, err := events.NextJob()
+		if err != nil || e.Type != want || e.Job != "hello" {
+			t.Fatalf("event %+v, %v; want %s of hello", e, err, want)
+		}
+	}
+
+	// Errors carry the right status and a message.
+	var apiErr *APIError
+	statusOf := func(err error) int {
+		if errors.As(err, &apiErr) {
+			return apiErr.StatusCode
+		}
+		return 0
+	}
+	if _, err := c.CreateJob(ctx, spec); statusOf(err) != http.StatusConflict {
+		t.Errorf("duplicate id: %v, want 409", err)
+	}
+	bad := job.Spec{ID: "bad", Rootfs: root, Cmd: []string{"no-such-command"}}
+	if _, err := c.CreateJob(ctx, bad); statusOf(err) != http.StatusBadRequest || !strings.Contains(apiErr.Message, "not found") {
+		t.Errorf("missing command: %v, want 400 naming the problem", err)
+	}
+	if _, err := c.Job(ctx, "nope"); statusOf(err) != http.StatusNotFound {
+		t.Errorf("unknown job: %v, want 404", err)
+	}
+
+	// A long job: follow its logs, stop it, remove it.
+	long := job.Spec{ID: "long", Rootfs: root, Cmd: []string{"sh", "-c", "echo up; sleep 60"}}
+	if _, err := c.CreateJob(ctx, long); err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var first string
+	c.JobLogs(fctx, "long", job.LogOptions{Follow: true}, func(l job.LogLine) error {
+		first = l.Text
+		return errors.New("enough")
+	})
+	if first != "up" {
+		t.Errorf("followed log started with %q, want up", first)
+	}
+	if err := c.RemoveJob(ctx, "long", false); statusOf(err) != http.StatusConflict {
+		t.Errorf("remove running: %v, want 409", err)
+	}
+	if j, err := c.StopJob(ctx, "long", time.Second); err != nil || j.Status.State != job.StateStopped || j.Status.Exit.Code != 128+15 {
+		t.Errorf("stop: %+v, %v; want stopped by SIGTERM (143)", j.Status, err)
+	}
+	if err := c.RemoveJob(ctx, "long", false); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := c.Jobs(ctx)
+	if err != nil || len(jobs) != 1 || jobs[0].Spec.ID != "hello" {
+		t.Errorf("jobs after remove: %v, %v", jobs, err)
+	}
+}
