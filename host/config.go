@@ -12,9 +12,9 @@ package host
 
 import (
 	"fmt"
-	"os"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
