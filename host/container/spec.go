@@ -74,8 +74,10 @@ type Resources struct {
 	Pids int64
 }
 
-// InitPath is where Spec.Init appears inside the container.
-const InitPath = "/.plinth/init"
+// InitPath is where Spec.Init appears inside the container: in the /dev
+// tmpfs the container gets, so that it can be mounted whatever the root
+// filesystem holds and even when that is read-only.
+const InitPath = "/dev/init"
 
 // MinMemory is the smallest memory limit a container starts with: the
 // runtime's own init (this binary, re-executed) must fit before it execs

@@ -94,6 +94,10 @@ type Manager struct {
 	lock   *os.File // flock on RunDir/.lock
 	bootID string
 
+	sysrootOnce sync.Once
+	sysrootDir  string
+	sysrootErr  error
+
 	mu     sync.Mutex
 	jobs   map[string]*entry
 	subs   map[chan Event]struct{}
@@ -169,7 +173,14 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := spec.Check(); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if err := spec.findCommand(); err != nil {
+	sysroot := ""
+	if spec.Rootfs == SystemRootfs {
+		var err error
+		if sysroot, err = m.sysroot(); err != nil {
+			return Job{}, err
+		}
+	}
+	if err := spec.findCommand(sysroot); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	m.mu.Lock()
@@ -214,6 +225,35 @@ func newEntry(j Job) *entry {
 	return &entry{job: j, stop: make(chan struct{}), ran: make(chan struct{}), gone: make(chan struct{}), done: make(chan struct{})}
 }
 
+// sysroot returns a read-only bind of the host's root filesystem alone
+// (not recursive, so nothing mounted on top of it comes along), made on
+// first use under RunDir.
+func (m *Manager) sysroot() (string, error) {
+	m.sysrootOnce.Do(func() {
+		dir := filepath.Join(m.cfg.RunDir, "sysroot")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			m.sysrootErr = err
+			return
+		}
+		var st, root unix.Stat_t
+		unix.Stat(dir, &st)
+		unix.Stat(filepath.Dir(dir), &root)
+		if st.Dev == root.Dev { // not yet a mount point
+			if err := unix.Mount("/", dir, "", unix.MS_BIND, ""); err != nil {
+				m.sysrootErr = fmt.Errorf("bind the system root at %s: %w", dir, err)
+				return
+			}
+			if err := unix.Mount("", dir, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+				unix.Unmount(dir, unix.MNT_DETACH)
+				m.sysrootErr = fmt.Errorf("make %s read-only: %w", dir, err)
+				return
+			}
+		}
+		m.sysrootDir = dir
+	})
+	return m.sysrootDir, m.sysrootErr
+}
+
 func (m *Manager) logDir(id string) string { return filepath.Join(m.cfg.StateDir, "logs", id) }
 
 // start starts e's container with its output piped into its log.
@@ -227,7 +267,14 @@ func (m *Manager) start(e *entry) error {
 		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		pipes[i], pipes[i+1] = r, w
 	}
-	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init), container.Stdio{
+	sysroot := ""
+	if e.job.Spec.Rootfs == SystemRootfs {
+		var err error
+		if sysroot, err = m.sysroot(); err != nil {
+			return err
+		}
+	}
+	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init, sysroot), container.Stdio{
 		Stdout: pipes[1], Stderr: pipes[3], Extra: []*os.File{pipes[0], pipes[2]},
 	})
 	pipes[1].Close()
@@ -572,5 +619,10 @@ func (m *Manager) Close() error {
 	}
 	m.mu.Unlock()
 	defer m.lock.Close()
+	// Running containers have their own copy of the mount; a next
+	// manager binds it again.
+	if m.sysrootDir != "" {
+		unix.Unmount(m.sysrootDir, unix.MNT_DETACH)
+	}
 	return m.store.close()
 }

@@ -364,3 +364,18 @@ func TestAdoptAfterHostdKilled(t *testing.T) {
 		t.Errorf("adopted job after stop: %+v, want stopped with an unknown exit status", j.Status)
 	}
 }
+
+func TestSystemRootfs(t *testing.T) {
+	busyboxRoot(t) // root and tini
+	m := newManager(t, testConfig(t))
+	s := Spec{ID: "sys", Rootfs: SystemRootfs, Cmd: []string{"/bin/sh", "-c",
+		"test -s /etc/os-release && echo os-release; touch /written 2>/dev/null && echo rw || echo ro; ls /proc/1/cmdline >/dev/null && echo proc"}}
+	if _, err := m.Create(s); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := m.Wait(context.Background(), s.ID)
+	got := texts(logLines(t, m, s.ID, LogOptions{}))
+	if j.Status.Exit == nil || j.Status.Exit.Code != 0 || got != "stdout:os-release|stdout:ro|stdout:proc" {
+		t.Errorf("exit %+v, log %s; want the host's files, read-only, with the job's own /proc", j.Status.Exit, got)
+	}
+}

@@ -28,7 +28,8 @@ type Spec struct {
 	// ID is unique on the host: 1 to 64 of a-z, 0-9, '_', '.', '-',
 	// starting with a letter or digit.
 	ID string `json:"id"`
-	// Rootfs is the job's root directory on the host, an absolute path.
+	// Rootfs is the job's root directory on the host, an absolute path,
+	// or SystemRootfs.
 	Rootfs string `json:"rootfs"`
 	// Cmd is the command and its arguments.
 	Cmd []string `json:"cmd"`
@@ -80,6 +81,12 @@ type Restart struct {
 	MaxBackoff Duration `json:"max_backoff,omitzero"`
 }
 
+// SystemRootfs as Spec.Rootfs runs the job on the host's own root
+// filesystem (on a plinth machine, the system image) read-only, without
+// what is mounted on top of it (/run, /var, /proc...), and with the
+// plinth binary: how platform services run.
+const SystemRootfs = "system"
+
 // Restart policies.
 const (
 	RestartNever     = "never"
@@ -122,8 +129,8 @@ func (s *Spec) Check() error {
 	switch {
 	case !idPattern.MatchString(s.ID):
 		return fmt.Errorf("id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)
-	case !filepath.IsAbs(s.Rootfs):
-		return fmt.Errorf("rootfs %q: give an absolute path to the job's root directory", s.Rootfs)
+	case !filepath.IsAbs(s.Rootfs) && s.Rootfs != SystemRootfs:
+		return fmt.Errorf("rootfs %q: give an absolute path to the job's root directory, or %q", s.Rootfs, SystemRootfs)
 	case len(s.Cmd) == 0 || s.Cmd[0] == "":
 		return fmt.Errorf("cmd is empty: give the command to run")
 	}
@@ -143,7 +150,7 @@ func (s *Spec) Check() error {
 	if _, _, err := s.user(); err != nil {
 		return err
 	}
-	c := s.container("")
+	c := s.container("", "/")
 	return c.Check()
 }
 
@@ -167,23 +174,37 @@ func (s *Spec) user() (uid, gid uint32, err error) {
 }
 
 // container is the container spec of the job, with init (may be empty)
-// as its PID 1.
-func (s *Spec) container(init string) container.Spec {
+// as its PID 1 and sysroot as the root of a SystemRootfs job.
+func (s *Spec) container(init, sysroot string) container.Spec {
 	uid, gid, _ := s.user()
+	rootfs, readonly := s.Rootfs, s.ReadonlyRootfs
+	if rootfs == SystemRootfs {
+		rootfs, readonly = sysroot, true
+	}
 	c := container.Spec{
-		ID: s.ID, Rootfs: s.Rootfs, Args: s.Cmd, Env: s.Env, Cwd: s.WorkingDir,
-		UID: uid, GID: gid, ReadonlyRootfs: s.ReadonlyRootfs, HostNetwork: s.Network == NetworkHost,
+		ID: s.ID, Rootfs: rootfs, Args: s.Cmd, Env: s.Env, Cwd: s.WorkingDir,
+		UID: uid, GID: gid, ReadonlyRootfs: readonly, HostNetwork: s.Network == NetworkHost,
 		Init: init,
 		Resources: container.Resources{
 			MemoryBytes: s.Resources.MemoryBytes, CPUWeight: s.Resources.CPUWeight,
 			CPUQuota: s.Resources.CPUQuota, Pids: s.Resources.Pids,
 		},
 	}
+	if s.Rootfs == SystemRootfs {
+		// On a plinth machine the image's /usr/bin/plinth is a placeholder
+		// that stage 1 binds the binary over; bring that bind along.
+		if st, err := os.Stat(systemBinary); err == nil && st.Size() > 0 {
+			c.Mounts = append(c.Mounts, container.Mount{Source: systemBinary, Target: systemBinary, ReadOnly: true})
+		}
+	}
 	for _, v := range s.Volumes {
 		c.Mounts = append(c.Mounts, container.Mount{Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly})
 	}
 	return c
 }
+
+// systemBinary is the plinth binary on a plinth machine.
+const systemBinary = "/usr/bin/plinth"
 
 // restarts reports whether a job that ended with exit is started again.
 func (s *Spec) restarts(exit container.Exit) bool {
@@ -208,8 +229,12 @@ func (s *Spec) maxBackoff() time.Duration {
 // rootfs, looked up in the job's PATH as the container would, so that a
 // typo is refused at create rather than reported as exit status 127. The
 // lookup stays inside the rootfs even through symlinks.
-func (s *Spec) findCommand() error {
-	root, err := os.OpenRoot(s.Rootfs)
+func (s *Spec) findCommand(sysroot string) error {
+	rootfs := s.Rootfs
+	if rootfs == SystemRootfs {
+		rootfs = sysroot
+	}
+	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
