@@ -47,6 +47,9 @@ type Config struct {
 	SquashfsCompression string
 	// CACerts is a PEM bundle installed as /etc/ssl/certs/ca-certificates.crt.
 	CACerts string
+	// Tini is the static init installed as /usr/lib/plinth/tini, which
+	// hostd runs as every job's PID 1 (Debian package tini).
+	Tini string
 }
 
 // DefaultConfig returns the configuration `make image` uses.
@@ -68,6 +71,7 @@ func DefaultConfig() Config {
 		Compression:         CompressLZ4,
 		SquashfsCompression: "zstd",
 		CACerts:             "/etc/ssl/certs/ca-certificates.crt",
+		Tini:                "/usr/bin/tini-static",
 	}
 }
 
@@ -183,11 +187,15 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		{Name: "etc/resolv.conf", Link: "/run/plinth/resolv.conf"}, // written by netd
 		{Name: "etc/mtab", Link: "/proc/self/mounts"},
 		{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Src: cfg.CACerts},
+		{Name: "usr/lib/plinth/tini", Mode: 0o755, Src: cfg.Tini},
 	}
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "var", "root"} {
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
 	}
 	entries = append(entries, moduleEntries(modDir, mods)...)
+	if _, err := os.Stat(cfg.Tini); err != nil {
+		return fmt.Errorf("job init %s: %w (apt-get install tini)", cfg.Tini, err)
+	}
 	if _, err := os.Stat(cfg.CACerts); err != nil {
 		return fmt.Errorf("CA certificates %s: %w (apt-get install ca-certificates)", cfg.CACerts, err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/job"
 )
 
 // TestHostdClusterOfThree: three VMs share a cluster bundle (fw_cfg) and
@@ -106,4 +107,61 @@ func checkMembers(ms []host.Member, ids map[string]string) string {
 		}
 	}
 	return ""
+}
+
+// TestJobInImage: a job on the system rootfs runs inside the booted image
+// (libcontainer under the image's PID 1, cgroup v2, tini as the job's
+// init) and its output comes back over the host API.
+func TestJobInImage(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	b, err := bundle.Create("vmtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := b.Marshal()
+	bundlePath := filepath.Join(t.TempDir(), "bundle.toml")
+	if err := os.WriteFile(bundlePath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := b.IssueClient("vmtest", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := StartT(t, ClusterNode(0, 1, kernel, initrd, NewSegment(t), bundlePath))
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+		t.Fatalf("%v\n%s", err, vm.ConsoleTail(30))
+	}
+	c, err := HostClient(vm, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := job.Spec{ID: "hello", Rootfs: job.SystemRootfs, Cmd: []string{"plinth", "version"}}
+	start := time.Now()
+	if _, err := c.CreateJob(ctx, spec); err != nil {
+		t.Fatalf("create: %v\n%s", err, vm.ConsoleTail(30))
+	}
+	j, err := c.WaitJob(ctx, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("create→exit %.2fs in the guest, status %+v", time.Since(start).Seconds(), j.Status)
+	if j.Status.Exit == nil || j.Status.Exit.Code != 0 {
+		t.Fatalf("exit %+v, want 0\n%s", j.Status.Exit, vm.ConsoleTail(30))
+	}
+	var out []string
+	if err := c.JobLogs(ctx, "hello", job.LogOptions{}, func(l job.LogLine) error {
+		out = append(out, l.Stream+":"+l.Text)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || out[0] != "stdout:"+info.Version {
+		t.Errorf("job output %q, want the image's plinth version %q", out, info.Version)
+	}
 }
