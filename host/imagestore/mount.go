@@ -1,0 +1,176 @@
+package imagestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mount assembles a job's root filesystem from the image ref names: an
+// overlayfs of the image's layers, read-only below, with the job's writes
+// going to jobDir/upper (overlayfs needs jobDir/work, on the same
+// filesystem, as scratch space). It returns the mount point,
+// jobDir/rootfs. If that is mounted already, Mount returns it as it is.
+//
+// The mount is nodev: a device node an image brings would reach the
+// host's devices, and the container runtime gives a job its /dev.
+func (s *Store) Mount(ctx context.Context, ref, jobDir string) (rootfs string, err error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	jobDir, err = filepath.Abs(jobDir)
+	if err != nil {
+		return "", fmt.Errorf("job directory: %w", err)
+	}
+	// These separate overlayfs mount options.
+	if strings.ContainsAny(jobDir, ",:\\") {
+		return "", fmt.Errorf("job directory %s: choose a path without ',', ':' or '\\'", jobDir)
+	}
+	rootfs = filepath.Join(jobDir, "rootfs")
+	if mounted, err := isOverlayMount(rootfs); err != nil || mounted {
+		return rootfs, err
+	}
+
+	// Layers under a mount are in use, but GC learns that only from its
+	// caller once Mount has returned.
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	r, err := s.find(ref)
+	if err != nil {
+		return "", err
+	}
+	if len(r.Layers) == 0 {
+		return "", fmt.Errorf("image %s has no layers: there is nothing to run", ref)
+	}
+	upper, work := filepath.Join(jobDir, "upper"), filepath.Join(jobDir, "work")
+	for _, d := range []string{upper, work, rootfs} {
+		// upper's mode and owner become those of the job's "/".
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", fmt.Errorf("mount image %s: %w", ref, err)
+		}
+	}
+	// overlayfs takes the topmost lower layer first.
+	lower := make([]string, 0, len(r.Layers))
+	for i := len(r.Layers) - 1; i >= 0; i-- {
+		dir := s.layerDir(r.Layers[i].DiffID)
+		if _, err := os.Stat(dir); err != nil {
+			return "", fmt.Errorf("mount image %s: layer %s is missing (remove the image and import it again): %w", ref, r.Layers[i].DiffID, err)
+		}
+		lower = append(lower, dir)
+	}
+	opts, closeFDs, err := overlayOptions(lower, upper, work)
+	if err != nil {
+		return "", fmt.Errorf("mount image %s: %w", ref, err)
+	}
+	defer closeFDs()
+	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
+		return "", fmt.Errorf("mount image %s on %s: %w", ref, rootfs, err)
+	}
+	return rootfs, nil
+}
+
+// overlayOptions returns the overlayfs mount options. Mount options must
+// fit in a page; an image with many layers does not with full layer
+// paths, so it then names them by descriptor (/proc/self/fd/N), which
+// the kernel resolves while mounting. closeFDs closes those after the
+// mount.
+func overlayOptions(lower []string, upper, work string) (opts string, closeFDs func(), err error) {
+	format := func(lower []string) string {
+		return fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lower, ":"), upper, work)
+	}
+	closeFDs = func() {}
+	if opts := format(lower); len(opts) < os.Getpagesize() {
+		return opts, closeFDs, nil
+	}
+	var fds []int
+	closeFDs = func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	short := make([]string, len(lower))
+	for i, dir := range lower {
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			closeFDs()
+			return "", nil, fmt.Errorf("open layer %s: %w", dir, err)
+		}
+		fds = append(fds, fd)
+		short[i] = "/proc/self/fd/" + strconv.Itoa(fd)
+	}
+	opts = format(short)
+	if len(opts) >= os.Getpagesize() {
+		closeFDs()
+		return "", nil, fmt.Errorf("%d layers are too many for one overlayfs mount: flatten the image", len(lower))
+	}
+	return opts, closeFDs, nil
+}
+
+// Unmount unmounts the root filesystem Mount made in jobDir and removes
+// it with the job's writes (jobDir/upper and jobDir/work). It leaves
+// jobDir itself and anything else in it, and does nothing for a jobDir
+// with no mount.
+func (s *Store) Unmount(jobDir string) error {
+	rootfs := filepath.Join(jobDir, "rootfs")
+	err := unix.Unmount(rootfs, 0)
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("unmount %s: %w (stop the job's processes first)", rootfs, err)
+	case err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("unmount %s: %w", rootfs, err)
+	}
+	// Never delete through a mount: that would delete the job's files
+	// from wherever it is mounted from.
+	if mounted, err := isMountPoint(rootfs); err != nil {
+		return err
+	} else if mounted {
+		return fmt.Errorf("unmount %s: still a mount point after unmounting; unmount what is mounted there", rootfs)
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.RemoveAll(filepath.Join(jobDir, d)); err != nil {
+			return fmt.Errorf("remove job root filesystem: %w", err)
+		}
+	}
+	if err := os.Remove(rootfs); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove job root filesystem: %w", err)
+	}
+	return nil
+}
+
+// isOverlayMount reports whether an overlayfs is mounted at dir; another
+// filesystem mounted there is an error.
+func isOverlayMount(dir string) (bool, error) {
+	mounted, err := isMountPoint(dir)
+	if err != nil || !mounted {
+		return false, err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.OVERLAYFS_SUPER_MAGIC {
+		return false, fmt.Errorf("%s is a mount point of another filesystem than overlayfs: unmount it", dir)
+	}
+	return true, nil
+}
+
+func isMountPoint(dir string) (bool, error) {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_SYMLINK_NOFOLLOW, 0, &stx)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat %s: %w", dir, err)
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return false, fmt.Errorf("stat %s: the kernel does not report mount points (needs Linux 5.8)", dir)
+	}
+	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
+}
