@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,7 +37,16 @@ func pid1() {
 	must(mountSystem())
 	phase("init: filesystems mounted")
 
-	loadModules(filepath.Join("/lib/modules", kernelRelease()))
+	disk := virtioBlockPresent()
+	loadModules(filepath.Join("/lib/modules", kernelRelease()), disk)
+	if disk {
+		switch dev, err := mountData(); {
+		case err != nil:
+			say("%v; /var stays on tmpfs", err)
+		case dev != "":
+			phase("init: data partition %s mounted at /var", dev)
+		}
+	}
 	// Armed before anything can stop for a person (maintenance, ready), so
 	// that a press of the power button from then on is never lost.
 	buttonArmed := watchPowerButton(power)
@@ -117,13 +127,18 @@ var initModules = []string{"qemu_fw_cfg", "button", "evdev"}
 // services that do wait for their devices to appear, which they must do
 // anyway because drivers probe devices asynchronously. A module that fails
 // degrades the machine but does not stop the boot: it stays reachable.
-func loadModules(dir string) {
+func loadModules(dir string, disk bool) {
 	mods, err := kmod.ReadList(dir)
 	if err != nil {
 		say("read module list: %v", err)
 		return
 	}
-	now, later, missing := kmod.Split(mods, initModules...)
+	want := initModules
+	if disk {
+		// The data partition must be at /var before the services start.
+		want = append(slices.Clone(want), "virtio_blk")
+	}
+	now, later, missing := kmod.Split(mods, want...)
 	if len(missing) > 0 {
 		say("modules not in the image: %s", strings.Join(missing, ", "))
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	boot "github.com/plinth-os/plinth/init"
 )
 
 // TestHostdClusterOfThree: three VMs share a cluster bundle (fw_cfg) and
@@ -163,5 +165,124 @@ func TestJobInImage(t *testing.T) {
 	}
 	if len(out) != 1 || out[0] != "stdout:"+info.Version {
 		t.Errorf("job output %q, want the image's plinth version %q", out, info.Version)
+	}
+}
+
+// dataDisk makes an ext4 image labelled PLINTH-DATA holding testroot/, a
+// busybox root filesystem for jobs (the system image has no shell).
+func dataDisk(t *testing.T) string {
+	t.Helper()
+	stage := t.TempDir()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("needs busybox-static: %v", err)
+	}
+	bin := filepath.Join(stage, "testroot", "bin")
+	os.MkdirAll(bin, 0o755)
+	if err := os.WriteFile(filepath.Join(bin, "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "cat", "sleep", "echo"} {
+		os.Symlink("busybox", filepath.Join(bin, a))
+	}
+	disk := filepath.Join(t.TempDir(), "data.img")
+	for _, cmd := range [][]string{{"truncate", "-s", "128M", disk}, {"mkfs.ext4", "-q", "-L", boot.DataLabel, "-d", stage, disk}} {
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", cmd, err, out)
+		}
+	}
+	return disk
+}
+
+// TestResurrectAfterReboot: with a data disk, /var survives reboots; a
+// job marked resurrect runs again after a hard reset and after a clean
+// reboot (Ctrl-Alt-Del), on the same node ID, before any cluster service.
+func TestResurrectAfterReboot(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	b, err := bundle.Create("vmtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := b.Marshal()
+	bundlePath := filepath.Join(t.TempDir(), "bundle.toml")
+	os.WriteFile(bundlePath, data, 0o600)
+	creds, err := b.IssueClient("vmtest", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ClusterNode(0, 1, kernel, initrd, NewSegment(t), bundlePath)
+	cfg.Disks = []string{dataDisk(t)}
+	cfg.AllowReboot = true
+	vm := StartT(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	ready := func() *host.Client {
+		t.Helper()
+		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+			t.Fatalf("%v\n%s", err, vm.ConsoleTail(40))
+		}
+		c, err := HostClient(vm, creds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := ready()
+	if !strings.Contains(vm.Console(), "init: data partition /dev/vda mounted at /var") {
+		t.Fatalf("no data partition mounted:\n%s", vm.ConsoleTail(40))
+	}
+	info, err := c.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := job.Spec{ID: "keeper", Rootfs: "/var/testroot", Resurrect: true,
+		Cmd: []string{"sh", "-c", "echo boot $(cat /proc/sys/kernel/random/boot_id); exec sleep 3600"}}
+	if _, err := c.CreateJob(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	first, err := waitRunning(ctx, c, "keeper", "")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, vm.ConsoleTail(30))
+	}
+
+	for _, reboot := range []struct {
+		name string
+		do   func(context.Context) error
+	}{{"hard reset", vm.Reset}, {"Ctrl-Alt-Del", vm.CtrlAltDel}} {
+		if err := reboot.do(ctx); err != nil {
+			t.Fatalf("%s: %v", reboot.name, err)
+		}
+		c = ready()
+		again, err := c.Host(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.ID != info.ID {
+			t.Errorf("after %s: node ID %s, want %s kept on the data partition", reboot.name, again.ID, info.ID)
+		}
+		j, err := waitRunning(ctx, c, "keeper", first.Status.BootID)
+		if err != nil {
+			t.Fatalf("after %s: %v\n%s", reboot.name, err, vm.ConsoleTail(30))
+		}
+		t.Logf("after %s: keeper running again as pid %d, boot %s", reboot.name, j.Status.Pid, j.Status.BootID)
+		first = j
+	}
+	if !strings.Contains(vm.Console(), "shutdown:") {
+		t.Errorf("the Ctrl-Alt-Del reboot was not an ordered shutdown:\n%s", vm.ConsoleTail(40))
+	}
+}
+
+// waitRunning polls until job id runs in a boot other than notBoot.
+func waitRunning(ctx context.Context, c *host.Client, id, notBoot string) (job.Job, error) {
+	for {
+		j, err := c.Job(ctx, id)
+		if err == nil && j.Status.State == job.StateRunning && j.Status.BootID != notBoot {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, fmt.Errorf("job %s not running in a new boot: %+v, %v", id, j.Status, err)
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
 }

@@ -520,3 +520,11 @@ func (c *console) tail(n int) string {
 	}
 	return s
 }
+
+// CtrlAltDel presses Ctrl-Alt-Del on the guest's keyboard: plinth init
+// reboots in order.
+func (v *VM) CtrlAltDel(ctx context.Context) error {
+	keys := []map[string]string{{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}
+	_, err := v.QMP(ctx, "send-key", map[string]any{"keys": keys})
+	return err
+}
