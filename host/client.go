@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -289,4 +290,31 @@ func (c *Client) JobLogs(ctx context.Context, id string, opts job.LogOptions, em
 			return err
 		}
 	}
+}
+
+// ImportImage sends a `docker save` archive or a tar of an OCI layout and
+// returns the images it held.
+func (c *Client) ImportImage(ctx context.Context, archive io.Reader) ([]imagestore.Image, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/images", archive)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var imgs []imagestore.Image
+	if err := json.NewDecoder(resp.Body).Decode(&imgs); err != nil {
+		return nil, fmt.Errorf("host API /v1/images: decode: %w", err)
+	}
+	return imgs, nil
+}
+
+// Images lists the host's imported images.
+func (c *Client) Images(ctx context.Context) ([]imagestore.Image, error) {
+	var v []imagestore.Image
+	err := c.get(ctx, "/v1/images", &v)
+	return v, err
+}
+
+// RemoveImage forgets an image (its layers go at the next GC).
+func (c *Client) RemoveImage(ctx context.Context, ref string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/images/"+ref, nil, nil)
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/version"
 )
@@ -53,6 +54,7 @@ type Daemon struct {
 	started  time.Time
 	members  *membership
 	jobs     *job.Manager
+	images   *imagestore.Store
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -201,10 +203,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.useBundle(b)
 	}
+	images, err := imagestore.Open(filepath.Join(d.cfg.StateDir, "images"))
+	if err != nil {
+		return fmt.Errorf("hostd: %w", err)
+	}
+	d.images = images
 	jobs, err := job.New(job.Config{
 		StateDir: filepath.Join(d.cfg.StateDir, "jobs"),
 		RunDir:   filepath.Join(d.cfg.RunDir, "containers"),
 		Init:     d.cfg.Init,
+		Images:   images,
 		Log:      d.log,
 	})
 	if err != nil {

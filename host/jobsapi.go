@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -97,6 +99,50 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, j)
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}/logs", d.serveLogs)
+
+	mux.HandleFunc("POST /v1/images", d.importImage)
+	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
+		imgs, err := d.images.List()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, imgs)
+	})
+	mux.HandleFunc("DELETE /v1/images/{ref...}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.images.Remove(r.PathValue("ref")); err != nil {
+			status := http.StatusInternalServerError
+			if errors.Is(err, imagestore.ErrNotFound) {
+				status = http.StatusNotFound
+			}
+			writeJSON(w, status, apiError{err.Error()})
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// importImage takes a `docker save` archive or a tar of an OCI layout as
+// the request body, spooled to a file first (the importer reads it more
+// than once).
+func (d *Daemon) importImage(w http.ResponseWriter, r *http.Request) {
+	f, err := os.CreateTemp(d.cfg.StateDir, ".import-*.tar")
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		return
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := io.Copy(f, r.Body); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{"read image archive: " + err.Error()})
+		return
+	}
+	imgs, err := d.images.Import(r.Context(), f.Name())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusCreated, imgs)
 }
 
 // serveLogs streams log lines as JSON, one per line (application/x-ndjson).

@@ -1,6 +1,8 @@
 package host
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -9,6 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/plinth-os/plinth/host/job"
 )
@@ -123,5 +130,106 @@ func TestJobAPI(t *testing.T) {
 	jobs, err := c.Jobs(ctx)
 	if err != nil || len(jobs) != 1 || jobs[0].Spec.ID != "hello" {
 		t.Errorf("jobs after remove: %v, %v", jobs, err)
+	}
+}
+
+// busyboxImage writes a `docker save` archive of a one-layer image: a
+// static busybox, /etc/motd, and a default command.
+func busyboxImage(t *testing.T) string {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("needs busybox-static: %v", err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range []struct {
+		name, link string
+		data       []byte
+		mode       int64
+	}{
+		{name: "bin/", mode: 0o755},
+		{name: "bin/busybox", data: bb, mode: 0o755},
+		{name: "bin/sh", link: "busybox"},
+		{name: "bin/cat", link: "busybox"},
+		{name: "etc/", mode: 0o755},
+		{name: "etc/motd", data: []byte("made by the test\n"), mode: 0o644},
+	} {
+		h := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
+		switch {
+		case e.link != "":
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, e.link, 0o777
+		case strings.HasSuffix(e.name, "/"):
+			h.Typeflag = tar.TypeDir
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(e.data)
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg = cfg.DeepCopy()
+	cfg.Config.Cmd = []string{"sh", "-c", "echo $GREETING; cat /etc/motd"}
+	cfg.Config.Env = []string{"GREETING=hello from the image"}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("plinth.test/busybox:1")
+	path := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := tarball.WriteToFile(path, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestImageJob(t *testing.T) {
+	busyboxRoot(t) // root
+	archive := busyboxImage(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, d)
+	ctx := context.Background()
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	imgs, err := c.ImportImage(ctx, f)
+	if err != nil || len(imgs) != 1 || len(imgs[0].Names) != 1 {
+		t.Fatalf("import: %+v, %v", imgs, err)
+	}
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "fromimage", Image: "plinth.test/busybox:1"}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.WaitJob(ctx, "fromimage")
+	if err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 0 || j.Spec.Image != imgs[0].ID {
+		t.Fatalf("job %+v, %v; want exit 0 on image %s", j, err, imgs[0].ID)
+	}
+	var out []string
+	c.JobLogs(ctx, "fromimage", job.LogOptions{}, func(l job.LogLine) error { out = append(out, l.Text); return nil })
+	if strings.Join(out, "|") != "hello from the image|made by the test" {
+		t.Errorf("output %q, want the image's command, env and files", out)
+	}
+	if err := c.RemoveJob(ctx, "fromimage", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(d.cfg.StateDir, "jobs", "rootfs", "fromimage")); !os.IsNotExist(err) {
+		t.Errorf("removed job's writable layer still there: %v", err)
+	}
+	var apiErr *APIError
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "missing", Image: "nope:1"}); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest {
+		t.Errorf("missing image: %v, want 400", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -57,8 +58,8 @@ func hostCommand() *cobra.Command {
 	var restart, user string
 	var memory int64
 	var detach bool
-	run := &cobra.Command{Use: "run --id ID --rootfs DIR [flags] -- COMMAND [ARG...]", Short: "Create and start a job",
-		Args: cobra.MinimumNArgs(1),
+	run := &cobra.Command{Use: "run --id ID (--rootfs DIR | --image REF) [flags] [-- COMMAND [ARG...]]", Short: "Create and start a job",
+		Args: cobra.ArbitraryArgs,
 		RunE: withClient(func(ctx context.Context, c *host.Client, args []string) error {
 			spec.Cmd, spec.User, spec.Resources.MemoryBytes = args, user, memory
 			spec.Restart.Policy = restart
@@ -91,7 +92,8 @@ func hostCommand() *cobra.Command {
 		})}
 	f := run.Flags()
 	f.StringVar(&spec.ID, "id", "", "job id (required)")
-	f.StringVar(&spec.Rootfs, "rootfs", "", "root directory of the job (required)")
+	f.StringVar(&spec.Rootfs, "rootfs", "", `root directory of the job, or "system" for the host's own (read-only)`)
+	f.StringVar(&spec.Image, "image", "", "imported image to run (name:tag or ID; plinth host import)")
 	f.StringArrayVarP(&spec.Env, "env", "e", nil, "KEY=value (repeatable)")
 	f.StringVarP(&spec.WorkingDir, "workdir", "w", "", "working directory inside the job")
 	f.StringVarP(&user, "user", "u", "", "uid or uid:gid")
@@ -104,7 +106,6 @@ func hostCommand() *cobra.Command {
 	f.BoolVar(&spec.Resurrect, "resurrect", false, "start again when the host boots")
 	f.BoolVarP(&detach, "detach", "d", false, "print the id and return instead of showing the output")
 	run.MarkFlagRequired("id")
-	run.MarkFlagRequired("rootfs")
 
 	var follow, timestamps bool
 	var tail int
@@ -176,7 +177,31 @@ func hostCommand() *cobra.Command {
 			}
 		})}
 
-	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events)
+	imp := &cobra.Command{Use: "import ARCHIVE", Short: "Import the images of a `docker save` archive or a tar of an OCI layout", Args: cobra.ExactArgs(1),
+		RunE: withClient(func(ctx context.Context, c *host.Client, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			imgs, err := c.ImportImage(ctx, f)
+			if err != nil {
+				return err
+			}
+			printImages(imgs)
+			return nil
+		})}
+	images := &cobra.Command{Use: "images", Short: "List imported images", Args: cobra.NoArgs,
+		RunE: withClient(func(ctx context.Context, c *host.Client, _ []string) error {
+			imgs, err := c.Images(ctx)
+			if err != nil {
+				return err
+			}
+			printImages(imgs)
+			return nil
+		})}
+
+	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events, imp, images)
 	return cmd
 }
 
@@ -217,6 +242,16 @@ func printJobs(jobs []job.Job) {
 			pid = fmt.Sprint(j.Status.Pid)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", j.Spec.ID, j.Status.State, pid, j.Status.Restarts, exit, strings.Join(j.Spec.Cmd, " "))
+	}
+	w.Flush()
+}
+
+func printImages(imgs []imagestore.Image) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tNAMES\tLAYERS\tSIZE")
+	for _, img := range imgs {
+		id := strings.TrimPrefix(img.ID, "sha256:")
+		fmt.Fprintf(w, "%s\t%s\t%d\t%.1f MB\n", id[:min(12, len(id))], strings.Join(img.Names, ","), len(img.Layers), float64(img.Size)/1e6)
 	}
 	w.Flush()
 }

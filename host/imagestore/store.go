@@ -44,16 +44,16 @@ var ErrNotFound = errors.New("image not found")
 // Image is an imported image.
 type Image struct {
 	// ID is "sha256:" and the hex sha256 of the image's config.
-	ID string
+	ID string `json:"id"`
 	// Names are the name:tag references the image was imported under; a
 	// name belongs to one image at a time, the latest imported under it.
-	Names []string
+	Names []string `json:"names"`
 	// Layers are the image's layer diffIDs ("sha256:…"), base first.
-	Layers []string
+	Layers []string `json:"layers"`
 	// Config says how to run the image.
-	Config ImageConfig
+	Config ImageConfig `json:"config"`
 	// Size is the sum of the sizes of the regular files in its layers.
-	Size int64
+	Size int64 `json:"size"`
 }
 
 // ImageConfig is the part of an image's config that says how to run it.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host/container"
+	"github.com/plinth-os/plinth/host/imagestore"
 )
 
 // Job is a job's record: what was asked and what happened.
@@ -80,6 +81,8 @@ type Config struct {
 	// Init is the static init run as every job's PID 1 (Debian's
 	// tini-static); empty runs the command itself as PID 1.
 	Init string
+	// Images, if set, lets jobs run on imported images (Spec.Image).
+	Images *imagestore.Store
 	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
 	Log         *slog.Logger
@@ -170,17 +173,19 @@ func New(cfg Config) (*Manager, error) {
 // Create records the job and starts it. A job that cannot start (bad
 // spec, missing command) is refused with nothing left behind.
 func (m *Manager) Create(spec Spec) (Job, error) {
-	if err := spec.Check(); err != nil {
-		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	sysroot := ""
-	if spec.Rootfs == SystemRootfs {
-		var err error
-		if sysroot, err = m.sysroot(); err != nil {
-			return Job{}, err
+	if spec.Image != "" && spec.Rootfs == "" {
+		if m.cfg.Images == nil {
+			return Job{}, fmt.Errorf("%w: this host has no image store", ErrInvalid)
+		}
+		img, err := m.cfg.Images.Get(spec.Image)
+		if err != nil {
+			return Job{}, fmt.Errorf("%w: image %q: %v; import it first (plinth host import)", ErrInvalid, spec.Image, err)
+		}
+		if err := spec.withImage(img); err != nil {
+			return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
 	}
-	if err := spec.findCommand(sysroot); err != nil {
+	if err := spec.Check(); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	m.mu.Lock()
@@ -198,12 +203,19 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 			e.log.close()
 		}
 		os.RemoveAll(logDir)
+		m.releaseRootfs(spec)
 		m.mu.Lock()
 		delete(m.jobs, spec.ID)
 		m.mu.Unlock()
 		return Job{}, err
 	}
-	var err error
+	rootfs, err := m.rootfs(spec)
+	if err != nil {
+		return fail(err)
+	}
+	if err := spec.findCommand(rootfs); err != nil {
+		return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
+	}
 	if e.log, err = openLog(logDir); err != nil {
 		return fail(fmt.Errorf("job %s: log: %w", spec.ID, err))
 	}
@@ -254,6 +266,39 @@ func (m *Manager) sysroot() (string, error) {
 	return m.sysrootDir, m.sysrootErr
 }
 
+// rootfs returns the root directory a job runs on: its own, the system
+// root, or its image's layers under an overlay of its own (mounted here
+// when it is not, as after a reboot).
+func (m *Manager) rootfs(s Spec) (string, error) {
+	switch {
+	case s.Rootfs == SystemRootfs:
+		return m.sysroot()
+	case s.Rootfs != "":
+		return s.Rootfs, nil
+	case m.cfg.Images == nil:
+		return "", fmt.Errorf("%w: this host has no image store", ErrInvalid)
+	}
+	dir, err := m.cfg.Images.Mount(context.Background(), s.Image, m.imageDir(s.ID))
+	if err != nil {
+		return "", fmt.Errorf("job %s: mount image: %w", s.ID, err)
+	}
+	return dir, nil
+}
+
+// releaseRootfs unmounts and deletes an image job's writable layer.
+func (m *Manager) releaseRootfs(s Spec) {
+	if s.Image == "" || m.cfg.Images == nil {
+		return
+	}
+	if err := m.cfg.Images.Unmount(m.imageDir(s.ID)); err != nil {
+		m.log.Warn("unmount job rootfs", "job", s.ID, "err", err)
+		return
+	}
+	os.RemoveAll(m.imageDir(s.ID))
+}
+
+func (m *Manager) imageDir(id string) string { return filepath.Join(m.cfg.StateDir, "rootfs", id) }
+
 func (m *Manager) logDir(id string) string { return filepath.Join(m.cfg.StateDir, "logs", id) }
 
 // start starts e's container with its output piped into its log.
@@ -267,14 +312,11 @@ func (m *Manager) start(e *entry) error {
 		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		pipes[i], pipes[i+1] = r, w
 	}
-	sysroot := ""
-	if e.job.Spec.Rootfs == SystemRootfs {
-		var err error
-		if sysroot, err = m.sysroot(); err != nil {
-			return err
-		}
+	rootfs, err := m.rootfs(e.job.Spec)
+	if err != nil {
+		return err
 	}
-	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init, sysroot), container.Stdio{
+	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init, rootfs), container.Stdio{
 		Stdout: pipes[1], Stderr: pipes[3], Extra: []*os.File{pipes[0], pipes[2]},
 	})
 	pipes[1].Close()
@@ -519,6 +561,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	m.mu.Unlock()
 	e.log.close()
 	os.RemoveAll(m.logDir(id))
+	m.releaseRootfs(e.job.Spec)
 	m.publish(Event{Type: "removed", Job: id})
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/container"
+	"github.com/plinth-os/plinth/host/imagestore"
 )
 
 // Spec is what a job's creator asks for.
@@ -29,8 +31,13 @@ type Spec struct {
 	// starting with a letter or digit.
 	ID string `json:"id"`
 	// Rootfs is the job's root directory on the host, an absolute path,
-	// or SystemRootfs.
-	Rootfs string `json:"rootfs"`
+	// or SystemRootfs. Give either Rootfs or Image.
+	Rootfs string `json:"rootfs,omitempty"`
+	// Image is an imported image (name:tag or ID): the job runs on its
+	// layers with a writable layer of its own, kept until the job is
+	// removed. Its Cmd, Env, WorkingDir and User fill what the spec
+	// leaves empty; Create records the image's ID.
+	Image string `json:"image,omitempty"`
 	// Cmd is the command and its arguments.
 	Cmd []string `json:"cmd"`
 	// Env is KEY=value pairs.
@@ -129,10 +136,12 @@ func (s *Spec) Check() error {
 	switch {
 	case !idPattern.MatchString(s.ID):
 		return fmt.Errorf("id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)
-	case !filepath.IsAbs(s.Rootfs) && s.Rootfs != SystemRootfs:
+	case (s.Rootfs == "") == (s.Image == ""):
+		return fmt.Errorf("give either rootfs (a directory, or %q) or image", SystemRootfs)
+	case s.Rootfs != "" && !filepath.IsAbs(s.Rootfs) && s.Rootfs != SystemRootfs:
 		return fmt.Errorf("rootfs %q: give an absolute path to the job's root directory, or %q", s.Rootfs, SystemRootfs)
 	case len(s.Cmd) == 0 || s.Cmd[0] == "":
-		return fmt.Errorf("cmd is empty: give the command to run")
+		return fmt.Errorf("cmd is empty: give the command to run (or an image that has one)")
 	}
 	switch s.Network {
 	case "", NetworkNone, NetworkHost:
@@ -174,13 +183,10 @@ func (s *Spec) user() (uid, gid uint32, err error) {
 }
 
 // container is the container spec of the job, with init (may be empty)
-// as its PID 1 and sysroot as the root of a SystemRootfs job.
-func (s *Spec) container(init, sysroot string) container.Spec {
+// as its PID 1, on rootfs (the directory Rootfs or Image resolved to).
+func (s *Spec) container(init, rootfs string) container.Spec {
 	uid, gid, _ := s.user()
-	rootfs, readonly := s.Rootfs, s.ReadonlyRootfs
-	if rootfs == SystemRootfs {
-		rootfs, readonly = sysroot, true
-	}
+	readonly := s.ReadonlyRootfs || s.Rootfs == SystemRootfs
 	c := container.Spec{
 		ID: s.ID, Rootfs: rootfs, Args: s.Cmd, Env: s.Env, Cwd: s.WorkingDir,
 		UID: uid, GID: gid, ReadonlyRootfs: readonly, HostNetwork: s.Network == NetworkHost,
@@ -229,11 +235,7 @@ func (s *Spec) maxBackoff() time.Duration {
 // rootfs, looked up in the job's PATH as the container would, so that a
 // typo is refused at create rather than reported as exit status 127. The
 // lookup stays inside the rootfs even through symlinks.
-func (s *Spec) findCommand(sysroot string) error {
-	rootfs := s.Rootfs
-	if rootfs == SystemRootfs {
-		rootfs = sysroot
-	}
+func (s *Spec) findCommand(rootfs string) error {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)
@@ -269,3 +271,23 @@ func (s *Spec) findCommand(sysroot string) error {
 
 // defaultPath is the PATH of a job whose Env sets none (container's too).
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// withImage fills what s leaves empty from the image's config and pins
+// the image by ID.
+func (s *Spec) withImage(img imagestore.Image) error {
+	s.Image = img.ID
+	if len(s.Cmd) == 0 {
+		s.Cmd = append(slices.Clone(img.Config.Entrypoint), img.Config.Cmd...)
+	}
+	s.Env = append(slices.Clone(img.Config.Env), s.Env...)
+	if s.WorkingDir == "" {
+		s.WorkingDir = img.Config.WorkingDir
+	}
+	if s.User == "" && img.Config.User != "" {
+		s.User = img.Config.User
+		if _, _, err := s.user(); err != nil {
+			return fmt.Errorf("image user %q: only numeric uid[:gid] is supported; set user in the job spec", img.Config.User)
+		}
+	}
+	return nil
+}
