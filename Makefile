@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime lint clean
 
 all: image
 
@@ -67,7 +67,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip
+bench: bench-boot bench-dhcp bench-gossip bench-runtime
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -78,6 +78,11 @@ bench-dhcp: deps
 # loopback: hostd's timings vs memberlist's LAN defaults, alternating rounds.
 bench-gossip: deps
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkGossip -benchtime 1x -timeout 20m ./host/
+
+# Job create→exit through the host API vs Debian's runc run on the same
+# rootfs (median of 21, alternating), and hostd's memory with 100 idle jobs.
+bench-runtime: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkRuntime -benchtime 1x -timeout 10m ./host/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/

@@ -96,7 +96,12 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// Read to the end, or the connection cannot be reused and the
+		// next call pays a new TLS handshake.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
 	if out == nil {
 		return nil
 	}

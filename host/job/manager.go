@@ -364,9 +364,6 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 			}
 			adopted = false
 			e.copying.Wait()
-			if err := e.c.Destroy(); err != nil {
-				m.log.Warn("remove container", "job", e.job.Spec.ID, "err", err)
-			}
 			m.mu.Lock()
 			st := &e.job.Status
 			st.State, st.ExitedAt, st.Exit, st.Pid = StateExited, time.Now().UTC(), &exit, 0
@@ -387,6 +384,11 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 			close(e.ran)
 			e.ran = make(chan struct{})
 			m.mu.Unlock()
+			// After the waiters are released: they wait for the exit, not
+			// for the cgroup and state to go. A restart comes after this.
+			if err := e.c.Destroy(); err != nil {
+				m.log.Warn("remove container", "job", e.job.Spec.ID, "err", err)
+			}
 			m.persist(e)
 			m.publish(Event{Type: "exited", Job: e.job.Spec.ID, Exit: &exit})
 			if exit.OOMKilled {

@@ -80,7 +80,7 @@ func busyboxRoot(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []string{"sh", "echo", "sleep", "dd", "cat", "seq"} {
+	for _, a := range []string{"sh", "echo", "sleep", "dd", "cat", "seq", "true"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", a))
 	}
 	return root
