@@ -21,9 +21,10 @@ import (
 //   - create→exit of a trivial job (busybox true): client → hostd →
 //     container (with tini as init) → exit seen by /wait, against Debian's
 //     `runc run` of the same rootfs, alternating, median of 21 each;
+//
 //   - hostd's resident memory with 100 idle jobs against none.
 //
-//	bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48
+//     bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48
 func BenchmarkRuntime(b *testing.B) {
 	root := benchRoot(b)
 	runc, err := exec.LookPath("runc")
