@@ -41,3 +41,25 @@ func TestPickAdvertise(t *testing.T) {
 		t.Error("no addresses: want an error")
 	}
 }
+
+func TestPickSubnetKeptAndAvoidsTaken(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	id := NewNodeID()
+	first, err := pickSubnet(cfg, id, nil)
+	if err != nil || first.Bits() != 24 || !cnetRange().Contains(first.Addr()) {
+		t.Fatalf("pickSubnet = %v, %v", first, err)
+	}
+	again, _ := pickSubnet(cfg, id, []string{first.String()})
+	if again != first {
+		t.Errorf("kept subnet %v changed to %v", first, again)
+	}
+	other := DefaultConfig()
+	other.StateDir = t.TempDir()
+	// The same node ID starts at the same slice; taken, it moves on.
+	if p, _ := pickSubnet(other, id, []string{first.String()}); p == first {
+		t.Errorf("picked the taken subnet %v", p)
+	}
+}
+
+func cnetRange() netip.Prefix { return netip.MustParsePrefix("10.200.0.0/16") }

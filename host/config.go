@@ -34,6 +34,16 @@ type Config struct {
 	// signals and reaps orphans); DefaultConfig finds the image's
 	// tini, else Debian's tini-static. Empty runs commands as PID 1.
 	Init string
+	// ContainerNetwork gives jobs a bridge, addresses and the overlay
+	// (needs root; it changes the host's links). Default true.
+	ContainerNetwork bool
+	// ContainerRange is the cluster's container address range, the same
+	// on every host; default cnet.DefaultRange (10.200.0.0/16).
+	ContainerRange netip.Prefix
+	// ContainerSubnet is this host's /24 of ContainerRange. Zero picks
+	// one from the node ID, avoiding the subnets of the members this
+	// host knows, and keeps it in StateDir; see pickSubnet.
+	ContainerSubnet netip.Prefix
 	// Hostname is advertised to other hosts; empty means the kernel's.
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").
@@ -133,13 +143,14 @@ func FastGossip() Gossip {
 // DefaultConfig returns the config of a host with no cluster bundle.
 func DefaultConfig() Config {
 	return Config{
-		StateDir:   DefaultStateDir,
-		RunDir:     DefaultRunDir,
-		Init:       findInit(),
-		BindAddr:   "0.0.0.0",
-		GossipPort: DefaultGossipPort,
-		APIPort:    DefaultAPIPort,
-		Gossip:     FastGossip(),
+		StateDir:         DefaultStateDir,
+		RunDir:           DefaultRunDir,
+		ContainerNetwork: true,
+		Init:             findInit(),
+		BindAddr:         "0.0.0.0",
+		GossipPort:       DefaultGossipPort,
+		APIPort:          DefaultAPIPort,
+		Gossip:           FastGossip(),
 	}
 }
 

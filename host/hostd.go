@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/version"
@@ -203,6 +204,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.useBundle(b)
 	}
+	adv, err := currentAdvertise(d.cfg.Advertise)
+	if err != nil {
+		// The member moves once an address appears (followAddress).
+		d.log.Warn("no address to advertise yet; using loopback until one appears", "err", err)
+		adv = netip.MustParseAddr("127.0.0.1")
+	}
+	var network *cnet.Network
+	if d.cfg.ContainerNetwork {
+		if network, err = d.containerNetwork(adv); err != nil {
+			return fmt.Errorf("hostd: %w", err)
+		}
+	}
 	images, err := imagestore.Open(filepath.Join(d.cfg.StateDir, "images"))
 	if err != nil {
 		return fmt.Errorf("hostd: %w", err)
@@ -213,6 +226,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		RunDir:   filepath.Join(d.cfg.RunDir, "containers"),
 		Init:     d.cfg.Init,
 		Images:   images,
+		Network:  network,
 		Log:      d.log,
 	})
 	if err != nil {
@@ -225,12 +239,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("hostd: %w", err)
 	}
 	d.jobs = jobs
-	adv, err := currentAdvertise(d.cfg.Advertise)
-	if err != nil {
-		// The member moves once an address appears (followAddress).
-		d.log.Warn("no address to advertise yet; using loopback until one appears", "err", err)
-		adv = netip.MustParseAddr("127.0.0.1")
-	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(d.cfg.APIBind, strconv.Itoa(d.cfg.APIPort)))
 	if err != nil {
 		return fmt.Errorf("hostd: listen for the host API: %w", err)
@@ -276,6 +284,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if network != nil {
+		go d.followPeers(runCtx, network)
+	}
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("host API stopped", "err", err)
@@ -295,4 +306,66 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("hostd: host API stopped")
 	}
 	return nil
+}
+
+// containerNetwork sets up the host's container bridge on its subnet and
+// the overlay from the advertised address.
+func (d *Daemon) containerNetwork(adv netip.Addr) (*cnet.Network, error) {
+	subnet, err := pickSubnet(d.cfg, d.id, nil)
+	if err != nil {
+		return nil, err
+	}
+	d.members.subnet = subnet.String()
+	var vtep netip.Addr
+	if !adv.IsLoopback() {
+		vtep = adv
+	} else {
+		d.log.Warn("no address for the container overlay; jobs reach only this host's jobs")
+	}
+	n, err := cnet.New(cnet.Config{Range: d.cfg.ContainerRange, Subnet: subnet,
+		NetnsDir: filepath.Join(d.cfg.RunDir, "netns"), VTEP: vtep})
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("container network", "subnet", subnet, "gateway", n.Gateway(), "vtep", vtep)
+	return n, nil
+}
+
+// followPeers keeps the overlay's peers equal to the alive members that
+// have a container subnet, and reports a subnet another member also
+// claims.
+func (d *Daemon) followPeers(ctx context.Context, n *cnet.Network) {
+	events, cancel := d.members.subscribe()
+	defer cancel()
+	conflicts := map[string]bool{} // reported once per member
+	update := func() {
+		var vteps []netip.Addr
+		for _, m := range d.members.Members() {
+			if m.ID == d.id || m.Status != StatusAlive || m.Subnet == "" {
+				continue
+			}
+			if m.Subnet == d.members.subnet && !conflicts[m.ID] {
+				conflicts[m.ID] = true
+				d.log.Error("container subnet conflict: another host uses ours; give one of them another with container_subnet", "subnet", m.Subnet, "other", m.ID)
+			}
+			if ap, err := netip.ParseAddrPort(m.Addr); err == nil {
+				vteps = append(vteps, ap.Addr())
+			}
+		}
+		if err := n.SetPeers(vteps); err != nil {
+			d.log.Warn("overlay peers", "err", err)
+		}
+	}
+	update()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-events:
+			if !ok {
+				return
+			}
+			update()
+		}
+	}
 }

@@ -22,6 +22,7 @@ func loopbackHost(t *testing.T, b *bundle.Bundle, hostname string, join ...strin
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
+	cfg.ContainerNetwork = false // in the test's own network namespace only
 	cfg.Hostname = hostname
 	cfg.Bundle = b
 	cfg.Join = join

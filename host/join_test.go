@@ -69,6 +69,7 @@ func runHostStop(t *testing.T, cfg Config) (d *Daemon, stop func()) {
 func loopbackConfig(t *testing.T, ip, hostname string, apiPort int) Config {
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
+	cfg.ContainerNetwork = false // in the test's own network namespace only
 	cfg.Hostname = hostname
 	cfg.Advertise, cfg.BindAddr, cfg.APIBind = ip, ip, ip
 	cfg.GossipPort, cfg.APIPort = 0, apiPort

@@ -36,6 +36,8 @@ type Member struct {
 	Status  string   `json:"status"`
 	Version string   `json:"version"`
 	Roles   []string `json:"roles"`
+	// Subnet is the host's container subnet.
+	Subnet string `json:"subnet,omitempty"`
 }
 
 // Member statuses.
@@ -62,6 +64,7 @@ const (
 	tagAPI      = "api"
 	tagVersion  = "version"
 	tagRoles    = "roles"
+	tagSubnet   = "subnet"
 )
 
 // snapshotFile keeps the members Serf last knew, so a restarted hostd
@@ -89,6 +92,7 @@ type membership struct {
 	id       string
 	hostname string
 	roles    []string
+	subnet   string // this host's container subnet, for the overlay
 	key      []byte
 	cfg      Config
 	log      *slog.Logger
@@ -193,6 +197,7 @@ func (m *membership) tags(adv netip.Addr) map[string]string {
 		tagAPI:      api,
 		tagVersion:  version.Version,
 		tagRoles:    strings.Join(m.roles, ","),
+		tagSubnet:   m.subnet,
 	}
 }
 
@@ -238,6 +243,7 @@ func toMember(sm serf.Member) Member {
 		Status:   sm.Status.String(),
 		Version:  sm.Tags[tagVersion],
 		Roles:    roles,
+		Subnet:   sm.Tags[tagSubnet],
 	}
 }
 

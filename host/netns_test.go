@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -36,6 +37,7 @@ const helperEnv = "PLINTH_HOSTD_TEST_CONFIG"
 type helperConfig struct {
 	StateDir, Hostname, BundlePath, Token string
 	Join                                  []string
+	Subnet                                string // container subnet; empty picks one
 }
 
 func TestMain(m *testing.M) {
@@ -59,6 +61,9 @@ func runHelper(path string) int {
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.Hostname, cfg.Join, cfg.JoinToken = hc.StateDir, hc.Hostname, hc.Join, hc.Token
 	cfg.RunDir = filepath.Join(hc.StateDir, "run")
+	if hc.Subnet != "" {
+		cfg.ContainerSubnet = netip.MustParsePrefix(hc.Subnet)
+	}
 	if hc.BundlePath != "" {
 		if cfg.Bundle, err = bundle.Load(hc.BundlePath); err != nil {
 			return fail(err)
@@ -147,7 +152,9 @@ func (s *segment) start(h *netnsHost) {
 		t.Fatal(err)
 	}
 	exe, _ := os.Executable()
-	cmd := exec.Command("ip", "netns", "exec", h.ns, exe)
+	// nsenter, not ip netns exec: that also remounts /sys for the
+	// namespace, hiding the cgroup mounts that jobs need.
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+h.ns, exe)
 	cmd.Env = append(os.Environ(), helperEnv+"="+path)
 	log, err := os.OpenFile(filepath.Join(s.dir, h.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -162,8 +169,8 @@ func (s *segment) start(h *netnsHost) {
 	t.Cleanup(func() { s.kill(h, syscall.SIGTERM) })
 }
 
-// kill signals h's hostd (ip netns exec has exec'd it, so the PID is
-// hostd's own) and waits for it to exit.
+// kill signals h's hostd (nsenter has exec'd it, so the PID is hostd's
+// own) and waits for it to exit.
 func (s *segment) kill(h *netnsHost, sig syscall.Signal) {
 	if h.cmd == nil {
 		return

@@ -40,6 +40,7 @@ func BenchmarkRuntime(b *testing.B) {
 	}
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.RunDir = b.TempDir(), b.TempDir()
+	cfg.ContainerNetwork = false
 	cfg.Bundle, cfg.Hostname = bnd, "bench"
 	cfg.Advertise, cfg.BindAddr, cfg.APIBind = "127.0.0.1", "127.0.0.1", "127.0.0.1"
 	cfg.GossipPort, cfg.APIPort = 0, 0

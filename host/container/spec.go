@@ -43,6 +43,9 @@ type Spec struct {
 	// HostNetwork shares the host's network namespace instead of a new,
 	// empty one.
 	HostNetwork bool
+	// NetnsPath, if set, is a network namespace prepared for the job (a
+	// bind-mounted nsfs file) to join instead of a new, empty one.
+	NetnsPath string
 	// Init is the host path of a static init (Debian's tini-static) to run
 	// as the container's PID 1, bound read-only at InitPath. A process
 	// that is PID 1 ignores signals it has no handler for and must reap
@@ -146,7 +149,7 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 	nss := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace},
 		{Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}
 	if !s.HostNetwork {
-		nss = append(nss, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		nss = append(nss, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: s.NetnsPath})
 	}
 	// A cgroup namespace hides the host's cgroup tree from the job; it
 	// needs the unified (v2) hierarchy to be meaningful.

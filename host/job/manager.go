@@ -1,10 +1,13 @@
 package job
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 )
@@ -37,6 +41,8 @@ type Status struct {
 	Restarts int `json:"restarts"`
 	// NextStart is when a job in StateBackoff starts again.
 	NextStart time.Time `json:"next_start,omitzero"`
+	// IP is a bridge job's address, kept across restarts.
+	IP netip.Addr `json:"ip,omitzero"`
 	// Error is why the last start failed, if it did.
 	Error string `json:"error,omitempty"`
 	// BootID is the kernel's boot ID when the job last started: a
@@ -83,6 +89,8 @@ type Config struct {
 	Init string
 	// Images, if set, lets jobs run on imported images (Spec.Image).
 	Images *imagestore.Store
+	// Network, if set, gives bridge jobs their addresses and ports.
+	Network *cnet.Network
 	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
 	Log         *slog.Logger
@@ -120,6 +128,7 @@ type entry struct {
 	// ended once they have read everything.
 	copying sync.WaitGroup
 	gone    chan struct{} // closed when removed, ending log followers
+	ports   []io.Closer   // the published ports' proxies, while the job exists
 	done    chan struct{} // closed when the supervisor returns
 }
 
@@ -202,6 +211,7 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 		if e.log != nil {
 			e.log.close()
 		}
+		m.detachNetwork(e)
 		os.RemoveAll(logDir)
 		m.releaseRootfs(spec)
 		m.mu.Lock()
@@ -218,6 +228,9 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	}
 	if e.log, err = openLog(logDir); err != nil {
 		return fail(fmt.Errorf("job %s: log: %w", spec.ID, err))
+	}
+	if err := m.attachNetwork(e); err != nil {
+		return fail(err)
 	}
 	if err := m.start(e); err != nil {
 		return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
@@ -285,6 +298,52 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 	return dir, nil
 }
 
+// attachNetwork gives a bridge job its address (once: it keeps it) and
+// publishes its ports. A port in use is the caller's error.
+func (m *Manager) attachNetwork(e *entry) error {
+	spec := e.job.Spec
+	if spec.Network != NetworkBridge {
+		return nil
+	}
+	if m.cfg.Network == nil {
+		return fmt.Errorf("%w: this host has no container network", ErrInvalid)
+	}
+	m.mu.Lock()
+	if !e.job.Status.IP.IsValid() {
+		var used []netip.Addr
+		for _, o := range m.jobs {
+			used = append(used, o.job.Status.IP)
+		}
+		ip, err := m.cfg.Network.Allocate(used)
+		if err != nil {
+			m.mu.Unlock()
+			return err
+		}
+		e.job.Status.IP = ip
+	}
+	ip := e.job.Status.IP
+	m.mu.Unlock()
+	for _, p := range spec.Ports {
+		c, err := cnet.Publish(cmp.Or(p.Proto, "tcp"), p.Host, netip.AddrPortFrom(ip, uint16(p.Container)))
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		e.ports = append(e.ports, c)
+	}
+	return nil
+}
+
+// detachNetwork stops a job's port proxies and removes its namespace.
+func (m *Manager) detachNetwork(e *entry) {
+	for _, c := range e.ports {
+		c.Close()
+	}
+	e.ports = nil
+	if e.job.Spec.Network == NetworkBridge && m.cfg.Network != nil {
+		m.cfg.Network.Detach(e.job.Spec.ID)
+	}
+}
+
 // releaseRootfs unmounts and deletes an image job's writable layer.
 func (m *Manager) releaseRootfs(s Spec) {
 	if s.Image == "" || m.cfg.Images == nil {
@@ -316,7 +375,14 @@ func (m *Manager) start(e *entry) error {
 	if err != nil {
 		return err
 	}
-	c, err := m.rt.Start(e.job.Spec.container(m.cfg.Init, rootfs), container.Stdio{
+	cs := e.job.Spec.container(m.cfg.Init, rootfs)
+	if e.job.Spec.Network == NetworkBridge {
+		// Kept across restarts; made again after a reboot emptied /run.
+		if cs.NetnsPath, err = m.cfg.Network.Attach(e.job.Spec.ID, e.job.Status.IP); err != nil {
+			return err
+		}
+	}
+	c, err := m.rt.Start(cs, container.Stdio{
 		Stdout: pipes[1], Stderr: pipes[3], Extra: []*os.File{pipes[0], pipes[2]},
 	})
 	pipes[1].Close()
@@ -330,7 +396,7 @@ func (m *Manager) start(e *entry) error {
 	m.mu.Lock()
 	e.c = c
 	e.job.Status = Status{State: StateRunning, Pid: c.Pid(), StartedAt: time.Now().UTC(),
-		Restarts: e.job.Status.Restarts, BootID: m.bootID}
+		Restarts: e.job.Status.Restarts, BootID: m.bootID, IP: e.job.Status.IP}
 	m.mu.Unlock()
 	m.readOutput(e, pipes[0], pipes[2])
 	return nil
@@ -564,6 +630,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	e.log.close()
 	os.RemoveAll(m.logDir(id))
 	m.releaseRootfs(e.job.Spec)
+	m.detachNetwork(e)
 	m.publish(Event{Type: "removed", Job: id})
 	return nil
 }

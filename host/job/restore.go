@@ -38,6 +38,10 @@ func (m *Manager) Restore() error {
 		m.mu.Lock()
 		m.jobs[j.Spec.ID] = e
 		m.mu.Unlock()
+		// The proxies of published ports ended with the last hostd.
+		if err := m.attachNetwork(e); err != nil {
+			m.log.Warn("publish the ports of a restored job", "job", j.Spec.ID, "err", err)
+		}
 		sameBoot := j.Status.BootID == m.bootID
 		switch {
 		case sameBoot && j.Status.State == StateRunning && slices.Contains(live, j.Spec.ID):

@@ -49,9 +49,12 @@ type Spec struct {
 	User string `json:"user,omitempty"`
 	// Resources are cgroup limits; zero values mean unlimited.
 	Resources Resources `json:"resources,omitzero"`
-	// Network is NetworkNone (own, empty namespace; the default) or
-	// NetworkHost.
+	// Network is NetworkNone (own, empty namespace; the default),
+	// NetworkHost, or NetworkBridge (an address on the host's container
+	// bridge, reachable from jobs on every host over the overlay).
 	Network string `json:"network,omitempty"`
+	// Ports publishes host ports to a bridge job's ports.
+	Ports []Port `json:"ports,omitempty"`
 	// ReadonlyRootfs mounts the root read-only.
 	ReadonlyRootfs bool `json:"readonly_rootfs,omitempty"`
 	// Volumes are host directories bound into the job.
@@ -70,6 +73,13 @@ type Resources struct {
 	CPUWeight   uint64  `json:"cpu_weight,omitempty"`
 	CPUQuota    float64 `json:"cpu_quota,omitempty"`
 	Pids        int64   `json:"pids,omitempty"`
+}
+
+// Port forwards a host port to a port of the job.
+type Port struct {
+	Host      int    `json:"host"`
+	Container int    `json:"container"`
+	Proto     string `json:"proto,omitempty"` // tcp (default) or udp
 }
 
 // Volume binds a host path into the job.
@@ -103,8 +113,9 @@ const (
 
 // Networks.
 const (
-	NetworkNone = "none"
-	NetworkHost = "host"
+	NetworkNone   = "none"
+	NetworkHost   = "host"
+	NetworkBridge = "bridge"
 )
 
 // Duration is a time.Duration written in JSON as "1m30s".
@@ -144,9 +155,26 @@ func (s *Spec) Check() error {
 		return fmt.Errorf("cmd is empty: give the command to run (or an image that has one)")
 	}
 	switch s.Network {
-	case "", NetworkNone, NetworkHost:
+	case "", NetworkNone, NetworkHost, NetworkBridge:
 	default:
-		return fmt.Errorf("network %q: use %q or %q", s.Network, NetworkNone, NetworkHost)
+		return fmt.Errorf("network %q: use %q, %q or %q", s.Network, NetworkNone, NetworkHost, NetworkBridge)
+	}
+	if len(s.Ports) > 0 && s.Network != NetworkBridge {
+		return fmt.Errorf("ports are published to bridge jobs only; set network to %q", NetworkBridge)
+	}
+	seen := map[string]bool{}
+	for _, p := range s.Ports {
+		proto := cmp.Or(p.Proto, "tcp")
+		key := proto + "/" + strconv.Itoa(p.Host)
+		switch {
+		case p.Host < 1 || p.Host > 65535 || p.Container < 1 || p.Container > 65535:
+			return fmt.Errorf("port %d:%d: ports are 1 to 65535", p.Host, p.Container)
+		case proto != "tcp" && proto != "udp":
+			return fmt.Errorf("port %d: proto %q: use tcp or udp", p.Host, p.Proto)
+		case seen[key]:
+			return fmt.Errorf("host port %s is published twice", key)
+		}
+		seen[key] = true
 	}
 	switch s.Restart.Policy {
 	case "", RestartNever, RestartOnFailure, RestartAlways:

@@ -1,0 +1,138 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/plinth-os/plinth/host/job"
+)
+
+// webRoot is a busybox root filesystem with httpd, nc and a page.
+// (Debian's static busybox wget crashes, even on the host.)
+func webRoot(t *testing.T, page string) string {
+	t.Helper()
+	root := busyboxRoot(t)
+	for _, a := range []string{"httpd", "nc", "printf"} {
+		os.Symlink("busybox", filepath.Join(root, "bin", a))
+	}
+	os.MkdirAll(filepath.Join(root, "www"), 0o755)
+	if err := os.WriteFile(filepath.Join(root, "www", "index.html"), []byte(page), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	return root
+}
+
+// TestContainerNetworkAcrossHosts: two hosts on a bridge, each with its
+// container bridge and the VXLAN overlay; a job on one fetches a page
+// from a job on the other by its address, and the host port published
+// for the page's job answers from the other host's namespace.
+func TestContainerNetworkAcrossHosts(t *testing.T) {
+	s := newSegment(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	root := webRoot(t, "hello from h1\n")
+	b := newBundle(t)
+	creds, err := b.IssueClient("admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := s.writeBundle("bundle.toml", b)
+	var hosts []*netnsHost
+	for n := 1; n <= 2; n++ {
+		h := s.addHost(n, path)
+		h.hc.Join = []string{"10.77.0.1", "10.77.0.2"}
+		h.hc.Subnet = fmt.Sprintf("10.200.%d.0/24", n)
+		s.start(h)
+		hosts = append(hosts, h)
+	}
+	c1, c2 := s.client(hosts[0], creds), s.client(hosts[1], creds)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, c := range []*Client{c1, c2} {
+		for {
+			ms, err := c.Members(ctx)
+			if err == nil && len(ms) == 2 && ms[0].Status == StatusAlive && ms[1].Status == StatusAlive && ms[0].Subnet != "" && ms[1].Subnet != "" {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("hosts did not see each other: %v %v\n%s", ms, err, s.logs())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Jobs outlive hostd by design: remove them before the hosts stop
+	// (cleanups run last registered first).
+	t.Cleanup(func() {
+		c1.RemoveJob(context.Background(), "web", true)
+		c2.RemoveJob(context.Background(), "fetch", true)
+	})
+
+	web, err := c1.CreateJob(ctx, job.Spec{ID: "web", Rootfs: root, Network: job.NetworkBridge,
+		Ports: []job.Port{{Host: 8080, Container: 80}}, Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/www"}})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, s.logs())
+	}
+	if !strings.HasPrefix(web.Status.IP.String(), "10.200.1.") {
+		t.Fatalf("web job address %v, want one in h1's subnet 10.200.1.0/24", web.Status.IP)
+	}
+
+	// From a job on h2, by address, over the overlay. httpd may need a
+	// moment to listen: retry inside the job.
+	fetch, err := c2.CreateJob(ctx, job.Spec{ID: "fetch", Rootfs: root, Network: job.NetworkBridge,
+		Cmd: []string{"sh", "-c", fmt.Sprintf(`for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 80 && exit 0; sleep 0.5; done; exit 1`, web.Status.IP)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(fetch.Status.IP.String(), "10.200.2.") {
+		t.Errorf("fetch job address %v, want one in h2's subnet", fetch.Status.IP)
+	}
+	j, err := c2.WaitJob(ctx, "fetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	c2.JobLogs(ctx, "fetch", job.LogOptions{}, func(l job.LogLine) error { out = append(out, l.Text); return nil })
+	if j.Status.Exit == nil || j.Status.Exit.Code != 0 || !strings.Contains(strings.Join(out, "|"), "|hello from h1") {
+		t.Fatalf("cross-host fetch: exit %+v, output %q\n%s", j.Status.Exit, out, s.logs())
+	}
+
+	// The published port, from h2's namespace to h1's address.
+	ns, err := netns.GetFromName(hosts[1].ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialInNamespace(ns)}}
+	resp, err := hc.Get("http://10.77.0.1:8080/")
+	if err != nil {
+		t.Fatalf("published port: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hello from h1\n" {
+		t.Errorf("published port answered %q", body)
+	}
+
+	// The port is taken now: a second job cannot publish it.
+	_, err = c1.CreateJob(ctx, job.Spec{ID: "web2", Rootfs: root, Network: job.NetworkBridge,
+		Ports: []job.Port{{Host: 8080, Container: 80}}, Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/www"}})
+	if apiErr, ok := err.(*APIError); !ok || apiErr.StatusCode != http.StatusBadRequest || !strings.Contains(apiErr.Message, "8080") {
+		t.Errorf("port in use: %v, want 400 naming the port", err)
+	}
+	if jobs, _ := c1.Jobs(ctx); len(jobs) != 1 {
+		t.Errorf("a refused job was left behind: %v", jobs)
+	}
+}
