@@ -80,8 +80,17 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 		c2.RemoveJob(context.Background(), "fetch", true)
 	})
 
-	web, err := c1.CreateJob(ctx, job.Spec{ID: "web", Rootfs: root, Network: job.NetworkBridge,
-		Ports: []job.Port{{Host: 8080, Container: 80}}, Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/www"}})
+	// The container network is set up just after hostd is ready; until
+	// then bridge jobs get 503.
+	var web job.Job
+	for {
+		web, err = c1.CreateJob(ctx, job.Spec{ID: "web", Rootfs: root, Network: job.NetworkBridge,
+			Ports: []job.Port{{Host: 8080, Container: 80}}, Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/www"}})
+		if apiErr, ok := err.(*APIError); !ok || apiErr.StatusCode != http.StatusServiceUnavailable || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("%v\n%s", err, s.logs())
 	}

@@ -55,6 +55,7 @@ type Daemon struct {
 	started  time.Time
 	members  *membership
 	jobs     *job.Manager
+	subnet   netip.Prefix // the container subnet, with ContainerNetwork
 	images   *imagestore.Store
 
 	mu      sync.Mutex
@@ -210,12 +211,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("no address to advertise yet; using loopback until one appears", "err", err)
 		adv = netip.MustParseAddr("127.0.0.1")
 	}
-	var network *cnet.Network
 	if d.cfg.ContainerNetwork {
-		if network, err = d.containerNetwork(adv); err != nil {
+		// Known before gossip starts: the subnet is one of this host's tags.
+		if d.subnet, err = pickSubnet(d.cfg, d.id, nil); err != nil {
 			return fmt.Errorf("hostd: %w", err)
 		}
+		d.members.subnet = d.subnet.String()
 	}
+
 	images, err := imagestore.Open(filepath.Join(d.cfg.StateDir, "images"))
 	if err != nil {
 		return fmt.Errorf("hostd: %w", err)
@@ -226,7 +229,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		RunDir:   filepath.Join(d.cfg.RunDir, "containers"),
 		Init:     d.cfg.Init,
 		Images:   images,
-		Network:  network,
 		Log:      d.log,
 	})
 	if err != nil {
@@ -284,8 +286,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if network != nil {
-		go d.followPeers(runCtx, network)
+	if d.cfg.ContainerNetwork {
+		go d.setUpNetwork(runCtx, adv)
 	}
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -308,14 +310,33 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return nil
 }
 
+// setUpNetwork makes the container network, retrying while the kernel
+// lacks what it needs (on a plinth machine bridge, veth and vxlan load in
+// the background after ready), then hands it to the jobs and follows the
+// overlay's peers.
+func (d *Daemon) setUpNetwork(ctx context.Context, adv netip.Addr) {
+	for attempt := 1; ; attempt++ {
+		n, err := d.containerNetwork(adv)
+		if err == nil {
+			d.jobs.SetNetwork(n)
+			d.followPeers(ctx, n)
+			return
+		}
+		if attempt == 1 || attempt%60 == 0 {
+			d.log.Warn("container network not ready; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
 // containerNetwork sets up the host's container bridge on its subnet and
 // the overlay from the advertised address.
 func (d *Daemon) containerNetwork(adv netip.Addr) (*cnet.Network, error) {
-	subnet, err := pickSubnet(d.cfg, d.id, nil)
-	if err != nil {
-		return nil, err
-	}
-	d.members.subnet = subnet.String()
+	subnet := d.subnet
 	var vtep netip.Addr
 	if !adv.IsLoopback() {
 		vtep = adv

@@ -190,6 +190,8 @@ func writeJobError(w http.ResponseWriter, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, job.ErrExists), errors.Is(err, job.ErrRunning):
 		status = http.StatusConflict
+	case errors.Is(err, job.ErrUnavailable):
+		status = http.StatusServiceUnavailable
 	case errors.Is(err, context.Canceled):
 		return // the client went away
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,6 +57,7 @@ func hostCommand() *cobra.Command {
 
 	var spec job.Spec
 	var restart, user string
+	var publish []string
 	var memory int64
 	var detach bool
 	run := &cobra.Command{Use: "run --id ID (--rootfs DIR | --image REF) [flags] [-- COMMAND [ARG...]]", Short: "Create and start a job",
@@ -63,6 +65,13 @@ func hostCommand() *cobra.Command {
 		RunE: withClient(func(ctx context.Context, c *host.Client, args []string) error {
 			spec.Cmd, spec.User, spec.Resources.MemoryBytes = args, user, memory
 			spec.Restart.Policy = restart
+			for _, p := range publish {
+				port, err := parsePublish(p)
+				if err != nil {
+					return err
+				}
+				spec.Ports = append(spec.Ports, port)
+			}
 			j, err := c.CreateJob(ctx, spec)
 			if err != nil {
 				return err
@@ -100,7 +109,8 @@ func hostCommand() *cobra.Command {
 	f.Int64Var(&memory, "memory", 0, "memory limit in bytes")
 	f.Int64Var(&spec.Resources.Pids, "pids", 0, "process limit")
 	f.Float64Var(&spec.Resources.CPUQuota, "cpus", 0, "CPU limit in cores")
-	f.StringVar(&spec.Network, "network", "", "none (default) or host")
+	f.StringVar(&spec.Network, "network", "", "none (default), host, or bridge (an address on the container network)")
+	f.StringArrayVarP(&publish, "publish", "p", nil, "HOSTPORT:PORT[/udp] to publish (bridge jobs; repeatable)")
 	f.BoolVar(&spec.ReadonlyRootfs, "read-only", false, "mount the rootfs read-only")
 	f.StringVar(&restart, "restart", "", "never (default), on-failure or always")
 	f.BoolVar(&spec.Resurrect, "resurrect", false, "start again when the host boots")
@@ -254,4 +264,16 @@ func printImages(imgs []imagestore.Image) {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%.1f MB\n", id[:min(12, len(id))], strings.Join(img.Names, ","), len(img.Layers), float64(img.Size)/1e6)
 	}
 	w.Flush()
+}
+
+// parsePublish reads HOSTPORT:PORT[/udp].
+func parsePublish(s string) (job.Port, error) {
+	ports, proto, _ := strings.Cut(s, "/")
+	h, c, ok := strings.Cut(ports, ":")
+	hp, err1 := strconv.Atoi(h)
+	cp, err2 := strconv.Atoi(c)
+	if !ok || err1 != nil || err2 != nil {
+		return job.Port{}, fmt.Errorf("--publish %q: want HOSTPORT:PORT or HOSTPORT:PORT/udp", s)
+	}
+	return job.Port{Host: hp, Container: cp, Proto: proto}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -81,6 +82,12 @@ func hostdCommand() *cobra.Command {
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "host API port (HTTPS)")
 	f.StringVar(&cfg.APIBind, "api-bind", "", "IP the host API listens on (default: every address)")
 	f.StringVar(&cfg.RunDir, "run-dir", cfg.RunDir, "where the containers' runtime state is kept (a tmpfs)")
+	f.BoolVar(&cfg.ContainerNetwork, "container-network", cfg.ContainerNetwork, "give bridge jobs a bridge, addresses and the VXLAN overlay (changes the host's links)")
+	f.Func("container-subnet", "this host's /24 of the container range (default: picked from the node ID and kept)", func(v string) error {
+		p, err := netip.ParsePrefix(v)
+		cfg.ContainerSubnet = p
+		return err
+	})
 	f.StringVar(&cfg.Init, "init", cfg.Init, "static init run as every job's PID 1 (tini-static); empty runs commands as PID 1")
 	f.StringSliceVar(&cfg.Roles, "roles", nil, "roles to advertise, comma-separated")
 	f.StringVar(&cfg.Hostname, "hostname", "", "hostname to advertise (default: the kernel's)")

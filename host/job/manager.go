@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,7 +74,10 @@ var (
 	ErrNotFound = errors.New("no such job")
 	ErrExists   = errors.New("a job with this id exists")
 	ErrRunning  = errors.New("job is running")
-	ErrInvalid  = errors.New("invalid job")
+	// ErrUnavailable: the host cannot run the job yet (its container
+	// network is still being set up); retry.
+	ErrUnavailable = errors.New("not available yet")
+	ErrInvalid     = errors.New("invalid job")
 )
 
 // Config says where a Manager keeps things.
@@ -89,7 +93,8 @@ type Config struct {
 	Init string
 	// Images, if set, lets jobs run on imported images (Spec.Image).
 	Images *imagestore.Store
-	// Network, if set, gives bridge jobs their addresses and ports.
+	// Network, if set, gives bridge jobs their addresses and ports; see
+	// also Manager.SetNetwork.
 	Network *cnet.Network
 	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
@@ -105,9 +110,16 @@ type Manager struct {
 	lock   *os.File // flock on RunDir/.lock
 	bootID string
 
+	// network is the container network, set when it is ready;
+	// networkReady closes then.
+	network      atomic.Pointer[cnet.Network]
+	networkReady chan struct{}
+
 	sysrootOnce sync.Once
 	sysrootDir  string
 	sysrootErr  error
+
+	closing chan struct{} // closed by Close
 
 	mu     sync.Mutex
 	jobs   map[string]*entry
@@ -173,10 +185,23 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	return &Manager{
+	m := &Manager{
 		cfg: cfg, log: cfg.Log, rt: rt, store: st, lock: lock, bootID: strings.TrimSpace(string(boot)),
-		jobs: map[string]*entry{}, subs: map[chan Event]struct{}{},
-	}, nil
+		jobs: map[string]*entry{}, subs: map[chan Event]struct{}{}, networkReady: make(chan struct{}), closing: make(chan struct{}),
+	}
+	if cfg.Network != nil {
+		m.SetNetwork(cfg.Network)
+	}
+	return m, nil
+}
+
+// SetNetwork hands the manager the container network once it is ready
+// (it may need kernel modules that load after the host is up); restored
+// bridge jobs wait for it.
+func (m *Manager) SetNetwork(n *cnet.Network) {
+	if m.network.CompareAndSwap(nil, n) {
+		close(m.networkReady)
+	}
 }
 
 // Create records the job and starts it. A job that cannot start (bad
@@ -305,8 +330,9 @@ func (m *Manager) attachNetwork(e *entry) error {
 	if spec.Network != NetworkBridge {
 		return nil
 	}
-	if m.cfg.Network == nil {
-		return fmt.Errorf("%w: this host has no container network", ErrInvalid)
+	network := m.network.Load()
+	if network == nil {
+		return fmt.Errorf("%w: the container network is not ready yet", ErrUnavailable)
 	}
 	m.mu.Lock()
 	if !e.job.Status.IP.IsValid() {
@@ -314,7 +340,7 @@ func (m *Manager) attachNetwork(e *entry) error {
 		for _, o := range m.jobs {
 			used = append(used, o.job.Status.IP)
 		}
-		ip, err := m.cfg.Network.Allocate(used)
+		ip, err := network.Allocate(used)
 		if err != nil {
 			m.mu.Unlock()
 			return err
@@ -339,8 +365,8 @@ func (m *Manager) detachNetwork(e *entry) {
 		c.Close()
 	}
 	e.ports = nil
-	if e.job.Spec.Network == NetworkBridge && m.cfg.Network != nil {
-		m.cfg.Network.Detach(e.job.Spec.ID)
+	if n := m.network.Load(); e.job.Spec.Network == NetworkBridge && n != nil {
+		n.Detach(e.job.Spec.ID)
 	}
 }
 
@@ -378,7 +404,11 @@ func (m *Manager) start(e *entry) error {
 	cs := e.job.Spec.container(m.cfg.Init, rootfs)
 	if e.job.Spec.Network == NetworkBridge {
 		// Kept across restarts; made again after a reboot emptied /run.
-		if cs.NetnsPath, err = m.cfg.Network.Attach(e.job.Spec.ID, e.job.Status.IP); err != nil {
+		network := m.network.Load()
+		if network == nil {
+			return fmt.Errorf("%w: the container network is not ready yet", ErrUnavailable)
+		}
+		if cs.NetnsPath, err = network.Attach(e.job.Spec.ID, e.job.Status.IP); err != nil {
 			return err
 		}
 	}
@@ -724,6 +754,9 @@ func (m *Manager) publish(e Event) {
 // running; the next Manager on the same directories adopts them.
 func (m *Manager) Close() error {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.closing)
+	}
 	m.closed = true
 	for ch := range m.subs {
 		delete(m.subs, ch)

@@ -38,26 +38,23 @@ func (m *Manager) Restore() error {
 		m.mu.Lock()
 		m.jobs[j.Spec.ID] = e
 		m.mu.Unlock()
-		// The proxies of published ports ended with the last hostd.
-		if err := m.attachNetwork(e); err != nil {
-			m.log.Warn("publish the ports of a restored job", "job", j.Spec.ID, "err", err)
+		if j.Spec.Network == NetworkBridge {
+			// Its network, ports included (their proxies ended with the
+			// last hostd), may not be ready yet.
+			m.wg.Go(func() {
+				select {
+				case <-m.networkReady:
+				case <-m.closing:
+					return
+				}
+				if err := m.attachNetwork(e); err != nil {
+					m.log.Warn("publish the ports of a restored job", "job", j.Spec.ID, "err", err)
+				}
+				m.restoreOne(e, live)
+			})
+			continue
 		}
-		sameBoot := j.Status.BootID == m.bootID
-		switch {
-		case sameBoot && j.Status.State == StateRunning && slices.Contains(live, j.Spec.ID):
-			if err := m.adopt(e); err == nil {
-				continue
-			} else {
-				m.log.Warn("adopt job; treating it as exited", "job", j.Spec.ID, "err", err)
-			}
-			m.restoreExited(e, container.Exit{Code: -1, Unknown: true})
-		case sameBoot && j.Status.State == StateRunning:
-			m.restoreExited(e, container.Exit{Code: -1, Unknown: true})
-		case sameBoot && j.Status.State == StateBackoff:
-			m.restoreExited(e, *orUnknown(j.Status.Exit))
-		case !sameBoot && (j.Status.State == StateRunning || j.Status.State == StateBackoff):
-			m.afterReboot(e)
-		}
+		m.restoreOne(e, live)
 	}
 	for _, id := range live {
 		m.mu.Lock()
@@ -70,6 +67,25 @@ func (m *Manager) Restore() error {
 		}
 	}
 	return nil
+}
+
+// restoreOne applies the table of Restore to one job.
+func (m *Manager) restoreOne(e *entry, live []string) {
+	j := e.job
+	sameBoot := j.Status.BootID == m.bootID
+	switch {
+	case sameBoot && j.Status.State == StateRunning && slices.Contains(live, j.Spec.ID):
+		if err := m.adopt(e); err != nil {
+			m.log.Warn("adopt job; treating it as exited", "job", j.Spec.ID, "err", err)
+			m.restoreExited(e, container.Exit{Code: -1, Unknown: true})
+		}
+	case sameBoot && j.Status.State == StateRunning:
+		m.restoreExited(e, container.Exit{Code: -1, Unknown: true})
+	case sameBoot && j.Status.State == StateBackoff:
+		m.restoreExited(e, *orUnknown(j.Status.Exit))
+	case !sameBoot && (j.Status.State == StateRunning || j.Status.State == StateBackoff):
+		m.afterReboot(e)
+	}
 }
 
 func orUnknown(e *container.Exit) *container.Exit {
