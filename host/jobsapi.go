@@ -109,17 +109,7 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, imgs)
 	})
-	mux.HandleFunc("DELETE /v1/images/{ref...}", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.images.Remove(r.PathValue("ref")); err != nil {
-			status := http.StatusInternalServerError
-			if errors.Is(err, imagestore.ErrNotFound) {
-				status = http.StatusNotFound
-			}
-			writeJSON(w, status, apiError{err.Error()})
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
+	mux.HandleFunc("DELETE /v1/images/{ref...}", d.removeImage)
 }
 
 // importImage takes a `docker save` archive or a tar of an OCI layout as
@@ -211,4 +201,35 @@ func parseSignal(s string) (syscall.Signal, error) {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("signal %q: want a name such as TERM or a number", s)
+}
+
+// removeImage forgets an image no job uses and deletes the layers that no
+// image references any more. A job pins its image by ID, so an image in
+// use stays until its jobs are removed.
+func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
+	img, err := d.images.Get(r.PathValue("ref"))
+	if err != nil {
+		status := http.StatusInternalServerError
+		if errors.Is(err, imagestore.ErrNotFound) {
+			status = http.StatusNotFound
+		}
+		writeJSON(w, status, apiError{err.Error()})
+		return
+	}
+	for _, j := range d.jobs.List() {
+		if j.Spec.Image == img.ID {
+			writeJSON(w, http.StatusConflict, apiError{fmt.Sprintf("image %s is used by job %s; remove the job first", r.PathValue("ref"), j.Spec.ID)})
+			return
+		}
+	}
+	if err := d.images.Remove(img.ID); err != nil {
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		return
+	}
+	removed, err := d.images.GC(nil)
+	if err != nil {
+		d.log.Warn("remove unused layers", "err", err)
+	}
+	d.log.Info("image removed", "image", img.ID, "layers_deleted", len(removed))
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -210,6 +210,7 @@ func TestImageJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var apiErr *APIError
 	imgs, err := c.ImportImage(ctx, f)
 	if err != nil || len(imgs) != 1 || len(imgs[0].Names) != 1 {
 		t.Fatalf("import: %+v, %v", imgs, err)
@@ -226,13 +227,21 @@ func TestImageJob(t *testing.T) {
 	if strings.Join(out, "|") != "hello from the image|made by the test" {
 		t.Errorf("output %q, want the image's command, env and files", out)
 	}
+	if err := c.RemoveImage(ctx, "plinth.test/busybox:1"); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict {
+		t.Errorf("removing an image a job uses: %v, want 409", err)
+	}
 	if err := c.RemoveJob(ctx, "fromimage", false); err != nil {
 		t.Fatal(err)
+	}
+	if err := c.RemoveImage(ctx, "plinth.test/busybox:1"); err != nil {
+		t.Fatal(err)
+	}
+	if layers, _ := os.ReadDir(filepath.Join(d.cfg.StateDir, "images", "layers")); len(layers) != 0 {
+		t.Errorf("%d layers left after the last image using them was removed", len(layers))
 	}
 	if _, err := os.Stat(filepath.Join(d.cfg.StateDir, "jobs", "rootfs", "fromimage")); !os.IsNotExist(err) {
 		t.Errorf("removed job's writable layer still there: %v", err)
 	}
-	var apiErr *APIError
 	if _, err := c.CreateJob(ctx, job.Spec{ID: "missing", Image: "nope:1"}); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest {
 		t.Errorf("missing image: %v, want 400", err)
 	}
