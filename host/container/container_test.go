@@ -257,3 +257,44 @@ func TestInitReapsOrphans(t *testing.T) {
 		c.Wait()
 	}
 }
+
+// cgroupFile reads a control file of the container's cgroup: the v2 name
+// on a unified host, the v1 one (in the controller's hierarchy) otherwise.
+func cgroupFile(t *testing.T, id, v2, v1ctl, v1 string) string {
+	t.Helper()
+	path := filepath.Join("/sys/fs/cgroup", cgroupParent, id, v2)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		path = filepath.Join("/sys/fs/cgroup", v1ctl, cgroupParent, id, v1)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+func TestCPUAndPidsLimits(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	// Ten background sleeps under a limit of 5 processes: a fork fails.
+	c, _, stderr := start(t, rt, Spec{Rootfs: root, Resources: Resources{Pids: 5, CPUQuota: 0.5, CPUWeight: 200},
+		Args: []string{"sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; sleep 30"}})
+	// busybox sh gives up on the loop at the first failed fork.
+	waitFor(t, "a failed fork", func() bool {
+		data, _ := os.ReadFile(stderr.Name())
+		return strings.Contains(string(data), "fork")
+	})
+	if got := cgroupFile(t, c.ID(), "pids.max", "pids", "pids.max"); got != "5" {
+		t.Errorf("pids limit %s, want 5", got)
+	}
+	// Half a core: 50 ms of every 100 ms period.
+	if got := cgroupFile(t, c.ID(), "cpu.max", "cpu", "cpu.cfs_quota_us"); got != "50000 100000" && got != "50000" {
+		t.Errorf("cpu quota %q, want 50000 per 100000", got)
+	}
+	// Weight 200 is twice the default share.
+	if got := cgroupFile(t, c.ID(), "cpu.weight", "cpu", "cpu.shares"); got != "2048" && got != "79" && got != "200" {
+		t.Errorf("cpu weight/shares %q, want twice the default", got)
+	}
+	c.Signal(syscall.SIGKILL)
+	c.Wait()
+}
