@@ -112,6 +112,7 @@ func hostCommand() *cobra.Command {
 	f.StringVar(&spec.Network, "network", "", "none (default), host, or bridge (an address on the container network)")
 	f.StringArrayVarP(&publish, "publish", "p", nil, "HOSTPORT:PORT[/udp] to publish (bridge jobs; repeatable)")
 	f.BoolVar(&spec.ReadonlyRootfs, "read-only", false, "mount the rootfs read-only")
+	f.BoolVar(&spec.UserNamespace, "userns", false, "run the job's root as an unprivileged host ID range")
 	f.StringVar(&restart, "restart", "", "never (default), on-failure or always")
 	f.BoolVar(&spec.Resurrect, "resurrect", false, "start again when the host boots")
 	f.BoolVarP(&detach, "detach", "d", false, "print the id and return instead of showing the output")

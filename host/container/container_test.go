@@ -298,3 +298,40 @@ func TestCPUAndPidsLimits(t *testing.T) {
 	c.Signal(syscall.SIGKILL)
 	c.Wait()
 }
+
+func TestUserNamespace(t *testing.T) {
+	root := busyboxRoot(t)
+	// The mapped root is nobody on the host: the path to the rootfs must
+	// be open to others (t.TempDir makes 0700 directories).
+	for d := root; d != "/"; d = filepath.Dir(d) {
+		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o001 == 0 {
+			os.Chmod(d, st.Mode().Perm()|0o005)
+		}
+	}
+	rt := newRuntime(t)
+	c, stdout, stderr := start(t, rt, Spec{Rootfs: root, UserNS: true, Init: tini(t),
+		Args: []string{"sh", "-c", "cat /proc/self/uid_map; id -u; touch /bin/x 2>/dev/null && echo wrote || echo denied; sleep 30"}})
+	waitFor(t, "the job's report", func() bool {
+		data, _ := os.ReadFile(stdout.Name())
+		return strings.Count(string(data), "\n") >= 3
+	})
+	out, _ := os.ReadFile(stdout.Name())
+	fields := strings.Fields(string(out))
+	if len(fields) < 5 || fields[0] != "0" || fields[1] != fmt.Sprint(UserNSBase) || fields[2] != "65536" || fields[3] != "0" || fields[4] != "denied" {
+		t.Errorf("inside: %q (stderr %q); want root mapped to %d and the host-owned rootfs not writable", out, errOutput(stderr), UserNSBase)
+	}
+	// Seen from the host, the job's processes are not root.
+	for _, pid := range children(c.Pid()) {
+		st, err := os.Stat("/proc/" + pid)
+		if err == nil && st.Sys().(*syscall.Stat_t).Uid != UserNSBase {
+			t.Errorf("job process %s runs as host uid %d, want %d", pid, st.Sys().(*syscall.Stat_t).Uid, UserNSBase)
+		}
+	}
+	c.Signal(syscall.SIGKILL)
+	c.Wait()
+}
+
+func errOutput(f *os.File) string {
+	data, _ := os.ReadFile(f.Name())
+	return string(data)
+}

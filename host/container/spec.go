@@ -52,6 +52,11 @@ type Spec struct {
 	// orphans; the init forwards signals to the command and reaps.
 	// Empty: the command itself is PID 1.
 	Init string
+	// UserNS runs the container in a user namespace of its own: its root
+	// (and every ID up to 65535) is an unprivileged ID range on the host,
+	// from UserNSBase. Files of the rootfs owned by host root look owned by
+	// nobody inside, so such a job reads but does not write them.
+	UserNS bool
 	// Mounts are bind mounts from the host (volumes).
 	Mounts    []Mount
 	Resources Resources
@@ -76,6 +81,10 @@ type Resources struct {
 	// Pids caps the number of processes and threads.
 	Pids int64
 }
+
+// UserNSBase is the first host ID that a user-namespaced container's
+// root maps to; its 65536 IDs are not used by anything on the host.
+const UserNSBase = 1 << 20
 
 // InitPath is where Spec.Init appears inside the container: in the /dev
 // tmpfs the container gets, so that it can be mounted whatever the root
@@ -156,6 +165,9 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 	if cgroupNS {
 		nss = append(nss, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 	}
+	if s.UserNS {
+		nss = append(nss, specs.LinuxNamespace{Type: specs.UserNamespace})
+	}
 	spec := &specs.Spec{
 		Version: specs.Version,
 		Root:    &specs.Root{Path: s.Rootfs, Readonly: s.ReadonlyRootfs},
@@ -186,6 +198,19 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 			ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
 			Resources:     s.resources(),
 		},
+	}
+	if s.UserNS {
+		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: UserNSBase, Size: 1 << 16}}
+		spec.Linux.UIDMappings, spec.Linux.GIDMappings = ids, ids
+		if s.HostNetwork {
+			// sysfs cannot be mounted from a user namespace that does not
+			// own the network namespace: bind the host's, read-only.
+			for i, m := range spec.Mounts {
+				if m.Destination == "/sys" {
+					spec.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+				}
+			}
+		}
 	}
 	if s.Init != "" {
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: InitPath, Type: "bind", Source: s.Init,

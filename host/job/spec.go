@@ -57,6 +57,10 @@ type Spec struct {
 	Ports []Port `json:"ports,omitempty"`
 	// ReadonlyRootfs mounts the root read-only.
 	ReadonlyRootfs bool `json:"readonly_rootfs,omitempty"`
+	// UserNamespace runs the job's root as an unprivileged host ID range
+	// (container.UserNSBase). The rootfs's path must be open to others;
+	// image jobs cannot use it yet (their layers are private to hostd).
+	UserNamespace bool `json:"user_namespace,omitempty"`
 	// Volumes are host directories bound into the job.
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Restart says when the job is started again after it exits.
@@ -159,6 +163,9 @@ func (s *Spec) Check() error {
 	default:
 		return fmt.Errorf("network %q: use %q, %q or %q", s.Network, NetworkNone, NetworkHost, NetworkBridge)
 	}
+	if s.UserNamespace && s.Image != "" {
+		return fmt.Errorf("user_namespace works with rootfs jobs only, not yet with images")
+	}
 	if len(s.Ports) > 0 && s.Network != NetworkBridge {
 		return fmt.Errorf("ports are published to bridge jobs only; set network to %q", NetworkBridge)
 	}
@@ -217,7 +224,7 @@ func (s *Spec) container(init, rootfs string) container.Spec {
 	readonly := s.ReadonlyRootfs || s.Rootfs == SystemRootfs
 	c := container.Spec{
 		ID: s.ID, Rootfs: rootfs, Args: s.Cmd, Env: s.Env, Cwd: s.WorkingDir,
-		UID: uid, GID: gid, ReadonlyRootfs: readonly, HostNetwork: s.Network == NetworkHost,
+		UID: uid, GID: gid, ReadonlyRootfs: readonly, HostNetwork: s.Network == NetworkHost, UserNS: s.UserNamespace,
 		Init: init,
 		Resources: container.Resources{
 			MemoryBytes: s.Resources.MemoryBytes, CPUWeight: s.Resources.CPUWeight,
