@@ -100,8 +100,7 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 
 	// From a job on h2, by address, over the overlay. httpd may need a
 	// moment to listen: retry inside the job.
-	fetch, err := c2.CreateJob(ctx, job.Spec{ID: "fetch", Rootfs: root, Network: job.NetworkBridge,
-		Cmd: []string{"sh", "-c", fmt.Sprintf(`for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 80 && exit 0; sleep 0.5; done; exit 1`, web.Status.IP)}})
+	fetch, err := c2.CreateJob(ctx, fetchSpec("fetch", root, web.Status.IP.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +134,32 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 		t.Errorf("published port answered %q", body)
 	}
 
+	// h2 moves to another address (as after a new DHCP lease): the
+	// overlay follows on both sides.
+	h2 := hosts[1]
+	run(t, "ip", "-n", h2.ns, "addr", "del", h2.addr+"/24", "dev", "eth0")
+	run(t, "ip", "-n", h2.ns, "addr", "add", "10.77.0.102/24", "dev", "eth0")
+	h2.addr = "10.77.0.102"
+	c2 = s.client(h2, creds)
+	for {
+		ms, err := c1.Members(ctx)
+		if err == nil && len(ms) == 2 && strings.HasPrefix(ms[1].Addr, "10.77.0.102:") && ms[1].Status == StatusAlive {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("h1 never saw h2 move: %v %v", ms, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	refetch := fetchSpec("refetch", root, web.Status.IP.String())
+	if _, err := c2.CreateJob(ctx, refetch); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.RemoveJob(context.Background(), "refetch", true) })
+	if j, err := c2.WaitJob(ctx, "refetch"); err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 0 {
+		t.Errorf("fetch across the overlay after h2 moved: %+v, %v\n%s", j.Status.Exit, err, s.logs())
+	}
+
 	// The port is taken now: a second job cannot publish it.
 	_, err = c1.CreateJob(ctx, job.Spec{ID: "web2", Rootfs: root, Network: job.NetworkBridge,
 		Ports: []job.Port{{Host: 8080, Container: 80}}, Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/www"}})
@@ -144,4 +169,11 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 	if jobs, _ := c1.Jobs(ctx); len(jobs) != 1 {
 		t.Errorf("a refused job was left behind: %v", jobs)
 	}
+}
+
+// fetchSpec is a bridge job that fetches the page at ip, retrying while
+// httpd (or the overlay) is not there yet.
+func fetchSpec(id, root, ip string) job.Spec {
+	return job.Spec{ID: id, Rootfs: root, Network: job.NetworkBridge, Cmd: []string{"sh", "-c",
+		fmt.Sprintf(`for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 80 && exit 0; sleep 0.5; done; exit 1`, ip)}}
 }

@@ -360,6 +360,13 @@ func (d *Daemon) followPeers(ctx context.Context, n *cnet.Network) {
 	defer cancel()
 	conflicts := map[string]bool{} // reported once per member
 	update := func() {
+		// This host's own address may have moved (DHCP): the overlay's
+		// local end follows it.
+		if ap, err := netip.ParseAddrPort(d.members.Local().Addr); err == nil && !ap.Addr().IsLoopback() {
+			if err := n.SetVTEP(ap.Addr()); err != nil {
+				d.log.Warn("move the container overlay", "to", ap.Addr(), "err", err)
+			}
+		}
 		var vteps []netip.Addr
 		for _, m := range d.members.Members() {
 			if m.ID == d.id || m.Status != StatusAlive || m.Subnet == "" {

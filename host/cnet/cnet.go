@@ -153,10 +153,30 @@ func (n *Network) vxlan(br netlink.Link) error {
 	return netlink.LinkSetUp(vx)
 }
 
+// SetVTEP moves the overlay to a new local address (the host's advertised
+// address changed): the VXLAN device is made again, and the peers must be
+// set again after.
+func (n *Network) SetVTEP(vtep netip.Addr) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if vtep == n.cfg.VTEP {
+		return nil
+	}
+	n.cfg.VTEP = vtep
+	n.peers = map[netip.Addr]bool{}
+	br, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		return err
+	}
+	return n.vxlan(br)
+}
+
 // SetPeers makes the overlay reach exactly these hosts (their VTEP
 // addresses): one all-zero FDB entry each, so broadcast and unknown
 // frames are copied to every peer.
 func (n *Network) SetPeers(vteps []netip.Addr) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if !n.cfg.VTEP.IsValid() {
 		return nil
 	}
@@ -164,8 +184,6 @@ func (n *Network) SetPeers(vteps []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	want := map[netip.Addr]bool{}
 	for _, v := range vteps {
 		if v != n.cfg.VTEP {
