@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,4 +177,98 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 func fetchSpec(id, root, ip string) job.Spec {
 	return job.Spec{ID: id, Rootfs: root, Network: job.NetworkBridge, Cmd: []string{"sh", "-c",
 		fmt.Sprintf(`for i in 1 2 3 4 5 6 7 8 9 10; do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 80 && exit 0; sleep 0.5; done; exit 1`, ip)}}
+}
+
+// TestJobsSurviveHostdKill: hostd is killed with SIGKILL while a job
+// runs and prints; the restarted hostd adopts the job (same PID), keeps
+// logging its output without a gap, and still forwards its published
+// port.
+func TestJobsSurviveHostdKill(t *testing.T) {
+	s := newSegment(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	root := webRoot(t, "still here\n")
+	os.Symlink("busybox", filepath.Join(root, "bin", "seq"))
+	b := newBundle(t)
+	creds, err := b.IssueClient("admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.addHost(1, s.writeBundle("bundle.toml", b))
+	h.hc.Subnet = "10.200.1.0/24"
+	s.start(h)
+	c := s.client(h, creds)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for c.Health(ctx) != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("hostd never answered\n%s", s.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	id := fmt.Sprintf("ticker-%d", os.Getpid()) // a leftover of a crashed run cannot collide
+	spec := job.Spec{ID: id, Rootfs: root, Network: job.NetworkBridge, Ports: []job.Port{{Host: 8080, Container: 80}},
+		Cmd: []string{"sh", "-c", "httpd -p 80 -h /www; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done"}}
+	var j job.Job
+	for {
+		j, err = c.CreateJob(ctx, spec)
+		if apiErr, ok := err.(*APIError); !ok || apiErr.StatusCode != http.StatusServiceUnavailable || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	s.kill(h, syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond) // the job keeps printing into its pipe
+	s.start(h)
+	c = s.client(h, creds)
+	// Before this hostd stops (cleanups run last registered first).
+	t.Cleanup(func() { c.RemoveJob(context.Background(), id, true) })
+	var again job.Job
+	for {
+		again, err = c.Job(ctx, id)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil || again.Status.Pid != j.Status.Pid || again.Status.State != job.StateRunning {
+		t.Fatalf("after the restart: %+v, %v; want the same process (pid %d) running", again.Status, err, j.Status.Pid)
+	}
+	time.Sleep(500 * time.Millisecond)
+	var lines []string
+	c.JobLogs(ctx, id, job.LogOptions{}, func(l job.LogLine) error { lines = append(lines, l.Text); return nil })
+	for i, l := range lines {
+		if l != fmt.Sprintf("tick %d", i+1) {
+			t.Fatalf("log line %d is %q: output lost or repeated across the kill (%d lines)", i, l, len(lines))
+		}
+	}
+	if len(lines) < 12 {
+		t.Errorf("%d lines in 1.5s of a job printing every 0.1s", len(lines))
+	}
+	ns, err := netns.GetFromName(h.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialInNamespace(ns)}}
+	for {
+		resp, err := hc.Get("http://10.77.0.1:8080/")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "still here\n" {
+				t.Errorf("published port after the restart answered %q", body)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("published port after the restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
