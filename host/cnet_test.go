@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -124,7 +126,7 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialInNamespace(ns)}}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: cnet.DialContextIn(ns, &net.Dialer{Timeout: 5 * time.Second})}}
 	resp, err := hc.Get("http://10.77.0.1:8080/")
 	if err != nil {
 		t.Fatalf("published port: %v", err)
@@ -255,7 +257,7 @@ func TestJobsSurviveHostdKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialInNamespace(ns)}}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: cnet.DialContextIn(ns, &net.Dialer{Timeout: 5 * time.Second})}}
 	for {
 		resp, err := hc.Get("http://10.77.0.1:8080/")
 		if err == nil {

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/container"
 )
 
@@ -200,7 +200,7 @@ func (s *segment) clientTLS(h *netnsHost, conf *tls.Config) *Client {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(func() { ns.Close() })
-	return NewClientTransport(h.addr, &http.Transport{TLSClientConfig: conf, DialContext: dialInNamespace(ns)})
+	return NewClientTransport(h.addr, &http.Transport{TLSClientConfig: conf, DialContext: cnet.DialContextIn(ns, &net.Dialer{Timeout: 5 * time.Second})})
 }
 
 // logs returns every host's log, for failure messages.
@@ -215,38 +215,6 @@ func (s *segment) logs() string {
 		fmt.Fprintf(&b, "--- %s (last lines)\n%s\n", h.name, strings.Join(lines, "\n"))
 	}
 	return b.String()
-}
-
-// dialInNamespace dials from a thread switched into ns: a socket belongs
-// to the namespace it was created in, whichever thread uses it later.
-func dialInNamespace(ns netns.NsHandle) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			orig, err := netns.Get()
-			if err != nil {
-				ch <- result{nil, err}
-				return // the thread stays locked and exits with the goroutine
-			}
-			defer orig.Close()
-			if err := netns.Set(ns); err != nil {
-				ch <- result{nil, err}
-				return
-			}
-			c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-			ch <- result{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
-	}
 }
 
 // writeBundle stores b for the helper processes.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/plinth-os/plinth/host/cnet"
 )
 
 // NetnsPrefix starts the name of every network namespace the harness
@@ -175,43 +176,16 @@ func ip(args ...string) error {
 
 // DialContext dials addr from inside the VM's network namespace (see
 // Config.Netns), where its forwarded ports (HostAddr) are; without one, it
-// dials from the caller's. A socket belongs to the namespace it was made
-// in, so only the dial needs a thread switched into it.
+// dials from the caller's.
 func (v *VM) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d := &net.Dialer{}
 	if v.cfg.Netns == "" {
 		return d.DialContext(ctx, network, addr)
 	}
-	type result struct {
-		c   net.Conn
-		err error
+	target, err := netns.GetFromName(v.cfg.Netns)
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(v.cfg.Netns)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		c, err := d.DialContext(ctx, network, addr)
-		// A thread left in the wrong namespace must die with its goroutine.
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	defer target.Close()
+	return cnet.DialContextIn(target, d)(ctx, network, addr)
 }

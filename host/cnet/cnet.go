@@ -10,6 +10,7 @@
 package cnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -330,40 +331,64 @@ func newNamedNetns(path string) (netns.NsHandle, error) {
 		return 0, err
 	}
 	f.Close()
-	type result struct {
-		ns  netns.NsHandle
-		err error
+	var ns netns.NsHandle
+	err = inNamespace(func() (err error) {
+		ns, err = netns.New() // unshares this thread's network namespace
+		return err
+	}, func() error {
+		return unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
+	})
+	if err != nil {
+		if ns != 0 {
+			ns.Close()
+		}
+		os.Remove(path)
+		return 0, fmt.Errorf("network namespace %s: %w", path, err)
 	}
-	ch := make(chan result, 1)
+	return ns, nil
+}
+
+// DialContextIn returns a DialContext function that dials with d from
+// inside the network namespace ns. A socket belongs to the namespace it
+// was made in, whichever thread uses it later, so only the dial needs a
+// thread switched into ns.
+func DialContextIn(ns netns.NsHandle, d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := inNamespace(func() error { return netns.Set(ns) }, func() (err error) {
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// inNamespace runs f on a thread of its own that enter has moved into
+// another network namespace, then moves the thread back. A thread that
+// cannot be moved back (or whose enter failed half-way) stays locked and
+// ends with its goroutine, so no other goroutine runs in the wrong
+// namespace.
+func inNamespace(enter, f func() error) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			ch <- result{0, err}
+			errc <- err
 			return
 		}
 		defer orig.Close()
-		ns, err := netns.New() // unshares this thread's network namespace
-		if err != nil {
-			ch <- result{0, err}
+		if err := enter(); err != nil {
+			errc <- err
 			return
 		}
-		err = unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
-		// A thread left in the wrong namespace must die with its goroutine.
+		err = f()
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{ns, err}
+		errc <- err
 	}()
-	r := <-ch
-	if r.err != nil {
-		if r.ns != 0 {
-			r.ns.Close()
-		}
-		os.Remove(path)
-		return 0, fmt.Errorf("network namespace %s: %w", path, r.err)
-	}
-	return r.ns, nil
+	return <-errc
 }
 
 // isMount reports whether path is a mount point (a kept namespace).
