@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/serf/serf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/plinth-os/plinth/host/fanout"
 	"github.com/plinth-os/plinth/version"
 )
 
@@ -108,11 +109,9 @@ type membership struct {
 	// until every member has taken the new address.
 	rejoinUntil time.Time
 
-	// subsMu is separate from mu so that events keep flowing while a
+	// subs has its own lock, so that events keep flowing while a
 	// restart holds mu and waits for the old instance to drain.
-	subsMu sync.Mutex
-	subs   map[chan Event]struct{}
-	closed bool
+	subs *fanout.Fanout[Event]
 }
 
 func newMembership(cfg Config, id, hostname string, key []byte, log *slog.Logger) *membership {
@@ -120,7 +119,7 @@ func newMembership(cfg Config, id, hostname string, key []byte, log *slog.Logger
 		id: id, hostname: hostname, roles: cfg.Roles, key: key, cfg: cfg, log: log,
 		events: make(chan serf.Event, 512),
 		kick:   make(chan struct{}, 1),
-		subs:   map[chan Event]struct{}{},
+		subs:   fanout.New[Event](subscriberBuffer),
 	}
 }
 
@@ -250,37 +249,7 @@ func toMember(sm serf.Member) Member {
 // subscribe returns a channel of member events from now on, and a cancel
 // function. The channel is closed when the subscriber falls too far behind
 // or membership stops.
-func (m *membership) subscribe() (<-chan Event, func()) {
-	ch := make(chan Event, subscriberBuffer)
-	m.subsMu.Lock()
-	if m.closed {
-		close(ch)
-	} else {
-		m.subs[ch] = struct{}{}
-	}
-	m.subsMu.Unlock()
-	return ch, func() {
-		m.subsMu.Lock()
-		defer m.subsMu.Unlock()
-		if _, ok := m.subs[ch]; ok {
-			delete(m.subs, ch)
-			close(ch)
-		}
-	}
-}
-
-func (m *membership) publish(e Event) {
-	m.subsMu.Lock()
-	defer m.subsMu.Unlock()
-	for ch := range m.subs {
-		select {
-		case ch <- e:
-		default:
-			delete(m.subs, ch)
-			close(ch)
-		}
-	}
-}
+func (m *membership) subscribe() (<-chan Event, func()) { return m.subs.Subscribe() }
 
 // run keeps the member going until ctx ends, then leaves the cluster.
 // start must have succeeded before.
@@ -298,13 +267,7 @@ func (m *membership) run(ctx context.Context) {
 	if err := s.Shutdown(); err != nil {
 		m.log.Warn("stop gossip", "err", err)
 	}
-	m.subsMu.Lock()
-	m.closed = true
-	for ch := range m.subs {
-		delete(m.subs, ch)
-		close(ch)
-	}
-	m.subsMu.Unlock()
+	m.subs.Close()
 }
 
 func (m *membership) pumpEvents(ctx context.Context) {
@@ -322,7 +285,7 @@ func (m *membership) pumpEvents(ctx context.Context) {
 				ev := Event{Type: me.Type.String(), Member: toMember(sm), Time: now}
 				m.log.Info("member "+strings.TrimPrefix(ev.Type, "member-"),
 					"id", ev.Member.ID, "hostname", ev.Member.Hostname, "addr", ev.Member.Addr)
-				m.publish(ev)
+				m.subs.Publish(ev)
 			}
 		}
 	}

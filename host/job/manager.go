@@ -21,6 +21,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/container"
+	"github.com/plinth-os/plinth/host/fanout"
 	"github.com/plinth-os/plinth/host/imagestore"
 )
 
@@ -123,7 +124,7 @@ type Manager struct {
 
 	mu     sync.Mutex
 	jobs   map[string]*entry
-	subs   map[chan Event]struct{}
+	subs   *fanout.Fanout[Event]
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -187,7 +188,7 @@ func New(cfg Config) (*Manager, error) {
 	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	m := &Manager{
 		cfg: cfg, log: cfg.Log, rt: rt, store: st, lock: lock, bootID: strings.TrimSpace(string(boot)),
-		jobs: map[string]*entry{}, subs: map[chan Event]struct{}{}, networkReady: make(chan struct{}), closing: make(chan struct{}),
+		jobs: map[string]*entry{}, subs: fanout.New[Event](256), networkReady: make(chan struct{}), closing: make(chan struct{}),
 	}
 	if cfg.Network != nil {
 		m.SetNetwork(cfg.Network)
@@ -716,38 +717,12 @@ func (m *Manager) Logs(ctx context.Context, id string, opts LogOptions, emit fun
 
 // Subscribe returns job events from now on and a cancel function; the
 // channel closes if the subscriber falls 256 events behind.
-func (m *Manager) Subscribe() (<-chan Event, func()) {
-	ch := make(chan Event, 256)
-	m.mu.Lock()
-	if m.closed {
-		close(ch)
-	} else {
-		m.subs[ch] = struct{}{}
-	}
-	m.mu.Unlock()
-	return ch, func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if _, ok := m.subs[ch]; ok {
-			delete(m.subs, ch)
-			close(ch)
-		}
-	}
-}
+func (m *Manager) Subscribe() (<-chan Event, func()) { return m.subs.Subscribe() }
 
 func (m *Manager) publish(e Event) {
 	e.Time = time.Now().UTC()
 	m.log.Info("job "+e.Type, "job", e.Job)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for ch := range m.subs {
-		select {
-		case ch <- e:
-		default:
-			delete(m.subs, ch)
-			close(ch)
-		}
-	}
+	m.subs.Publish(e)
 }
 
 // Close stops supervising and closes the store. Running containers keep
@@ -758,11 +733,8 @@ func (m *Manager) Close() error {
 		close(m.closing)
 	}
 	m.closed = true
-	for ch := range m.subs {
-		delete(m.subs, ch)
-		close(ch)
-	}
 	m.mu.Unlock()
+	m.subs.Close()
 	defer m.lock.Close()
 	// Running containers have their own copy of the mount; a next
 	// manager binds it again.
