@@ -31,9 +31,6 @@ func webRoot(t *testing.T, page string) string {
 	if err := os.WriteFile(filepath.Join(root, "www", "index.html"), []byte(page), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
 	return root
 }
 

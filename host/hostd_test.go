@@ -20,38 +20,9 @@ import (
 // ends. Hosts on loopback need no root, so these tests run anywhere.
 func loopbackHost(t *testing.T, b *bundle.Bundle, hostname string, join ...string) *Daemon {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
-	cfg.ContainerNetwork = false // in the test's own network namespace only
-	cfg.Hostname = hostname
-	cfg.Bundle = b
-	cfg.Join = join
-	cfg.Advertise = "127.0.0.1"
-	cfg.BindAddr = "127.0.0.1"
-	cfg.APIBind = "127.0.0.1"
-	cfg.GossipPort, cfg.APIPort = 0, 0
-	cfg.Roles = []string{"test"}
-	d, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	d.opts.Ready = func() { close(ready) }
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("hostd %s: %v", hostname, err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("hostd %s: %v", hostname, err)
-		}
-	})
-	return d
+	cfg := loopbackConfig(t, "127.0.0.1", hostname, 0)
+	cfg.Bundle, cfg.Join, cfg.Roles = b, join, []string{"test"}
+	return runHost(t, cfg)
 }
 
 func newBundle(t *testing.T) *bundle.Bundle {

@@ -22,7 +22,7 @@ import (
 )
 
 // busyboxRoot is a root filesystem of Debian's static busybox.
-func busyboxRoot(t *testing.T) string {
+func busyboxRoot(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (containers)")
@@ -32,11 +32,13 @@ func busyboxRoot(t *testing.T) string {
 		t.Skipf("needs busybox-static: %v", err)
 	}
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	for _, d := range []string{"bin", "proc", "dev", "sys", "tmp"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
 	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []string{"sh", "echo", "sleep"} {
+	for _, a := range []string{"sh", "echo", "sleep", "true"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", a))
 	}
 	return root

@@ -26,14 +26,14 @@ func freePort(t *testing.T) int {
 }
 
 // runHost runs cfg's hostd until the test ends.
-func runHost(t *testing.T, cfg Config) *Daemon {
+func runHost(t testing.TB, cfg Config) *Daemon {
 	t.Helper()
 	d, _ := runHostStop(t, cfg)
 	return d
 }
 
 // runHostStop runs cfg's hostd until the test ends or stop is called.
-func runHostStop(t *testing.T, cfg Config) (d *Daemon, stop func()) {
+func runHostStop(t testing.TB, cfg Config) (d *Daemon, stop func()) {
 	t.Helper()
 	d, err := New(cfg, Options{})
 	if err != nil {
@@ -66,7 +66,7 @@ func runHostStop(t *testing.T, cfg Config) (d *Daemon, stop func()) {
 
 // loopbackConfig is a hostd on its own loopback address with the given API
 // port: hosts that fetch a bundle find the seed's API at their own port.
-func loopbackConfig(t *testing.T, ip, hostname string, apiPort int) Config {
+func loopbackConfig(t testing.TB, ip, hostname string, apiPort int) Config {
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.RunDir = t.TempDir(), t.TempDir()
 	cfg.ContainerNetwork = false // in the test's own network namespace only

@@ -26,7 +26,7 @@ import (
 //
 //     bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48
 func BenchmarkRuntime(b *testing.B) {
-	root := benchRoot(b)
+	root := busyboxRoot(b)
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		b.Skip("needs runc (apt-get install runc) for the baseline")
@@ -38,23 +38,10 @@ func BenchmarkRuntime(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := DefaultConfig()
-	cfg.StateDir, cfg.RunDir = b.TempDir(), b.TempDir()
-	cfg.ContainerNetwork = false
-	cfg.Bundle, cfg.Hostname = bnd, "bench"
-	cfg.Advertise, cfg.BindAddr, cfg.APIBind = "127.0.0.1", "127.0.0.1", "127.0.0.1"
-	cfg.GossipPort, cfg.APIPort = 0, 0
-	d, err := New(cfg, Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	d.opts.Ready = func() { close(ready) }
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-ready
+	cfg := loopbackConfig(b, "127.0.0.1", "bench", 0)
+	cfg.Bundle = bnd
+	d := runHost(b, cfg)
+	ctx := context.Background()
 	creds, err := bnd.IssueClient("bench", time.Hour)
 	if err != nil {
 		b.Fatal(err)
@@ -138,26 +125,6 @@ func procRSS(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func benchRoot(b *testing.B) string {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		b.Skipf("needs busybox-static: %v", err)
-	}
-	root := b.TempDir()
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-	os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755)
-	for _, a := range []string{"true", "sleep", "sh"} {
-		os.Symlink("busybox", filepath.Join(root, "bin", a))
-	}
-	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	return root
 }
 
 // runcBundle writes an OCI bundle for runc running `true` on root, with

@@ -3,7 +3,9 @@ package vmtest
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
@@ -68,4 +70,28 @@ func HostClient(vm *VM, creds *bundle.Credentials) (*host.Client, error) {
 	}
 	tr := &http.Transport{TLSClientConfig: creds.TLS(), DialContext: vm.DialContext}
 	return host.NewClientTransport(addr, tr), nil
+}
+
+// ClusterFiles makes a new cluster bundle and operator credentials, as
+// `plinth cluster init` does, writes them into dir as bundle.toml and
+// client.toml, and returns the bundle's path and the credentials.
+func ClusterFiles(dir, cluster string) (bundlePath string, creds *bundle.Credentials, err error) {
+	b, err := bundle.Create(cluster)
+	if err != nil {
+		return "", nil, err
+	}
+	if creds, err = b.IssueClient("admin", 24*time.Hour); err != nil {
+		return "", nil, err
+	}
+	bundlePath = filepath.Join(dir, "bundle.toml")
+	for path, marshal := range map[string]func() ([]byte, error){bundlePath: b.Marshal, filepath.Join(dir, "client.toml"): creds.Marshal} {
+		data, err := marshal()
+		if err != nil {
+			return "", nil, err
+		}
+		if err := bundle.WriteFile(path, data); err != nil {
+			return "", nil, err
+		}
+	}
+	return bundlePath, creds, nil
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host"
-	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
 	boot "github.com/plinth-os/plinth/init"
 )
@@ -23,19 +22,7 @@ import (
 // alive, at their segment addresses.
 func TestHostdClusterOfThree(t *testing.T) {
 	kernel, initrd := plinthImage(t)
-	b, err := bundle.Create("vmtest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := b.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundlePath := filepath.Join(t.TempDir(), "bundle.toml")
-	if err := os.WriteFile(bundlePath, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	creds, err := b.IssueClient("vmtest", time.Hour)
+	bundlePath, creds, err := ClusterFiles(t.TempDir(), "vmtest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,16 +103,7 @@ func checkMembers(ms []host.Member, ids map[string]string) string {
 // init) and its output comes back over the host API.
 func TestJobInImage(t *testing.T) {
 	kernel, initrd := plinthImage(t)
-	b, err := bundle.Create("vmtest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := b.Marshal()
-	bundlePath := filepath.Join(t.TempDir(), "bundle.toml")
-	if err := os.WriteFile(bundlePath, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	creds, err := b.IssueClient("vmtest", time.Hour)
+	bundlePath, creds, err := ClusterFiles(t.TempDir(), "vmtest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,14 +177,7 @@ func dataDisk(t *testing.T) string {
 // reboot (Ctrl-Alt-Del), on the same node ID, before any cluster service.
 func TestResurrectAfterReboot(t *testing.T) {
 	kernel, initrd := plinthImage(t)
-	b, err := bundle.Create("vmtest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := b.Marshal()
-	bundlePath := filepath.Join(t.TempDir(), "bundle.toml")
-	os.WriteFile(bundlePath, data, 0o600)
-	creds, err := b.IssueClient("vmtest", time.Hour)
+	bundlePath, creds, err := ClusterFiles(t.TempDir(), "vmtest")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host"
-	"github.com/plinth-os/plinth/host/bundle"
 	vmtest "github.com/plinth-os/plinth/vm-tests"
 )
 
@@ -57,11 +56,12 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("--dir: %w", err)
 	}
-	b, creds, err := makeClusterFiles(dir)
+	const cluster = "demo"
+	bundlePath, creds, err := vmtest.ClusterFiles(dir, cluster)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("cluster %s: bundle and client credentials in %s\n", b.Cluster, dir)
+	fmt.Printf("cluster %s: bundle and client credentials in %s\n", cluster, dir)
 	ns, err := vmtest.CreateNetns()
 	if err != nil {
 		return err
@@ -81,7 +81,7 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		cfg := vmtest.ClusterNode(i, n, kernel, initrd, seg, filepath.Join(dir, "bundle.toml"))
+		cfg := vmtest.ClusterNode(i, n, kernel, initrd, seg, bundlePath)
 		cfg.StateDir = filepath.Join(dir, cfg.Name)
 		wg.Go(func() {
 			if vms[i], errs[i] = vmtest.Start(ctx, cfg); errs[i] != nil {
@@ -166,29 +166,6 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	}
 	fmt.Printf("\nplinth vm cluster: %d nodes powered off cleanly after %.1fs\n", n-1, time.Since(start).Seconds())
 	return nil
-}
-
-// makeClusterFiles writes a new bundle and operator credentials into dir,
-// as `plinth cluster init` does.
-func makeClusterFiles(dir string) (*bundle.Bundle, *bundle.Credentials, error) {
-	b, err := bundle.Create("demo")
-	if err != nil {
-		return nil, nil, err
-	}
-	creds, err := b.IssueClient("admin", 24*time.Hour)
-	if err != nil {
-		return nil, nil, err
-	}
-	for name, marshal := range map[string]func() ([]byte, error){"bundle.toml": b.Marshal, "client.toml": creds.Marshal} {
-		data, err := marshal()
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := bundle.WriteFile(filepath.Join(dir, name), data); err != nil {
-			return nil, nil, err
-		}
-	}
-	return b, creds, nil
 }
 
 // waitAllAlive polls every host API until each lists n alive members and
