@@ -133,8 +133,8 @@ func (s *Spec) Check() error {
 	return nil
 }
 
-// defaultPath is PATH when Spec.Env has none.
-const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+// DefaultPath is the PATH of a container whose Spec.Env sets none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // cgroupParent groups every container's cgroup, so the jobs of a host can
 // be accounted and limited together.
@@ -144,7 +144,7 @@ const cgroupParent = "/plinth"
 func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 	env := slices.Clone(s.Env)
 	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
-		env = append([]string{defaultPath}, env...)
+		env = append([]string{"PATH=" + DefaultPath}, env...)
 	}
 	cwd := s.Cwd
 	if cwd == "" {

@@ -290,7 +290,7 @@ func (s *Spec) findCommand(rootfs string) error {
 		}
 		return fmt.Errorf("cmd %q: no executable file at that path in the rootfs", s.Cmd[0])
 	}
-	pathVar := strings.TrimPrefix(defaultPath, "PATH=")
+	pathVar := container.DefaultPath
 	for _, e := range s.Env {
 		if v, ok := strings.CutPrefix(e, "PATH="); ok {
 			pathVar = v
@@ -303,9 +303,6 @@ func (s *Spec) findCommand(rootfs string) error {
 	}
 	return fmt.Errorf("cmd %q: not found in the rootfs's PATH (%s)", cmd, pathVar)
 }
-
-// defaultPath is the PATH of a job whose Env sets none (container's too).
-const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // withImage fills what s leaves empty from the image's config and pins
 // the image by ID.
