@@ -335,3 +335,16 @@ func errOutput(f *os.File) string {
 	data, _ := os.ReadFile(f.Name())
 	return string(data)
 }
+
+func TestValidID(t *testing.T) {
+	long := strings.Repeat("a", 64)
+	for id, want := range map[string]bool{
+		"a": true, "web-1": true, "9lives": true, "svc_a.v2": true, long: true,
+		"": false, long + "a": false, "-lead": false, ".hidden": false, "_x": false,
+		"Upper": false, "a/b": false, "a b": false, "ünï": false,
+	} {
+		if got := ValidID(id); got != want {
+			t.Errorf("ValidID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}

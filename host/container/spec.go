@@ -13,7 +13,6 @@ package container
 import (
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -100,12 +99,31 @@ const MinMemory = 8 << 20
 // within the container, binding ports below 1024, writing audit records.
 var DefaultCapabilities = []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+// ValidID reports whether id can name a container (and the job that owns
+// it): 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or
+// digit. A loop, not a regexp: the {0,63} repetition compiles to a large
+// program at package init, which every container start pays for again
+// in the re-executed "<binary> init".
+func ValidID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // Check reports the first problem with s, phrased for the API's caller.
 func (s *Spec) Check() error {
 	switch {
-	case !idPattern.MatchString(s.ID):
+	case !ValidID(s.ID):
 		return fmt.Errorf("container id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)
 	case !filepath.IsAbs(s.Rootfs):
 		return fmt.Errorf("rootfs %q is not an absolute path", s.Rootfs)

@@ -258,14 +258,26 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := m.attachNetwork(e); err != nil {
 		return fail(err)
 	}
+	// The record is written while the container starts, so the store's
+	// sync and the start overlap. A crash in between is Restore's to
+	// mend: a record without its container exited while hostd was away,
+	// a container without a record is removed.
+	rec := e.job
+	rec.Status = Status{State: StateRunning, StartedAt: time.Now().UTC(), BootID: m.bootID, IP: e.job.Status.IP}
+	stored := make(chan error, 1)
+	go func() { stored <- m.store.put(rec) }()
 	if err := m.start(e); err != nil {
+		if <-stored == nil {
+			m.store.delete(spec.ID)
+		}
 		return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
 	}
-	if err := m.persist(e); err != nil {
+	if err := <-stored; err != nil {
 		e.c.Signal(syscall.SIGKILL)
 		e.c.Wait()
 		e.c.Destroy()
-		return fail(err)
+		m.log.Error("persist job", "job", spec.ID, "err", err)
+		return fail(fmt.Errorf("job %s: store: %w", spec.ID, err))
 	}
 	m.publish(Event{Type: "started", Job: spec.ID, Pid: e.job.Status.Pid})
 	m.supervise(e, false)

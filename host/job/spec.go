@@ -15,7 +15,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,8 +137,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
-
 // Default restart backoff bounds.
 const (
 	firstBackoff      = time.Second
@@ -149,7 +146,7 @@ const (
 // Check reports the first problem with s, phrased for the API's caller.
 func (s *Spec) Check() error {
 	switch {
-	case !idPattern.MatchString(s.ID):
+	case !container.ValidID(s.ID):
 		return fmt.Errorf("id %q: use 1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit", s.ID)
 	case (s.Rootfs == "") == (s.Image == ""):
 		return fmt.Errorf("give either rootfs (a directory, or %q) or image", SystemRootfs)
