@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,11 +21,15 @@ import (
 //
 //   - create→exit of a trivial job (busybox true): client → hostd →
 //     container (with tini as init) → exit seen by /wait, against Debian's
-//     `runc run` of the same rootfs, alternating, median of 21 each;
+//     `runc run` of the same rootfs; 41 pairs, each pair's order
+//     alternating, each start after a pause that lets the last one's
+//     teardown (hostd's runs after the exit is reported) finish. The
+//     ratio is the median of the pairs' ratios, which cancels the drift
+//     of this shared machine's speed; the medians are printed too;
 //
 //   - hostd's resident memory with 100 idle jobs against none.
 //
-//     bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48
+//     bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48 (of medians 0.48)
 func BenchmarkRuntime(b *testing.B) {
 	root := busyboxRoot(b)
 	runc, err := exec.LookPath("runc")
@@ -50,11 +55,11 @@ func BenchmarkRuntime(b *testing.B) {
 
 	bundleDir := runcBundle(b, root)
 	runcRoot := b.TempDir()
-	const rounds = 21
+	const rounds = 41
 	var plinth, baseline []time.Duration
 	for range b.N {
 		for i := range rounds {
-			runPlinth := func() {
+			runPlinth := func() time.Duration {
 				id := fmt.Sprintf("start-%d", i)
 				start := time.Now()
 				if _, err := c.CreateJob(ctx, job.Spec{ID: id, Rootfs: root, Cmd: []string{"true"}}); err != nil {
@@ -64,28 +69,42 @@ func BenchmarkRuntime(b *testing.B) {
 				if err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 0 {
 					b.Fatalf("job: %+v, %v", j.Status, err)
 				}
-				plinth = append(plinth, time.Since(start))
+				took := time.Since(start)
 				c.RemoveJob(ctx, id, true)
+				return took
 			}
-			runRunc := func() {
+			runRunc := func() time.Duration {
 				start := time.Now()
 				out, err := exec.Command(runc, "--root", runcRoot, "run", "--bundle", bundleDir, fmt.Sprintf("start-%d", i)).CombinedOutput()
 				if err != nil {
 					b.Fatalf("runc run: %v\n%s", err, out)
 				}
-				baseline = append(baseline, time.Since(start))
+				return time.Since(start)
 			}
+			settle := func() { time.Sleep(50 * time.Millisecond) }
+			var p, r time.Duration
 			if i%2 == 0 {
-				runPlinth()
-				runRunc()
+				settle()
+				p = runPlinth()
+				settle()
+				r = runRunc()
 			} else {
-				runRunc()
-				runPlinth()
+				settle()
+				r = runRunc()
+				settle()
+				p = runPlinth()
 			}
+			plinth, baseline = append(plinth, p), append(baseline, r)
 		}
 	}
+	var ratios []float64
+	for i := range plinth {
+		ratios = append(ratios, plinth[i].Seconds()/baseline[i].Seconds())
+	}
+	slices.Sort(ratios)
 	p, r := median(plinth), median(baseline)
-	fmt.Printf("bench runtime-start: plinth=%.1fms runc=%.1fms ratio=%.2f\n", ms(p), ms(r), p.Seconds()/r.Seconds())
+	fmt.Printf("bench runtime-start: plinth=%.1fms runc=%.1fms ratio=%.2f (of medians %.2f)\n",
+		ms(p), ms(r), ratios[len(ratios)/2], p.Seconds()/r.Seconds())
 
 	// Memory: hostd with 100 idle jobs against hostd with none.
 	idle := rss()

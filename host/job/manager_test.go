@@ -379,3 +379,31 @@ func TestSystemRootfs(t *testing.T) {
 		t.Errorf("exit %+v, log %s; want the host's files, read-only, with the job's own /proc", j.Status.Exit, got)
 	}
 }
+
+// Jobs without a network each get an empty namespace of their own:
+// never the host's, never another job's.
+func TestNoNetworkJobsAreApart(t *testing.T) {
+	root := busyboxRoot(t)
+	m := newManager(t, testConfig(t))
+	hostNS, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{hostNS: "the host"}
+	// All at once: a freed namespace's inode number is reused.
+	for range 4 {
+		s := spec(root, "sleep", "60")
+		j, err := m.Create(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", j.Status.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, ok := seen[ns]; ok {
+			t.Errorf("job %s is in network namespace %s, as %s is", s.ID, ns, other)
+		}
+		seen[ns] = s.ID
+	}
+}
