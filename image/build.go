@@ -177,9 +177,11 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 
 	modDir := "lib/modules/" + tree.Release()
 	entries := []entry{
-		// Empty: stage 1 binds the initramfs's /init over it, so the image
-		// does not carry a second copy of the binary (see init/stage1.go).
-		{Name: "usr/bin/plinth", Mode: 0o755},
+		// Empty: stage 1 binds a directory holding the initramfs's /init
+		// over it, so the image does not carry a second copy of the
+		// binary (see init/stage1.go).
+		{Name: "usr/lib/plinth/bin", Mode: cpio.TypeDir | 0o755},
+		{Name: "usr/bin/plinth", Link: "/usr/lib/plinth/bin/plinth"},
 		{Name: "sbin/init", Link: "/usr/bin/plinth"},
 		{Name: "etc/os-release", Mode: 0o644, Data: osRelease(cfg.Version)},
 		{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/usr/bin/plinth\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/plinth\n")},

@@ -37,6 +37,7 @@ type Selftest struct {
 	Hostname     string              `json:"hostname"`
 	PID1Exe      string              `json:"pid1_exe"`
 	PID1IsImage  bool                `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
+	ServiceExe   string              `json:"service_exe"`          // this service's binary, as the kernel names it
 	ConfigSource string              `json:"config_source"`
 	Mounts       map[string]Mount    `json:"mounts"`          // by mount point, for the ones checked
 	Modules      []string            `json:"modules"`         // loaded, from /proc/modules
@@ -85,6 +86,11 @@ func selftest() Selftest {
 		problem("compare PID 1 with /usr/bin/plinth: %v", err)
 	} else if r.PID1IsImage = same; !same {
 		problem("PID 1 (%s) is not the system image's /usr/bin/plinth", r.PID1Exe)
+	}
+	// Services (this one too) run the binary by the path of its directory
+	// in the system, where libcontainer finds it to seal it per container.
+	if r.ServiceExe, _ = os.Readlink("/proc/self/exe"); r.ServiceExe != binaryPath {
+		problem("services run %q, want %s", r.ServiceExe, binaryPath)
 	}
 
 	mounts, err := readMounts()

@@ -15,7 +15,13 @@ const (
 	newRoot     = "/newroot"
 	systemImage = "/system.img" // where the image builder puts it in the initramfs
 	stage2      = "/sbin/init"  // argv[0] of stage 2, its path in the system image
-	binaryPath  = "/usr/bin/plinth"
+	// binaryDir is where the running system finds the plinth binary: a
+	// directory of the initramfs bound over the system image's empty
+	// placeholder (/usr/bin/plinth links into it). See bindBinary.
+	binaryDir  = "/usr/lib/plinth/bin"
+	binaryPath = binaryDir + "/plinth"
+	// binaryStage is that directory in the initramfs.
+	binaryStage = "/.plinth-bin"
 )
 
 // stage1 turns the initramfs into the real root; stage 2 then runs in this
@@ -42,7 +48,7 @@ func stage1() {
 	for _, m := range []struct{ dir, mode string }{{"run", "0755"}, {"tmp", "1777"}, {"var", "0755"}} {
 		must(unix.Mount("tmpfs", filepath.Join(newRoot, m.dir), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode="+m.mode))
 	}
-	must(bindBinary("/init", newRoot+binaryPath))
+	must(bindBinary("/init", newRoot+binaryDir))
 	phase("stage1: system image mounted from %s", loop.Name())
 
 	for _, dir := range []string{"/dev", "/proc", "/sys"} {
@@ -54,17 +60,27 @@ func stage1() {
 	must(switchRoot(newRoot))
 }
 
-// bindBinary puts this process's binary, the initramfs's /init, at the
-// system image's /usr/bin/plinth, which is an empty placeholder: the
-// image would otherwise carry a second copy of the largest file of the
-// boot (12 MB). The bind mount keeps the initramfs file reachable after
-// switch_root.
-func bindBinary(src, dst string) error {
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s over %s: %w", src, dst, err)
+// bindBinary makes this process's binary, the initramfs's /init, the
+// system's plinth binary without a second copy of it (the largest file of
+// the boot) in the system image: it links /init into a directory of its
+// own in the initramfs and binds that directory over the image's empty
+// dstDir. A directory, not the file: tools that look the binary up by
+// the directory it is in must find it there, not the placeholder under
+// the bind. libcontainer is one: it seals the binary for each container
+// start with an overlayfs of that directory, and otherwise copies all of
+// it into memory every time.
+func bindBinary(src, dstDir string) error {
+	if err := os.MkdirAll(binaryStage, 0o755); err != nil {
+		return err
 	}
-	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-		return fmt.Errorf("make %s read-only: %w", dst, err)
+	if err := os.Link(src, filepath.Join(binaryStage, filepath.Base(binaryPath))); err != nil && !os.IsExist(err) {
+		return fmt.Errorf("link %s into %s: %w", src, binaryStage, err)
+	}
+	if err := unix.Mount(binaryStage, dstDir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s over %s: %w", binaryStage, dstDir, err)
+	}
+	if err := unix.Mount("", dstDir, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("make %s read-only: %w", dstDir, err)
 	}
 	return nil
 }

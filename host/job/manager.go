@@ -288,9 +288,13 @@ func newEntry(j Job) *entry {
 	return &entry{job: j, stop: make(chan struct{}), ran: make(chan struct{}), gone: make(chan struct{}), done: make(chan struct{})}
 }
 
+// systemBinaryDir holds the plinth binary on a plinth machine;
+// /usr/bin/plinth links into it.
+const systemBinaryDir = "/usr/lib/plinth/bin"
+
 // sysroot returns a read-only bind of the host's root filesystem alone
-// (not recursive, so nothing mounted on top of it comes along), made on
-// first use under RunDir.
+// (not recursive, so nothing mounted on top of it comes along but the
+// plinth binary), made on first use under RunDir.
 func (m *Manager) sysroot() (string, error) {
 	m.sysrootOnce.Do(func() {
 		dir := filepath.Join(m.cfg.RunDir, "sysroot")
@@ -310,6 +314,16 @@ func (m *Manager) sysroot() (string, error) {
 				unix.Unmount(dir, unix.MNT_DETACH)
 				m.sysrootErr = fmt.Errorf("make %s read-only: %w", dir, err)
 				return
+			}
+			// On a plinth machine the binary's directory is a bind over
+			// an empty placeholder (see init/stage1.go), which the
+			// non-recursive bind leaves out; bring it along.
+			if st, err := os.Stat(filepath.Join(systemBinaryDir, "plinth")); err == nil && st.Size() > 0 {
+				if err := unix.Mount(systemBinaryDir, dir+systemBinaryDir, "", unix.MS_BIND, ""); err != nil {
+					unix.Unmount(dir, unix.MNT_DETACH)
+					m.sysrootErr = fmt.Errorf("bind %s into the system root: %w", systemBinaryDir, err)
+					return
+				}
 			}
 		}
 		m.sysrootDir = dir

@@ -407,3 +407,27 @@ func TestNoNetworkJobsAreApart(t *testing.T) {
 		seen[ns] = s.ID
 	}
 }
+
+// Commands are looked up as the container will find them: symbolic links
+// resolve inside the rootfs (an absolute one from its root), executables
+// only.
+func TestFindCommand(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "usr/lib/app"), 0o755)
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/lib/app/real"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(root, "bin/data"), []byte("x"), 0o644)
+	os.Symlink("/usr/lib/app/real", filepath.Join(root, "bin/abs"))
+	os.Symlink("../usr/lib/app/real", filepath.Join(root, "bin/rel"))
+	os.Symlink("/../../../../../../../usr/bin/env", filepath.Join(root, "bin/escape"))
+	os.Symlink("/nowhere", filepath.Join(root, "bin/dangling"))
+	for cmd, found := range map[string]bool{
+		"abs": true, "rel": true, "/bin/abs": true, "/usr/lib/app/real": true,
+		"data": false, "escape": false, "dangling": false, "bin": false, "/usr/lib/app": false,
+	} {
+		s := Spec{Cmd: []string{cmd}, Env: []string{"PATH=/bin:/usr/lib/app"}}
+		if err := s.findCommand(root); (err == nil) != found {
+			t.Errorf("findCommand(%q) = %v, want found=%v", cmd, err, found)
+		}
+	}
+}

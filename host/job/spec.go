@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 )
@@ -228,21 +230,11 @@ func (s *Spec) container(init, rootfs string) container.Spec {
 			CPUQuota: s.Resources.CPUQuota, Pids: s.Resources.Pids,
 		},
 	}
-	if s.Rootfs == SystemRootfs {
-		// On a plinth machine the image's /usr/bin/plinth is a placeholder
-		// that stage 1 binds the binary over; bring that bind along.
-		if st, err := os.Stat(systemBinary); err == nil && st.Size() > 0 {
-			c.Mounts = append(c.Mounts, container.Mount{Source: systemBinary, Target: systemBinary, ReadOnly: true})
-		}
-	}
 	for _, v := range s.Volumes {
 		c.Mounts = append(c.Mounts, container.Mount{Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly})
 	}
 	return c
 }
-
-// systemBinary is the plinth binary on a plinth machine.
-const systemBinary = "/usr/bin/plinth"
 
 // restarts reports whether a job that ended with exit is started again.
 func (s *Spec) restarts(exit container.Exit) bool {
@@ -268,14 +260,22 @@ func (s *Spec) maxBackoff() time.Duration {
 // typo is refused at create rather than reported as exit status 127. The
 // lookup stays inside the rootfs even through symlinks.
 func (s *Spec) findCommand(rootfs string) error {
-	root, err := os.OpenRoot(rootfs)
+	root, err := os.Open(rootfs)
 	if err != nil {
 		return fmt.Errorf("rootfs: %w", err)
 	}
 	defer root.Close()
+	// Symbolic links resolve as they will for the container: an absolute
+	// one from the rootfs's root, none out of it.
 	isExec := func(p string) bool {
-		st, err := root.Stat(strings.TrimPrefix(path.Clean(p), "/"))
-		return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
+		fd, err := unix.Openat2(int(root.Fd()), strings.TrimPrefix(path.Clean(p), "/"),
+			&unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+		if err != nil {
+			return false
+		}
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0
 	}
 	cmd := s.Cmd[0]
 	if strings.Contains(cmd, "/") {
