@@ -3,6 +3,7 @@ package container
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -309,7 +310,14 @@ func TestUserNamespace(t *testing.T) {
 		}
 	}
 	rt := newRuntime(t)
-	c, stdout, stderr := start(t, rt, Spec{Rootfs: root, UserNS: true, Init: tini(t),
+	// A network namespace made for the job (as a bridge job's is) is
+	// owned by the host's user namespace, not the job's.
+	netns := fmt.Sprintf("plinth-test-userns-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", netns).Run() })
+	c, stdout, stderr := start(t, rt, Spec{Rootfs: root, UserNS: true, Init: tini(t), NetnsPath: "/run/netns/" + netns,
 		Args: []string{"sh", "-c", "cat /proc/self/uid_map; id -u; touch /bin/x 2>/dev/null && echo wrote || echo denied; sleep 30"}})
 	waitFor(t, "the job's report", func() bool {
 		data, _ := os.ReadFile(stdout.Name())

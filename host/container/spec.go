@@ -220,9 +220,11 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 	if s.UserNS {
 		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: UserNSBase, Size: 1 << 16}}
 		spec.Linux.UIDMappings, spec.Linux.GIDMappings = ids, ids
-		if s.HostNetwork {
+		if s.HostNetwork || s.NetnsPath != "" {
 			// sysfs cannot be mounted from a user namespace that does not
-			// own the network namespace: bind the host's, read-only.
+			// own the network namespace (the host's, or one prepared for
+			// the job): bind the host's, read-only. Its /sys/class/net
+			// then lists the host's links, not the job's.
 			for i, m := range spec.Mounts {
 				if m.Destination == "/sys" {
 					spec.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
