@@ -23,9 +23,11 @@ import (
 //     container (with tini as init) → exit seen by /wait, against Debian's
 //     `runc run` of the same rootfs; 41 pairs, each pair's order
 //     alternating, each start after a pause that lets the last one's
-//     teardown (hostd's runs after the exit is reported) finish. The
-//     ratio is the median of the pairs' ratios, which cancels the drift
-//     of this shared machine's speed; the medians are printed too;
+//     teardown finish. What is timed differs there: `runc run` deletes
+//     the container before it exits, hostd removes the cgroup and state
+//     after /wait has answered, off the caller's path. The ratio is the
+//     median of the pairs' ratios, which cancels the drift of this shared
+//     machine's speed; the medians are printed too;
 //
 //   - hostd's resident memory with 100 idle jobs against none.
 //

@@ -79,13 +79,14 @@ func selftest() Selftest {
 	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
 
 	r.Hostname, _ = os.Hostname()
-	// PID 1 runs the initramfs copy of the binary (see Main), so compare
-	// contents, not paths.
+	// PID 1 runs the initramfs's /init, which stage 1 makes the system's
+	// binary (see bindBinary): /usr/bin/plinth must lead to that same
+	// file, or the system runs another binary than its init.
 	r.PID1Exe, _ = os.Readlink("/proc/1/exe")
 	if same, err := sameContent("/proc/1/exe", "/usr/bin/plinth"); err != nil {
 		problem("compare PID 1 with /usr/bin/plinth: %v", err)
 	} else if r.PID1IsImage = same; !same {
-		problem("PID 1 (%s) is not the system image's /usr/bin/plinth", r.PID1Exe)
+		problem("PID 1 (%s) is not the binary /usr/bin/plinth leads to", r.PID1Exe)
 	}
 	// Services (this one too) run the binary by the path of its directory
 	// in the system, where libcontainer finds it to seal it per container.

@@ -71,10 +71,16 @@ func stage1() {
 // it into memory every time.
 func bindBinary(src, dstDir string) error {
 	if err := os.MkdirAll(binaryStage, 0o755); err != nil {
-		return err
+		return fmt.Errorf("binary directory: %w", err)
 	}
-	if err := os.Link(src, filepath.Join(binaryStage, filepath.Base(binaryPath))); err != nil && !os.IsExist(err) {
-		return fmt.Errorf("link %s into %s: %w", src, binaryStage, err)
+	link := filepath.Join(binaryStage, filepath.Base(binaryPath))
+	if err := os.Link(src, link); err != nil {
+		// Only this same file may be there already.
+		a, errA := os.Stat(src)
+		b, errB := os.Stat(link)
+		if errA != nil || errB != nil || !os.SameFile(a, b) {
+			return fmt.Errorf("link %s into %s: %w", src, binaryStage, err)
+		}
 	}
 	if err := unix.Mount(binaryStage, dstDir, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s over %s: %w", binaryStage, dstDir, err)

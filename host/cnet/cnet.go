@@ -257,6 +257,15 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 		return err
 	}
 	defer ns.Close()
+	// The namespace is the job's alone, so any of its processes may bind
+	// any port: a user-namespaced job's root could not otherwise bind
+	// below 1024, its capabilities counting only in namespaces its user
+	// namespace owns, and this one is the host's.
+	if err := inNamespace(func() error { return netns.Set(ns) }, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_unprivileged_port_start", []byte("0"), 0o644)
+	}); err != nil {
+		return fmt.Errorf("open low ports in %s: %w", path, err)
+	}
 	br, err := netlink.LinkByName(n.cfg.Bridge)
 	if err != nil {
 		return err

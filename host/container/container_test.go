@@ -310,33 +310,47 @@ func TestUserNamespace(t *testing.T) {
 		}
 	}
 	rt := newRuntime(t)
-	// A network namespace made for the job (as a bridge job's is) is
-	// owned by the host's user namespace, not the job's.
-	netns := fmt.Sprintf("plinth-test-userns-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", netns).Run() })
-	c, stdout, stderr := start(t, rt, Spec{Rootfs: root, UserNS: true, Init: tini(t), NetnsPath: "/run/netns/" + netns,
-		Args: []string{"sh", "-c", "cat /proc/self/uid_map; id -u; touch /bin/x 2>/dev/null && echo wrote || echo denied; sleep 30"}})
-	waitFor(t, "the job's report", func() bool {
-		data, _ := os.ReadFile(stdout.Name())
-		return strings.Count(string(data), "\n") >= 3
-	})
-	out, _ := os.ReadFile(stdout.Name())
-	fields := strings.Fields(string(out))
-	if len(fields) < 5 || fields[0] != "0" || fields[1] != fmt.Sprint(UserNSBase) || fields[2] != "65536" || fields[3] != "0" || fields[4] != "denied" {
-		t.Errorf("inside: %q (stderr %q); want root mapped to %d and the host-owned rootfs not writable", out, errOutput(stderr), UserNSBase)
-	}
-	// Seen from the host, the job's processes are not root.
-	for _, pid := range children(c.Pid()) {
-		st, err := os.Stat("/proc/" + pid)
-		if err == nil && st.Sys().(*syscall.Stat_t).Uid != UserNSBase {
-			t.Errorf("job process %s runs as host uid %d, want %d", pid, st.Sys().(*syscall.Stat_t).Uid, UserNSBase)
+	for _, prepared := range []bool{false, true} {
+		s := Spec{Rootfs: root, UserNS: true, Init: tini(t),
+			Args: []string{"sh", "-c", "cat /proc/self/uid_map; id -u; touch /bin/x 2>/dev/null && echo wrote || echo denied; " +
+				"ls /sys/fs/cgroup | wc -l; sleep 30"}}
+		if prepared {
+			// A network namespace made for the job (as a bridge job's
+			// is) is owned by the host's user namespace, not the job's:
+			// the job cannot mount sysfs and gets the host's, alone.
+			if _, err := exec.LookPath("ip"); err != nil {
+				t.Skip("needs ip (apt-get install iproute2)")
+			}
+			netns := fmt.Sprintf("plinth-test-userns-%d", os.Getpid())
+			if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+				t.Fatalf("ip netns add: %v\n%s", err, out)
+			}
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", netns).Run() })
+			s.NetnsPath = "/run/netns/" + netns
 		}
+		c, stdout, stderr := start(t, rt, s)
+		waitFor(t, "the job's report", func() bool {
+			data, _ := os.ReadFile(stdout.Name())
+			return strings.Count(string(data), "\n") >= 4
+		})
+		out, _ := os.ReadFile(stdout.Name())
+		fields := strings.Fields(string(out))
+		if len(fields) < 6 || fields[0] != "0" || fields[1] != fmt.Sprint(UserNSBase) || fields[2] != "65536" || fields[3] != "0" || fields[4] != "denied" {
+			t.Errorf("prepared netns %v: inside: %q (stderr %q); want root mapped to %d and the host-owned rootfs not writable", prepared, out, errOutput(stderr), UserNSBase)
+		}
+		if len(fields) >= 6 && fields[5] != "0" {
+			t.Errorf("prepared netns %v: the job sees %s entries in /sys/fs/cgroup, want none", prepared, fields[5])
+		}
+		// Seen from the host, the job's processes are not root.
+		for _, pid := range children(c.Pid()) {
+			st, err := os.Stat("/proc/" + pid)
+			if err == nil && st.Sys().(*syscall.Stat_t).Uid != UserNSBase {
+				t.Errorf("job process %s runs as host uid %d, want %d", pid, st.Sys().(*syscall.Stat_t).Uid, UserNSBase)
+			}
+		}
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
 	}
-	c.Signal(syscall.SIGKILL)
-	c.Wait()
 }
 
 func errOutput(f *os.File) string {

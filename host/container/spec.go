@@ -223,13 +223,18 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 		if s.HostNetwork || s.NetnsPath != "" {
 			// sysfs cannot be mounted from a user namespace that does not
 			// own the network namespace (the host's, or one prepared for
-			// the job): bind the host's, read-only. Its /sys/class/net
-			// then lists the host's links, not the job's.
+			// the job): bind the host's, read-only all through. It must
+			// be a recursive bind (the kernel refuses to uncover, from a
+			// user namespace, what mounts on it hide), so the mounts
+			// under it are masked: the cgroup tree of every job, debug
+			// and tracing. Its /sys/class/net lists the host's links.
 			for i, m := range spec.Mounts {
 				if m.Destination == "/sys" {
-					spec.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+					spec.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "rro", "nosuid", "noexec", "nodev"}}
 				}
 			}
+			spec.Linux.MaskedPaths = append(spec.Linux.MaskedPaths, "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/debug",
+				"/sys/kernel/tracing", "/sys/kernel/security", "/sys/kernel/config", "/sys/fs/fuse/connections")
 		}
 	}
 	if s.Init != "" {

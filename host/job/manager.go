@@ -258,26 +258,18 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := m.attachNetwork(e); err != nil {
 		return fail(err)
 	}
-	// The record is written while the container starts, so the store's
-	// sync and the start overlap. A crash in between is Restore's to
-	// mend: a record without its container exited while hostd was away,
-	// a container without a record is removed.
-	rec := e.job
-	rec.Status = Status{State: StateRunning, StartedAt: time.Now().UTC(), BootID: m.bootID, IP: e.job.Status.IP}
-	stored := make(chan error, 1)
-	go func() { stored <- m.store.put(rec) }()
+	// Started first, recorded after: a crash in between leaves a container
+	// that no record owns, which Restore removes. The other order would
+	// leave a record of a job that may never have started, which Restore
+	// would bring back though the caller was told it failed.
 	if err := m.start(e); err != nil {
-		if <-stored == nil {
-			m.store.delete(spec.ID)
-		}
 		return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
 	}
-	if err := <-stored; err != nil {
+	if err := m.persist(e); err != nil {
 		e.c.Signal(syscall.SIGKILL)
 		e.c.Wait()
 		e.c.Destroy()
-		m.log.Error("persist job", "job", spec.ID, "err", err)
-		return fail(fmt.Errorf("job %s: store: %w", spec.ID, err))
+		return fail(err)
 	}
 	m.publish(Event{Type: "started", Job: spec.ID, Pid: e.job.Status.Pid})
 	m.supervise(e, false)

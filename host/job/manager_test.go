@@ -413,14 +413,20 @@ func TestNoNetworkJobsAreApart(t *testing.T) {
 // only.
 func TestFindCommand(t *testing.T) {
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "usr/lib/app"), 0o755)
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-	os.WriteFile(filepath.Join(root, "usr/lib/app/real"), []byte("#!/bin/sh\n"), 0o755)
-	os.WriteFile(filepath.Join(root, "bin/data"), []byte("x"), 0o644)
-	os.Symlink("/usr/lib/app/real", filepath.Join(root, "bin/abs"))
-	os.Symlink("../usr/lib/app/real", filepath.Join(root, "bin/rel"))
-	os.Symlink("/../../../../../../../usr/bin/env", filepath.Join(root, "bin/escape"))
-	os.Symlink("/nowhere", filepath.Join(root, "bin/dangling"))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "usr/lib/app"), 0o755))
+	must(os.MkdirAll(filepath.Join(root, "bin"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "usr/lib/app/real"), []byte("#!/bin/sh\n"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "bin/data"), []byte("x"), 0o644))
+	must(os.Symlink("/usr/lib/app/real", filepath.Join(root, "bin/abs")))
+	must(os.Symlink("../usr/lib/app/real", filepath.Join(root, "bin/rel")))
+	must(os.Symlink("/../../../../../../../usr/bin/env", filepath.Join(root, "bin/escape")))
+	must(os.Symlink("/nowhere", filepath.Join(root, "bin/dangling")))
 	for cmd, found := range map[string]bool{
 		"abs": true, "rel": true, "/bin/abs": true, "/usr/lib/app/real": true,
 		"data": false, "escape": false, "dangling": false, "bin": false, "/usr/lib/app": false,
@@ -429,5 +435,10 @@ func TestFindCommand(t *testing.T) {
 		if err := s.findCommand(root); (err == nil) != found {
 			t.Errorf("findCommand(%q) = %v, want found=%v", cmd, err, found)
 		}
+	}
+	// A rootfs that is not a directory is named as the problem.
+	s := Spec{Cmd: []string{"abs"}}
+	if err := s.findCommand(filepath.Join(root, "bin/data")); err == nil || !strings.Contains(err.Error(), "rootfs") {
+		t.Errorf("findCommand on a file rootfs = %v, want an error about the rootfs", err)
 	}
 }

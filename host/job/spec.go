@@ -12,7 +12,6 @@ package job
 import (
 	"cmp"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -260,16 +259,21 @@ func (s *Spec) maxBackoff() time.Duration {
 // typo is refused at create rather than reported as exit status 127. The
 // lookup stays inside the rootfs even through symlinks.
 func (s *Spec) findCommand(rootfs string) error {
-	root, err := os.Open(rootfs)
+	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
+		return fmt.Errorf("rootfs %s: %w", rootfs, err)
 	}
-	defer root.Close()
+	defer unix.Close(root)
 	// Symbolic links resolve as they will for the container: an absolute
 	// one from the rootfs's root, none out of it.
 	isExec := func(p string) bool {
-		fd, err := unix.Openat2(int(root.Fd()), strings.TrimPrefix(path.Clean(p), "/"),
-			&unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+		how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
+		fd, err := unix.Openat2(root, strings.TrimPrefix(path.Clean(p), "/"), how)
+		// The kernel gives up a lookup through ".." when something was
+		// renamed or mounted meanwhile, anywhere; it asks to be retried.
+		for try := 0; err == unix.EAGAIN && try < 8; try++ {
+			fd, err = unix.Openat2(root, strings.TrimPrefix(path.Clean(p), "/"), how)
+		}
 		if err != nil {
 			return false
 		}
