@@ -22,11 +22,13 @@ func vmClusterCommand() *cobra.Command {
 	var nodes int
 	cmd := &cobra.Command{
 		Use:   "cluster",
-		Short: "Boot a cluster of VMs, show its members, stop one, watch the others notice",
+		Short: "Boot a cluster of VMs, deploy an example app, stop a node, watch the others notice",
 		Long: "Make a cluster bundle, boot --nodes VMs on one private L2 segment (inside a network\n" +
 			"namespace of their own) with it, wait until every host API lists every node alive,\n" +
-			"print the member table, then kill the last VM without warning and report how long\n" +
-			"the first one takes to declare it failed. The others are powered off in order.",
+			"print the member table, deploy an example web app (an image built here, imported\n" +
+			"into node1 and run as a job) and fetch its page through a forwarded port, then kill\n" +
+			"the last VM without warning and report how long the first one takes to declare it\n" +
+			"failed. The others are powered off in order.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nodes < 2 || nodes > 9 {
@@ -83,6 +85,11 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	for i := range n {
 		cfg := vmtest.ClusterNode(i, n, kernel, initrd, seg, bundlePath)
 		cfg.StateDir = filepath.Join(dir, cfg.Name)
+		if i == 0 {
+			// The example app's port, as a user outside would reach it.
+			user := cfg.NICs[1].User
+			user.Forwards = append(user.Forwards, vmtest.Forward{GuestPort: demoAppPort})
+		}
 		wg.Go(func() {
 			if vms[i], errs[i] = vmtest.Start(ctx, cfg); errs[i] != nil {
 				return
@@ -113,6 +120,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	}
 	fmt.Printf("\nevery node lists %d alive members, %.1fs after the first start; as node1 sees them:\n\n", n, time.Since(start).Seconds())
 	printMembers(members)
+	if err := deployDemoApp(ctx, vms[0], clients[0]); err != nil {
+		return err
+	}
 
 	victim := vms[n-1]
 	var victimID string
