@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -115,14 +116,16 @@ func deployDemoApp(ctx context.Context, vm *vmtest.VM, c *host.Client) error {
 	fmt.Printf("\nimported %s (%s, %d KB) into %s in %.1fs\n", demoAppImage, imgs[0].ID[:19], imgs[0].Size>>10, vm.Name(), time.Since(start).Seconds())
 
 	// The image's overlay needs a kernel module that loads in the
-	// background after ready: retry the create for a while.
+	// background after ready; until then the host answers 503.
 	spec := job.Spec{ID: demoAppJob, Image: demoAppImage, Network: job.NetworkHost, Restart: job.Restart{Policy: job.RestartAlways}}
 	var j job.Job
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
-		if j, err = c.CreateJob(ctx, spec); err == nil {
+		j, err = c.CreateJob(ctx, spec)
+		var apiErr *host.APIError
+		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("start the demo app on %s: %w", vm.Name(), err)
 		}
 	}

@@ -70,9 +70,21 @@ func (s *Store) Mount(ctx context.Context, ref, jobDir string) (rootfs string, e
 	}
 	defer closeFDs()
 	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
-		return "", fmt.Errorf("mount image %s on %s: %w", ref, rootfs, err)
+		return "", overlayMountError(ref, rootfs, err)
 	}
 	return rootfs, nil
+}
+
+// ErrNoOverlay is Mount's error while the kernel has no overlay
+// filesystem: on a plinth machine its module loads in the background
+// after boot, so a moment later it does.
+var ErrNoOverlay = errors.New("the kernel has no overlay filesystem yet (its module may still be loading after boot)")
+
+func overlayMountError(ref, rootfs string, err error) error {
+	if errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("mount image %s: %w", ref, ErrNoOverlay)
+	}
+	return fmt.Errorf("mount image %s on %s: %w", ref, rootfs, err)
 }
 
 // overlayOptions returns the overlayfs mount options. Mount options must

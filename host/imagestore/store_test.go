@@ -825,3 +825,15 @@ func TestConcurrentImportsShareLayers(t *testing.T) {
 		}
 	}
 }
+
+// A kernel without overlayfs (its module not loaded yet) is told apart
+// from other mount failures, so that hostd can say "try again shortly".
+func TestOverlayMountErrors(t *testing.T) {
+	if err := overlayMountError("app:1", "/x/rootfs", unix.ENODEV); !errors.Is(err, ErrNoOverlay) {
+		t.Errorf("ENODEV: %v, want ErrNoOverlay", err)
+	}
+	err := overlayMountError("app:1", "/x/rootfs", unix.EINVAL)
+	if errors.Is(err, ErrNoOverlay) || !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "/x/rootfs") {
+		t.Errorf("EINVAL: %v, want the errno and the mount point, not ErrNoOverlay", err)
+	}
+}

@@ -336,6 +336,9 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 		return "", fmt.Errorf("%w: this host has no image store", ErrInvalid)
 	}
 	dir, err := m.cfg.Images.Mount(context.Background(), s.Image, m.imageDir(s.ID))
+	if errors.Is(err, imagestore.ErrNoOverlay) {
+		return "", fmt.Errorf("%w: job %s: %v; try again shortly", ErrUnavailable, s.ID, err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("job %s: mount image: %w", s.ID, err)
 	}
