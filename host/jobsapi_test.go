@@ -1,11 +1,8 @@
 package host
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,11 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -144,54 +137,23 @@ func busyboxImage(t *testing.T) string {
 	if err != nil {
 		t.Skipf("needs busybox-static: %v", err)
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range []struct {
-		name, link string
-		data       []byte
-		mode       int64
-	}{
-		{name: "bin/", mode: 0o755},
-		{name: "bin/busybox", data: bb, mode: 0o755},
-		{name: "bin/sh", link: "busybox"},
-		{name: "bin/cat", link: "busybox"},
-		{name: "etc/", mode: 0o755},
-		{name: "etc/motd", data: []byte("made by the test\n"), mode: 0o644},
-	} {
-		h := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
-		switch {
-		case e.link != "":
-			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, e.link, 0o777
-		case strings.HasSuffix(e.name, "/"):
-			h.Typeflag = tar.TypeDir
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(e.data)
-	}
-	tw.Close()
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := img.ConfigFile()
-	cfg = cfg.DeepCopy()
-	cfg.Config.Cmd = []string{"sh", "-c", "echo $GREETING; cat /etc/motd"}
-	cfg.Config.Env = []string{"GREETING=hello from the image"}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		t.Fatal(err)
-	}
-	tag, _ := name.NewTag("plinth.test/busybox:1")
 	path := filepath.Join(t.TempDir(), "busybox.tar")
-	if err := tarball.WriteToFile(path, tag, img); err != nil {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := imagestore.WriteArchive(f, "plinth.test/busybox:1", []imagestore.File{
+		{Name: "bin/", Mode: 0o755},
+		{Name: "bin/busybox", Data: bb, Mode: 0o755},
+		{Name: "bin/sh", Link: "busybox"},
+		{Name: "bin/cat", Link: "busybox"},
+		{Name: "etc/", Mode: 0o755},
+		{Name: "etc/motd", Data: []byte("made by the test\n"), Mode: 0o644},
+	}, imagestore.ImageConfig{
+		Cmd: []string{"sh", "-c", "echo $GREETING; cat /etc/motd"},
+		Env: []string{"GREETING=hello from the image"},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return path

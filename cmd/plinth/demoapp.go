@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -9,15 +8,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	vmtest "github.com/plinth-os/plinth/vm-tests"
 )
@@ -38,63 +32,17 @@ func demoAppArchive(page string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the demo app needs a static busybox (apt-get install busybox-static): %w", err)
 	}
-	var layerTar bytes.Buffer
-	tw := tar.NewWriter(&layerTar)
-	for _, e := range []struct {
-		name, link string
-		data       []byte
-		mode       int64
-	}{
-		{name: "bin/", mode: 0o755},
-		{name: "bin/busybox", data: bb, mode: 0o755},
-		{name: "bin/sh", link: "busybox"},
-		{name: "bin/httpd", link: "busybox"},
-		{name: "www/", mode: 0o755},
-		{name: "www/index.html", data: []byte(page), mode: 0o644},
-	} {
-		h := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
-		switch {
-		case e.link != "":
-			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, e.link, 0o777
-		case strings.HasSuffix(e.name, "/"):
-			h.Typeflag = tar.TypeDir
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(e.data); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar.Bytes())), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Config.Cmd = []string{"httpd", "-f", "-p", fmt.Sprint(demoAppPort), "-h", "/www"}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		return nil, err
-	}
-	tag, err := name.NewTag(demoAppImage)
-	if err != nil {
-		return nil, err
-	}
 	var archive bytes.Buffer
-	if err := tarball.Write(tag, img, &archive); err != nil {
-		return nil, err
+	err = imagestore.WriteArchive(&archive, demoAppImage, []imagestore.File{
+		{Name: "bin/", Mode: 0o755},
+		{Name: "bin/busybox", Data: bb, Mode: 0o755},
+		{Name: "bin/sh", Link: "busybox"},
+		{Name: "bin/httpd", Link: "busybox"},
+		{Name: "www/", Mode: 0o755},
+		{Name: "www/index.html", Data: []byte(page), Mode: 0o644},
+	}, imagestore.ImageConfig{Cmd: []string{"httpd", "-f", "-p", fmt.Sprint(demoAppPort), "-h", "/www"}})
+	if err != nil {
+		return nil, fmt.Errorf("the demo app's image: %w", err)
 	}
 	return archive.Bytes(), nil
 }
