@@ -11,30 +11,13 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/imagestore"
+	"github.com/plinth-os/plinth/host/internal/testroot"
 	"github.com/plinth-os/plinth/host/job"
 )
 
 // busyboxRoot is a root filesystem of Debian's static busybox.
 func busyboxRoot(t testing.TB) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (containers)")
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skipf("needs busybox-static: %v", err)
-	}
-	root := t.TempDir()
-	for _, d := range []string{"bin", "proc", "dev", "sys", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "echo", "sleep", "true"} {
-		os.Symlink("busybox", filepath.Join(root, "bin", a))
-	}
-	return root
+	return testroot.Busybox(t, "sh", "echo", "sleep", "true")
 }
 
 func TestJobAPI(t *testing.T) {

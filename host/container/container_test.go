@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/plinth-os/plinth/host/internal/testroot"
 )
 
 // The tests start real containers with libcontainer: root, and a static
@@ -22,29 +24,7 @@ func TestMain(m *testing.M) {
 // busyboxRoot makes a root filesystem of a static busybox and its applet
 // links.
 func busyboxRoot(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (namespaces, cgroups)")
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skipf("needs a static busybox (apt-get install busybox-static): %v", err)
-	}
-	root := t.TempDir()
-	for _, d := range []string{"bin", "proc", "dev", "sys", "tmp", "etc"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, applet := range []string{"sh", "echo", "cat", "sleep", "dd", "touch", "hostname", "grep", "id", "wc", "ls"} {
-		if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
+	return testroot.Busybox(t, "sh", "echo", "cat", "sleep", "dd", "touch", "hostname", "grep", "id", "wc", "ls")
 }
 
 var testSeq int

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/container"
+	"github.com/plinth-os/plinth/host/internal/testroot"
 )
 
 // The tests run real jobs: root, a static busybox as the root filesystem
@@ -61,29 +62,10 @@ const tiniPath = "/usr/bin/tini-static"
 
 func busyboxRoot(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (namespaces, cgroups)")
+	if _, err := os.Stat(tiniPath); err != nil && os.Geteuid() == 0 {
+		t.Skipf("needs %s (apt-get install tini)", tiniPath)
 	}
-	for _, p := range []string{"/bin/busybox", tiniPath} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("needs %s (apt-get install busybox-static tini)", p)
-		}
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	for _, d := range []string{"bin", "proc", "dev", "sys", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "echo", "sleep", "dd", "cat", "seq", "true"} {
-		os.Symlink("busybox", filepath.Join(root, "bin", a))
-	}
-	return root
+	return testroot.Busybox(t, "sh", "echo", "sleep", "dd", "cat", "seq", "true")
 }
 
 func testConfig(t *testing.T) Config {
