@@ -257,15 +257,6 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 		return err
 	}
 	defer ns.Close()
-	// The namespace is the job's alone, so any of its processes may bind
-	// any port: a user-namespaced job's root could not otherwise bind
-	// below 1024, its capabilities counting only in namespaces its user
-	// namespace owns, and this one is the host's.
-	if err := inNamespace(func() error { return netns.Set(ns) }, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_unprivileged_port_start", []byte("0"), 0o644)
-	}); err != nil {
-		return fmt.Errorf("open low ports in %s: %w", path, err)
-	}
 	br, err := netlink.LinkByName(n.cfg.Bridge)
 	if err != nil {
 		return err
@@ -331,9 +322,12 @@ func vethName(id string) string {
 	return fmt.Sprintf("pj%011x", h&0xfffffffffff)
 }
 
-// newNamedNetns makes a network namespace and keeps it at path with a
-// bind mount, without moving the calling goroutine's thread into it for
-// longer than the unshare.
+// newNamedNetns makes a job's network namespace and keeps it at path with
+// a bind mount, without moving the calling goroutine's thread into it for
+// longer than the unshare and its setup. The namespace is the job's alone,
+// so any of its processes may bind any port: a user-namespaced job's root
+// could not otherwise bind below 1024, its capabilities counting only in
+// namespaces its user namespace owns, and this one is the host's.
 func newNamedNetns(path string) (netns.NsHandle, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
@@ -345,6 +339,9 @@ func newNamedNetns(path string) (netns.NsHandle, error) {
 		ns, err = netns.New() // unshares this thread's network namespace
 		return err
 	}, func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_unprivileged_port_start", []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("open low ports: %w", err)
+		}
 		return unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
 	})
 	if err != nil {
