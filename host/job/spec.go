@@ -267,12 +267,13 @@ func (s *Spec) findCommand(rootfs string) error {
 	// Symbolic links resolve as they will for the container: an absolute
 	// one from the rootfs's root, none out of it.
 	isExec := func(p string) bool {
+		rel := strings.TrimPrefix(path.Clean(p), "/")
 		how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
-		fd, err := unix.Openat2(root, strings.TrimPrefix(path.Clean(p), "/"), how)
+		fd, err := unix.Openat2(root, rel, how)
 		// The kernel gives up a lookup through ".." when something was
 		// renamed or mounted meanwhile, anywhere; it asks to be retried.
 		for try := 0; err == unix.EAGAIN && try < 8; try++ {
-			fd, err = unix.Openat2(root, strings.TrimPrefix(path.Clean(p), "/"), how)
+			fd, err = unix.Openat2(root, rel, how)
 		}
 		if err != nil {
 			return false
