@@ -186,13 +186,13 @@ func supervisorConfig(m config.Machine) supervise.Config {
 	return c
 }
 
-// selfExe is how PID 1's services run the plinth binary: PID 1's own
+// serviceBinary is how PID 1's services run the plinth binary: PID 1's own
 // file (the initramfs's /init, in RAM since it was unpacked) by the path
 // stage 1 gave it in the running system. Not /proc/self/exe, which names
 // the same file by a path that does not exist after switch_root, and
 // libcontainer in hostd looks the binary up by that name (see
 // bindBinary).
-const selfExe = binaryPath
+const serviceBinary = binaryPath
 
 // machineConfigCopy is where init leaves the machine config it booted with.
 const machineConfigCopy = "/run/plinth/machine.toml"
@@ -210,7 +210,7 @@ func netdService(m config.Machine, haveConfig bool) supervise.Service {
 	}
 	return supervise.Service{
 		Name:    "netd",
-		Path:    selfExe,
+		Path:    serviceBinary,
 		Argv0:   "plinth",
 		Args:    args,
 		Notify:  true,
@@ -228,7 +228,7 @@ func hostdService(haveConfig bool) supervise.Service {
 	}
 	return supervise.Service{
 		Name:    "hostd",
-		Path:    selfExe,
+		Path:    serviceBinary,
 		Argv0:   "plinth",
 		Args:    args,
 		Notify:  true,
@@ -242,7 +242,7 @@ func services(cl cmdline, configSource string, haveConfig bool) []supervise.Serv
 	if cl[paramSelftest] == "1" {
 		svcs = append(svcs, supervise.Service{
 			Name:         "selftest",
-			Path:         selfExe,
+			Path:         serviceBinary,
 			Argv0:        "plinth",
 			Args:         []string{"selftest"},
 			Env:          []string{"PLINTH_CONFIG_SOURCE=" + configSource},
