@@ -1,0 +1,397 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	memdb "github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+
+	"github.com/plinth-os/plinth/host"
+)
+
+// Headers of the API.
+const (
+	// IndexHeader carries a read's QueryMeta.Index.
+	IndexHeader = "X-Plinth-Index"
+	// forwardedHeader marks a write a follower passed to its leader, so
+	// it is never passed on again.
+	forwardedHeader = "X-Plinth-Forwarded"
+)
+
+// maxBody bounds a JSON request body.
+const maxBody = 1 << 20
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (c *Controller) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", c.serveStatus)
+	mux.HandleFunc("GET /v1/backup", c.serveBackup)
+	mux.HandleFunc("POST /v1/restore", c.write(c.serveRestore))
+	mux.HandleFunc("POST /v1/voters", c.write(c.serveAddVoter))
+	mux.HandleFunc("DELETE /v1/voters/{id}", c.write(c.serveRemoveVoter))
+	mux.HandleFunc("PUT /v1/hosts/{id}/instances", c.write(c.serveReport))
+	mux.HandleFunc("POST /v1/hosts/{id}/cordon", c.write(c.serveCordon(true)))
+	mux.HandleFunc("POST /v1/hosts/{id}/uncordon", c.write(c.serveCordon(false)))
+	mux.HandleFunc("GET /v1/{kind}", c.serveList)
+	mux.HandleFunc("GET /v1/{kind}/{key...}", c.serveGet)
+	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
+	mux.HandleFunc("DELETE /v1/{kind}/{key...}", c.write(c.serveDelete))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see docs/api-reference.md)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// write wraps a handler that changes state: on a follower the request
+// goes to the leader, so a client may talk to any controller.
+func (c *Controller) write(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if c.raft.State() == raft.Leader {
+			h(w, r)
+			return
+		}
+		if r.Header.Get(forwardedHeader) != "" {
+			writeError(w, http.StatusServiceUnavailable, errors.New("forwarded to a controller that is no longer the leader; retry"))
+			return
+		}
+		_, leader := c.raft.LeaderWithID()
+		if leader == "" {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, errors.New("no controller leader: an election is under way, or quorum is lost (see plinth controller status)"))
+			return
+		}
+		addr, err := c.members.apiAddr(string(leader))
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("leader %s: %w", leader, err))
+			return
+		}
+		c.proxy.ServeHTTP(w, withTarget(r, addr))
+	}
+}
+
+type targetKey struct{}
+
+func withTarget(r *http.Request, addr string) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), targetKey{}, addr))
+}
+
+// newForwarder makes the proxy that passes a follower's writes to the
+// leader.
+func (c *Controller) newForwarder() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			addr := pr.In.Context().Value(targetKey{}).(string)
+			pr.SetURL(&url.URL{Scheme: "https", Host: addr})
+			pr.Out.Host = addr
+			pr.Out.Header.Set(forwardedHeader, c.id)
+		},
+		Transport: &http.Transport{TLSClientConfig: c.clientTLS(), MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, http.StatusBadGateway, fmt.Errorf("forward to the leader: %w", err))
+		},
+	}
+}
+
+// queryOptions reads ?index=N&wait=30s.
+func queryOptions(r *http.Request) (QueryOptions, error) {
+	var q QueryOptions
+	if s := r.URL.Query().Get("index"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return q, fmt.Errorf("%w: index %q: want a number from %s of an earlier read", ErrInvalid, s, IndexHeader)
+		}
+		q.Index = v
+	}
+	if s := r.URL.Query().Get("wait"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			return q, fmt.Errorf("%w: wait %q: want a duration such as 30s", ErrInvalid, s)
+		}
+		q.Wait = d
+	}
+	return q, nil
+}
+
+// casParam reads ?cas=N.
+func casParam(r *http.Request) (*uint64, error) {
+	s := r.URL.Query().Get("cas")
+	if s == "" {
+		return nil, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cas %q: want the modify_index you read (0: only if it does not exist)", ErrInvalid, s)
+	}
+	return &v, nil
+}
+
+func (c *Controller) kindOf(r *http.Request) (*kind, error) {
+	k, ok := kinds[r.PathValue("kind")]
+	if !ok {
+		names := make([]string, 0, len(kinds))
+		for n := range kinds {
+			names = append(names, n)
+		}
+		return nil, fmt.Errorf("%w: no collection %q; there are %s", ErrNotFound, r.PathValue("kind"), strings.Join(sortedStrings(names), ", "))
+	}
+	return k, nil
+}
+
+func (c *Controller) serveList(w http.ResponseWriter, r *http.Request) {
+	k, err := c.kindOf(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	q, err := queryOptions(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	var out any
+	meta, err := c.fsm.store.query(r.Context(), k.name, q, func(txn *memdb.Txn) error {
+		var err error
+		out, err = listAny(txn, k.name)
+		return err
+	})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	w.Header().Set(IndexHeader, strconv.FormatUint(meta.Index, 10))
+	writeJSON(w, http.StatusOK, out)
+}
+
+func listAny(txn *memdb.Txn, table string) (any, error) {
+	it, err := txn.Get(table, "id")
+	if err != nil {
+		return nil, err
+	}
+	out := []any{}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw)
+	}
+	return out, nil
+}
+
+func (c *Controller) serveGet(w http.ResponseWriter, r *http.Request) {
+	k, err := c.kindOf(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	q, err := queryOptions(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	key := r.PathValue("key")
+	var out any
+	meta, err := c.fsm.store.query(r.Context(), k.name, q, func(txn *memdb.Txn) error {
+		var err error
+		if k.name == "events" {
+			id, perr := strconv.ParseUint(key, 10, 64)
+			if perr != nil {
+				return fmt.Errorf("%w: event id %q", ErrNotFound, key)
+			}
+			out, err = txn.First(k.name, "id", id)
+		} else {
+			out, err = txn.First(k.name, "id", key)
+		}
+		if err == nil && out == nil {
+			err = fmt.Errorf("%w: %s %s", ErrNotFound, k.name, key)
+		}
+		return err
+	})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	w.Header().Set(IndexHeader, strconv.FormatUint(meta.Index, 10))
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (c *Controller) servePut(w http.ResponseWriter, r *http.Request) {
+	k, err := c.kindOf(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	if !k.writable {
+		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s are written by the platform, not by PUT", k.name))
+		return
+	}
+	cas, err := casParam(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	obj := k.new()
+	if err := decodeBody(r, obj); err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	key := r.PathValue("key")
+	switch obj.key() {
+	case "":
+		setKey(obj, key)
+	case key:
+	default:
+		writeError(w, 0, fmt.Errorf("%w: the body's key %q is not the path's %q", ErrInvalid, obj.key(), key))
+		return
+	}
+	if err := k.check(obj); err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	data, _ := json.Marshal(obj)
+	index, err := c.propose(&command{Op: opPut, Kind: k.name, CAS: cas, Object: data})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, k.name, key, index)
+}
+
+// setKey fills the key field of an object whose body left it out.
+func setKey(obj object, key string) {
+	switch o := obj.(type) {
+	case *Setting:
+		o.Key = key
+	}
+}
+
+// writeObject answers a write with the object as stored.
+func (c *Controller) writeObject(w http.ResponseWriter, table, key string, index uint64) {
+	raw, _ := c.fsm.store.current().Txn(false).First(table, "id", key)
+	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	if raw == nil {
+		writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+		return
+	}
+	writeJSON(w, http.StatusOK, raw)
+}
+
+func (c *Controller) serveDelete(w http.ResponseWriter, r *http.Request) {
+	k, err := c.kindOf(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	if !k.writable {
+		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s are written by the platform, not by DELETE", k.name))
+		return
+	}
+	cas, err := casParam(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opDelete, Kind: k.name, Key: r.PathValue("key"), CAS: cas})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+}
+
+func (c *Controller) serveReport(w http.ResponseWriter, r *http.Request) {
+	var in []Instance
+	if err := decodeBody(r, &in); err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	hostID := r.PathValue("id")
+	if err := checkReport(hostID, in); err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	if in == nil {
+		in = []Instance{}
+	}
+	index, err := c.propose(&command{Op: opReport, Key: hostID, Instances: in})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+}
+
+func (c *Controller) serveCordon(cordon bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cas, err := casParam(r)
+		if err != nil {
+			writeError(w, 0, err)
+			return
+		}
+		id := r.PathValue("id")
+		index, err := c.propose(&command{Op: opCordon, Key: id, Cordoned: cordon, CAS: cas})
+		if err != nil {
+			writeError(w, 0, err)
+			return
+		}
+		c.writeObject(w, "hosts", id, index)
+	}
+}
+
+// decodeBody reads a JSON body strictly: unknown fields, wrong types
+// and trailing data are errors that name the problem.
+func decodeBody(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return fmt.Errorf("%w: read body: %v", ErrInvalid, err)
+	}
+	if len(data) > maxBody {
+		return fmt.Errorf("%w: body over %d bytes", ErrInvalid, maxBody)
+	}
+	if err := strictJSON(data, v); err != nil {
+		return fmt.Errorf("%w: body: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers err with status, or with the status err's kind
+// maps to when status is 0.
+func writeError(w http.ResponseWriter, status int, err error) {
+	if status == 0 {
+		switch {
+		case errors.Is(err, ErrNotFound):
+			status = http.StatusNotFound
+		case errors.Is(err, ErrConflict):
+			status = http.StatusConflict
+		case errors.Is(err, ErrInvalid):
+			status = http.StatusBadRequest
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout),
+			errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			w.Header().Set("Retry-After", "1")
+			status = http.StatusServiceUnavailable
+		default:
+			status = http.StatusInternalServerError
+		}
+	}
+	writeJSON(w, status, apiError{Error: err.Error()})
+}
+
+// hostMember is used by status: the Serf view of a voter.
+func (c *Controller) hostMember(id string) (host.Member, bool) { return c.members.get(id) }

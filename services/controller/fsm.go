@@ -1,0 +1,139 @@
+package controller
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	memdb "github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+)
+
+// Raft log operations: every change of the state is one of these,
+// applied by the FSM in one switch.
+const (
+	opPut    = "put"    // Kind, Object, CAS
+	opDelete = "delete" // Kind, Key, CAS
+	opReport = "report" // Key (host), Instances
+	opHosts  = "hosts"  // Hosts (the leader's view of Serf)
+	opCordon = "cordon" // Key (host), Cordoned, CAS
+)
+
+// command is one raft log entry.
+type command struct {
+	Op   string `json:"op"`
+	Kind string `json:"kind,omitempty"`
+	Key  string `json:"key,omitempty"`
+	// CAS, when set, is the ModifyIndex the write expects.
+	CAS       *uint64         `json:"cas,omitempty"`
+	Object    json.RawMessage `json:"object,omitempty"`
+	Instances []Instance      `json:"instances,omitempty"`
+	Hosts     []Host          `json:"hosts,omitempty"`
+	Cordoned  bool            `json:"cordoned,omitempty"`
+	// Time is the leader's clock when it proposed the write, so that
+	// every replica records the same event times.
+	Time time.Time `json:"time"`
+}
+
+// applyResult is what Apply returns to the proposer.
+type applyResult struct {
+	Index uint64
+	Err   error
+}
+
+// fsm applies the raft log to the store.
+type fsm struct {
+	store  *store
+	mu     sync.Mutex // serialises Apply and Restore
+	events eventLog
+}
+
+func newFSM() *fsm { return &fsm{store: newStore()} }
+
+func (f *fsm) Apply(l *raft.Log) any {
+	var c command
+	if err := json.Unmarshal(l.Data, &c); err != nil {
+		return applyResult{Err: fmt.Errorf("%w: raft entry %d: %v", ErrInvalid, l.Index, err)}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	db := f.store.current()
+	txn := db.Txn(true)
+	defer txn.Abort()
+	events := f.events // restored if the write fails
+	if err := apply(txn, l.Index, &c, &f.events); err != nil {
+		f.events = events
+		return applyResult{Index: l.Index, Err: err}
+	}
+	txn.Commit()
+	return applyResult{Index: l.Index}
+}
+
+func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
+	switch c.Op {
+	case opPut:
+		k, ok := kinds[c.Kind]
+		if !ok {
+			return fmt.Errorf("%w: no collection %q", ErrInvalid, c.Kind)
+		}
+		obj := k.new()
+		if err := strictJSON(c.Object, obj); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrInvalid, c.Kind, err)
+		}
+		return put(txn, c.Kind, obj, index, c.CAS)
+	case opDelete:
+		if _, ok := kinds[c.Kind]; !ok {
+			return fmt.Errorf("%w: no collection %q", ErrInvalid, c.Kind)
+		}
+		return remove(txn, c.Kind, c.Key, index, c.CAS)
+	case opReport:
+		return applyReport(txn, index, c, events)
+	case opHosts:
+		return applyHosts(txn, index, c, events)
+	case opCordon:
+		return applyCordon(txn, index, c, events)
+	}
+	return fmt.Errorf("%w: unknown operation %q (a newer controller wrote it?)", ErrInvalid, c.Op)
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{txn: f.store.current().Txn(false)}, nil
+}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	s, err := load(json.NewDecoder(bufio.NewReader(rc)))
+	if err != nil {
+		return fmt.Errorf("restore controller state: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	it, _ := s.current().Txn(false).Get("events", "id")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		n++
+	}
+	f.events = eventLog{count: n}
+	f.store.replace(s.current())
+	return nil
+}
+
+type fsmSnapshot struct{ txn *memdb.Txn }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriterSize(sink, 64<<10)
+	if err := dump(s.txn, json.NewEncoder(w)); err != nil {
+		sink.Cancel()
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

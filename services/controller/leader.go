@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/plinth-os/plinth/host"
+)
+
+// leaderLoop runs the leader's duties while this controller leads.
+func (c *Controller) leaderLoop(ctx context.Context) {
+	var stop context.CancelFunc
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leading := <-c.raft.LeaderCh():
+			if stop != nil {
+				stop()
+				stop = nil
+			}
+			if leading {
+				c.log.Info("controller is the leader", "term", c.raft.Stats()["term"])
+				stop = c.startLeading(ctx)
+			} else {
+				c.log.Info("controller is no longer the leader")
+			}
+		}
+	}
+}
+
+// startLeading runs lead until the returned function is called.
+func (c *Controller) startLeading(ctx context.Context) context.CancelFunc {
+	ctx, cancel := context.WithCancel(ctx)
+	go c.lead(ctx)
+	return cancel
+}
+
+// lead keeps the hosts collection and the voters in line with Serf until
+// ctx ends (leadership lost).
+func (c *Controller) lead(ctx context.Context) {
+	// Everything committed before this term is applied first, so the
+	// comparisons below read the latest state.
+	if err := c.raft.Barrier(c.cfg.ApplyTimeout).Error(); err != nil {
+		c.log.Warn("leader barrier", "err", err)
+	}
+	for ctx.Err() == nil {
+		list, changed := c.members.snapshot()
+		if err := c.syncHosts(list); err != nil {
+			c.log.Warn("record hosts", "err", err)
+		}
+		c.reconcileVoters(list)
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-c.kick:
+		case <-time.After(30 * time.Second):
+		}
+	}
+}
+
+// syncHosts writes the hosts whose Serf view differs from the store.
+func (c *Controller) syncHosts(members []host.Member) error {
+	txn := c.fsm.store.current().Txn(false)
+	var changed []Host
+	for _, mb := range members {
+		h := Host{ID: mb.ID, Hostname: mb.Hostname, Addr: mb.Addr, API: mb.API, Status: mb.Status, Version: mb.Version, Roles: mb.Roles}
+		if h.Roles == nil {
+			h.Roles = []string{}
+		}
+		raw, _ := txn.First("hosts", "id", h.ID)
+		if raw != nil {
+			old := raw.(*Host)
+			if old.Hostname == h.Hostname && old.Addr == h.Addr && old.API == h.API && old.Status == h.Status &&
+				old.Version == h.Version && slices.Equal(old.Roles, h.Roles) {
+				continue
+			}
+		}
+		changed = append(changed, h)
+	}
+	// Hosts Serf no longer knows (reaped, or from a restored backup of
+	// other hosts) are recorded as gone.
+	known := map[string]bool{}
+	for _, mb := range members {
+		known[mb.ID] = true
+	}
+	all, _ := list[*Host](txn, "hosts")
+	for _, h := range all {
+		if !known[h.ID] && h.Status != HostLeft {
+			g := *h
+			g.Status = HostLeft
+			changed = append(changed, g)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	_, err := c.propose(&command{Op: opHosts, Hosts: changed})
+	return err
+}
+
+// reconcileVoters removes voters whose host left the cluster gracefully.
+// A failed host stays a voter: it may come back, and removing it would
+// shrink the quorum under the others' feet.
+func (c *Controller) reconcileVoters(list []host.Member) {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	for _, s := range f.Configuration().Servers {
+		id := string(s.ID)
+		if id == c.id {
+			continue
+		}
+		i := slices.IndexFunc(list, func(mb host.Member) bool { return mb.ID == id })
+		if i < 0 || list[i].Status != host.StatusLeft {
+			continue
+		}
+		if err := c.raft.RemoveServer(s.ID, 0, c.cfg.ApplyTimeout).Error(); err != nil {
+			c.log.Warn("remove voter of a host that left", "node", id, "err", err)
+		} else {
+			c.log.Info("removed the voter of a host that left", "node", id)
+		}
+	}
+}
+
+// propose commits cmd through raft and returns the FSM's result. It
+// must be called on the leader.
+func (c *Controller) propose(cmd *command) (uint64, error) {
+	cmd.Time = time.Now().UTC()
+	data, err := json.Marshal(cmd)
+	if err != nil {
+		return 0, err
+	}
+	f := c.raft.Apply(data, c.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return 0, err
+	}
+	res := f.Response().(applyResult)
+	return res.Index, res.Err
+}
+
+// addVoter adds node id (a controller host) as a voter, at its address
+// as Serf knows it.
+func (c *Controller) addVoter(id string) error {
+	c.joinMu.Lock()
+	defer c.joinMu.Unlock()
+	addr, err := c.members.ServerAddr(raft.ServerID(id))
+	if err != nil {
+		return err
+	}
+	return c.raft.AddVoter(raft.ServerID(id), addr, 0, c.cfg.ApplyTimeout).Error()
+}
