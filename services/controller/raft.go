@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,7 +27,9 @@ func (c *Controller) openRaft() error {
 			return fmt.Errorf("controller data: %w", err)
 		}
 	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	// raft logs through the controller's logger, one line per message.
+	logger := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, DisableTime: true,
+		Output: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn).Writer()})
 	w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithLogger(logger))
 	if err != nil {
 		return fmt.Errorf("open raft log %s: %w", filepath.Join(dir, "wal"), err)
