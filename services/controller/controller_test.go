@@ -212,6 +212,7 @@ func TestLeaderLossKeepsAcknowledgedWrites(t *testing.T) {
 	var acked []int
 	stopAt := time.Now().Add(8 * time.Second)
 	killed, failed := false, 0
+	var lastIndex uint64
 	var killTime time.Time
 	for i := 0; time.Now().Before(stopAt) && i < 5000; i++ {
 		if !killed && i == 50 {
@@ -219,10 +220,11 @@ func TestLeaderLossKeepsAcknowledgedWrites(t *testing.T) {
 			killed, killTime = true, time.Now()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := cl.PutSetting(ctx, fmt.Sprintf("counter-%05d", i), fmt.Sprint(i), nil)
+		s, err := cl.PutSetting(ctx, fmt.Sprintf("counter-%05d", i), fmt.Sprint(i), nil)
 		cancel()
 		if err == nil {
 			acked = append(acked, i)
+			lastIndex = max(lastIndex, s.ModifyIndex)
 		} else {
 			failed++
 			time.Sleep(50 * time.Millisecond) // as a client honouring Retry-After would, sooner
@@ -239,7 +241,10 @@ func TestLeaderLossKeepsAcknowledgedWrites(t *testing.T) {
 	}
 	newLead := c.leader(10 * time.Second)
 	t.Logf("new leader %s; %d writes acknowledged, %d failed, last leader stopped %v into the run", newLead.ip, len(acked), failed, killTime.Sub(stopAt.Add(-8*time.Second)))
-	settings, _, err := c.client(alive...).Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	// A follower may not have applied the last writes yet: read at least
+	// up to the last acknowledged index, as any client that needs its
+	// own writes does.
+	settings, _, err := c.client(alive...).Settings(ctxT(t, 5*time.Second), QueryOptions{Index: lastIndex - 1, Wait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
