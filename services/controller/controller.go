@@ -114,7 +114,7 @@ type Controller struct {
 
 	joinMu sync.Mutex // one join request at a time
 
-	proxy  *httputil.ReverseProxy
+	proxy *httputil.ReverseProxy
 	// kick wakes the leader's loop (after a restore).
 	kick chan struct{}
 }

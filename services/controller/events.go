@@ -6,7 +6,7 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 )
 
-func (e *Event) key() string  { return "" }
+func (e *Event) key() string { return "" }
 func (e *Event) meta() *Meta { return &Meta{CreateIndex: e.Index, ModifyIndex: e.Index} }
 
 // MaxEvents bounds the cluster's event history: the oldest go first.
