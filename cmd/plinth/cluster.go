@@ -22,8 +22,9 @@ const (
 const defaultClientValidity = 365 * 24 * time.Hour
 
 func clusterCommand() *cobra.Command {
-	cluster := &cobra.Command{Use: "cluster", Short: "Make a cluster's secrets and operator credentials"}
+	cluster := &cobra.Command{Use: "cluster", Short: "Make a cluster's secrets and operator credentials; back up and restore its state"}
 	cluster.AddCommand(clusterInitCommand(), clusterCredentialsCommand(), clusterTokenCommand())
+	cluster.AddCommand(clusterBackupCommands()...)
 	return cluster
 }
 

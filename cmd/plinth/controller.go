@@ -1,0 +1,468 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/services/controller"
+)
+
+// jobCredentials is where hostd puts a platform job's certificate.
+const jobCredentials = "/run/plinth/credentials.toml"
+
+// platformBinary is the plinth binary's path on the system rootfs.
+const platformBinary = "/usr/bin/plinth"
+
+// clusterFlags are how CLI commands reach the cluster: credentials, a
+// host to ask for members, or controller addresses given outright.
+type clusterFlags struct {
+	credsPath   string
+	hostAddr    string
+	controllers []string
+	asJSON      bool
+}
+
+func (f *clusterFlags) register(cmd *cobra.Command, jsonFlag bool) {
+	fl := cmd.PersistentFlags()
+	fl.StringVar(&f.credsPath, "credentials", defaultCredentials(), "client credentials file (client.toml)")
+	fl.StringVar(&f.hostAddr, "host", "127.0.0.1", "a host API address whose members name the controllers")
+	fl.StringSliceVar(&f.controllers, "controller", nil, "controller API addresses (default: the hosts with the controller role)")
+	if jsonFlag {
+		fl.BoolVar(&f.asJSON, "json", false, "print JSON")
+	}
+}
+
+func (f *clusterFlags) credentials() (*bundle.Credentials, error) {
+	creds, err := bundle.LoadCredentials(f.credsPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w (pass --credentials with the client.toml from `plinth cluster init`)", err)
+	}
+	return creds, nil
+}
+
+// hostClient is the host API client of --host.
+func (f *clusterFlags) hostClient() (*host.Client, error) {
+	creds, err := f.credentials()
+	if err != nil {
+		return nil, err
+	}
+	return host.NewClient(f.hostAddr, creds.TLS()), nil
+}
+
+// controllerClient finds the controllers (--controller, else the alive
+// members with the controller role) and returns a client of them all.
+func (f *clusterFlags) controllerClient(ctx context.Context) (*controller.Client, error) {
+	creds, err := f.credentials()
+	if err != nil {
+		return nil, err
+	}
+	addrs := f.controllers
+	if len(addrs) == 0 {
+		members, err := host.NewClient(f.hostAddr, creds.TLS()).Members(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("find the controllers through host %s: %w", f.hostAddr, err)
+		}
+		addrs = controllerAddrs(members)
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("no alive host has the %q role (see plinth members)", controller.RoleController)
+		}
+	}
+	return controller.NewClient(addrs, creds.TLS()), nil
+}
+
+func controllerAddrs(members []host.Member) []string {
+	var addrs []string
+	for _, m := range members {
+		if m.Status != host.StatusAlive || !slices.Contains(m.Roles, controller.RoleController) {
+			continue
+		}
+		if ip, _, err := net.SplitHostPort(m.Addr); err == nil {
+			addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(controller.DefaultAPIPort)))
+		}
+	}
+	return addrs
+}
+
+// withTimeout runs f with a context that ends after d or at Ctrl-C.
+func withTimeout(d time.Duration, f func(ctx context.Context) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return f(ctx)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func controllerCommand() *cobra.Command {
+	var f clusterFlags
+	cmd := &cobra.Command{Use: "controller", Short: "Run and manage the cluster's controller (its control plane)"}
+	f.register(cmd, true)
+	cmd.AddCommand(controllerRunCommand(), controllerStartJobsCommand(&f), controllerStatusCommand(&f), controllerVotersCommand(&f))
+	return cmd
+}
+
+func controllerRunCommand() *cobra.Command {
+	cfg := controller.DefaultConfig()
+	var credsPath string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a controller voter (what the controller job runs)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			creds, err := bundle.LoadCredentials(credsPath)
+			if err != nil {
+				return fmt.Errorf("%w (the controller job gets it from hostd: job spec credentials = true)", err)
+			}
+			cfg.Credentials = creds
+			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			c, err := controller.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := c.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "raft log, snapshots")
+	fl.StringVar(&cfg.HostAPI, "host-api", cfg.HostAPI, "the local host API")
+	fl.IntVar(&cfg.Ports.API, "api-port", cfg.Ports.API, "controller API port (the same on every controller)")
+	fl.IntVar(&cfg.Ports.Raft, "raft-port", cfg.Ports.Raft, "raft port (the same on every controller)")
+	fl.IntVar(&cfg.Expect, "expect", cfg.Expect, "voters a first start waits for before bootstrapping (1, 3 or 5)")
+	return cmd
+}
+
+func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "start-jobs",
+		Short: "Start the controller job on every alive host with the controller role",
+		Long: "start-jobs creates the controller job (" + controller.JobID + ") on each alive host whose\n" +
+			"machine config has the role \"controller\", through its host API. Hosts that\n" +
+			"already run it are left alone. The voters bootstrap once all have started.",
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return withTimeout(time.Minute, func(ctx context.Context) error {
+				hc, err := f.hostClient()
+				if err != nil {
+					return err
+				}
+				creds, _ := f.credentials()
+				members, err := hc.Members(ctx)
+				if err != nil {
+					return err
+				}
+				var targets []host.Member
+				for _, m := range members {
+					if m.Status == host.StatusAlive && slices.Contains(m.Roles, controller.RoleController) {
+						targets = append(targets, m)
+					}
+				}
+				switch len(targets) {
+				case 1, 3, 5:
+				case 0:
+					return fmt.Errorf("no alive host has the %q role: add roles = [\"controller\"] to 1, 3 or 5 machine configs", controller.RoleController)
+				default:
+					return fmt.Errorf("%d hosts have the %q role: use 1, 3 or 5 (an even number of voters tolerates no more failures than one fewer)", len(targets), controller.RoleController)
+				}
+				for _, m := range targets {
+					c := host.NewClient(m.API, creds.TLS())
+					if _, err := c.Job(ctx, controller.JobID); err == nil {
+						fmt.Printf("%s (%s): already runs %s\n", m.ID, m.Hostname, controller.JobID)
+						continue
+					}
+					if _, err := c.CreateJob(ctx, controller.JobSpec(platformBinary, len(targets))); err != nil {
+						return fmt.Errorf("host %s (%s): %w", m.ID, m.Hostname, err)
+					}
+					fmt.Printf("%s (%s): started %s\n", m.ID, m.Hostname, controller.JobID)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func controllerStatusCommand(f *clusterFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the controller's leader, term, indexes and voters with their health",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return withTimeout(30*time.Second, func(ctx context.Context) error {
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if f.asJSON {
+					if err := printJSON(st); err != nil {
+						return err
+					}
+				} else {
+					printStatus(st)
+				}
+				if !st.Healthy() {
+					return errors.New("controller is not healthy")
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func printStatus(st controller.Status) {
+	leader := st.Leader
+	if leader == "" {
+		leader = "none (election under way, or quorum lost)"
+	}
+	fmt.Printf("cluster %s  leader %s  term %d  commit %d  applied %d (asked %s)\n", st.ClusterID, leader, st.Term, st.CommitIndex, st.AppliedIndex, st.ID)
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "VOTER\tHOSTNAME\tAPI\tSERF\tSTATE\tAPPLIED\tHEALTH")
+	for _, v := range st.Voters {
+		health := "ok"
+		if !v.Healthy {
+			health = "unhealthy: " + v.Error
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, v.API, v.Serf, v.State, v.AppliedIndex, health)
+	}
+	w.Flush()
+}
+
+func controllerVotersCommand(f *clusterFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "voters [add|remove NODE]",
+		Short: "List the voters, or add or remove one by node ID",
+		Long: "Voters are normally managed for you: controller hosts join as voters on their\n" +
+			"first start, a host that leaves the cluster gracefully is removed, and a failed\n" +
+			"one stays (it may come back). Remove a voter by hand only for a host that is\n" +
+			"gone for good; add one to bring back a host whose data was lost.",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 || len(args) == 2 && (args[0] == "add" || args[0] == "remove") {
+				return nil
+			}
+			return errors.New("usage: plinth controller voters [add|remove NODE]")
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			return withTimeout(30*time.Second, func(ctx context.Context) error {
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				if len(args) == 2 {
+					if args[0] == "add" {
+						err = c.AddVoter(ctx, args[1])
+					} else {
+						err = c.RemoveVoter(ctx, args[1])
+					}
+					if err != nil {
+						return err
+					}
+				}
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if f.asJSON {
+					return printJSON(st.Voters)
+				}
+				printStatus(st)
+				return nil
+			})
+		},
+	}
+	return cmd
+}
+
+// clusterBackupCommands are `plinth cluster backup|restore`.
+func clusterBackupCommands() []*cobra.Command {
+	var f clusterFlags
+	backup := &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a backup of the controller's whole state to FILE (- for stdout)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return withTimeout(10*time.Minute, func(ctx context.Context) error {
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				out := os.Stdout
+				tmp := ""
+				if args[0] != "-" {
+					// Written beside the target and renamed: an
+					// interrupted backup never leaves a partial file.
+					fh, err := os.CreateTemp(dirOf(args[0]), ".plinth-backup-*")
+					if err != nil {
+						return err
+					}
+					defer os.Remove(fh.Name())
+					out, tmp = fh, fh.Name()
+				}
+				h, err := c.Backup(ctx, out)
+				if err != nil {
+					return err
+				}
+				if tmp != "" {
+					if err := out.Sync(); err != nil {
+						return err
+					}
+					if err := out.Close(); err != nil {
+						return err
+					}
+					if err := os.Rename(tmp, args[0]); err != nil {
+						return err
+					}
+				}
+				if f.asJSON {
+					return printJSON(h)
+				}
+				fmt.Fprintf(os.Stderr, "backup of cluster %s at index %d (%d bytes of state, sha256 %s) written to %s\n", h.ClusterID, h.Index, h.Size, h.SHA256[:16], args[0])
+				return nil
+			})
+		},
+	}
+	f.register(backup, true)
+	var g clusterFlags
+	var force bool
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Replace the controller's whole state with a backup's",
+		Long: "restore checks the backup (header, size, SHA-256, contents) before it sends it;\n" +
+			"a damaged or truncated file is refused and nothing changes. A backup of another\n" +
+			"cluster (another CA) is refused unless --force.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return withTimeout(10*time.Minute, func(ctx context.Context) error {
+				in, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer in.Close()
+				c, err := g.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				h, err := c.Restore(ctx, in, force)
+				if err != nil {
+					return err
+				}
+				if g.asJSON {
+					return printJSON(h)
+				}
+				fmt.Printf("restored cluster %s's state at index %d, taken %s\n", h.ClusterID, h.Index, h.Time.Format(time.RFC3339))
+				return nil
+			})
+		},
+	}
+	g.register(restore, true)
+	restore.Flags().BoolVar(&force, "force", false, "restore a backup of another cluster")
+	return []*cobra.Command{backup, restore}
+}
+
+func dirOf(path string) string {
+	for i := len(path) - 1; i >= 0; i-- {
+		if path[i] == '/' {
+			return path[:i+1]
+		}
+	}
+	return "."
+}
+
+func servicesCommand() *cobra.Command {
+	var f clusterFlags
+	cmd := &cobra.Command{
+		Use:   "services [NAME]",
+		Short: "List services with their instances, health, leader and host",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return withTimeout(30*time.Second, func(ctx context.Context) error {
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				services, _, err := c.Services(ctx, controller.QueryOptions{})
+				if err != nil {
+					return err
+				}
+				instances, _, err := c.Instances(ctx, controller.QueryOptions{})
+				if err != nil {
+					return err
+				}
+				type entry struct {
+					controller.Service
+					Instances []controller.Instance `json:"instances"`
+				}
+				var out []entry
+				for _, s := range services {
+					if len(args) == 1 && s.Name != args[0] {
+						continue
+					}
+					e := entry{Service: s, Instances: []controller.Instance{}}
+					for _, i := range instances {
+						if i.Service == s.Name {
+							e.Instances = append(e.Instances, i)
+						}
+					}
+					out = append(out, e)
+				}
+				if len(args) == 1 && len(out) == 0 {
+					return fmt.Errorf("no service %q (no job declares it, or its instances are gone)", args[0])
+				}
+				if f.asJSON {
+					if out == nil {
+						out = []entry{}
+					}
+					return printJSON(out)
+				}
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "SERVICE\tINSTANCE\tADDRESS\tHEALTH\tLEADER\tHOST\tJOB")
+				for _, e := range out {
+					for _, i := range e.Instances {
+						health := "healthy"
+						if !i.Healthy {
+							health = "unhealthy"
+						}
+						if i.Output != "" {
+							health += " (" + i.Output + ")"
+						}
+						lead := ""
+						if i.ID == e.Leader {
+							lead = "leader"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, i.ID, i.Addr, health, lead, i.Host, i.Job)
+					}
+				}
+				return w.Flush()
+			})
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
