@@ -38,7 +38,7 @@ type apiError struct {
 func (c *Controller) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", c.serveStatus)
-	mux.HandleFunc("GET /v1/backup", c.serveBackup)
+	mux.HandleFunc("GET /v1/backup", c.write(c.serveBackup))
 	mux.HandleFunc("POST /v1/restore", c.write(c.serveRestore))
 	mux.HandleFunc("POST /v1/voters", c.write(c.serveAddVoter))
 	mux.HandleFunc("DELETE /v1/voters/{id}", c.write(c.serveRemoveVoter))
@@ -55,8 +55,9 @@ func (c *Controller) handler() http.Handler {
 	return mux
 }
 
-// write wraps a handler that changes state: on a follower the request
-// goes to the leader, so a client may talk to any controller.
+// write wraps a handler that changes state (or, as a backup, must see
+// every committed write): on a follower the request goes to the leader,
+// so a client may talk to any controller.
 func (c *Controller) write(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if c.raft.State() == raft.Leader {

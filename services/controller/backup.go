@@ -67,7 +67,13 @@ func (c *Controller) writeBackup(w io.Writer, txn *memdb.Txn) (BackupHeader, err
 	return h, err
 }
 
+// serveBackup runs on the leader (a follower forwards it), after every
+// committed write is applied, so a backup holds every acknowledged write.
 func (c *Controller) serveBackup(w http.ResponseWriter, r *http.Request) {
+	if err := c.raft.Barrier(c.cfg.ApplyTimeout).Error(); err != nil {
+		writeError(w, 0, err)
+		return
+	}
 	txn := c.fsm.store.current().Txn(false)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if _, err := c.writeBackup(w, txn); err != nil {

@@ -19,7 +19,7 @@ import (
 // addresses 127.0.0.1, .2, …: each "host" has its own IP, as real hosts
 // do, so the controllers share their ports.
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	b      *bundle.Bundle
 	creds  *bundle.Credentials
 	ports  Ports
@@ -51,7 +51,7 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
 	b, err := bundle.Create("test")
 	if err != nil {
@@ -60,7 +60,7 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 	return newTestClusterWith(t, b, n)
 }
 
-func newTestClusterWith(t *testing.T, b *bundle.Bundle, n int) *testCluster {
+func newTestClusterWith(t testing.TB, b *bundle.Bundle, n int) *testCluster {
 	t.Helper()
 	creds, err := b.IssueClient("admin", time.Hour)
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
@@ -108,6 +109,7 @@ type Controller struct {
 	members   *members
 	fsm       *fsm
 	wal       *wal.WAL
+	walMeta   *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
 	raft      *raft.Raft
 	hasState  bool
@@ -240,6 +242,9 @@ func (c *Controller) shutdown() {
 	}
 	if c.wal != nil {
 		c.wal.Close()
+	}
+	if c.walMeta != nil {
+		c.walMeta.Close()
 	}
 }
 

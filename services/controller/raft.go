@@ -15,6 +15,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 )
 
 // openRaft starts this voter's raft: the log and stable store in
@@ -30,7 +31,10 @@ func (c *Controller) openRaft() error {
 	// raft logs through the controller's logger, one line per message.
 	logger := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, DisableTime: true,
 		Output: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn).Writer()})
-	w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithLogger(logger))
+	// The WAL does not close a meta store it opened itself, whose file
+	// lock would then outlive Close; so it gets one that shutdown closes.
+	c.walMeta = &metadb.BoltMetaDB{}
+	w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithLogger(logger), wal.WithMetaStore(c.walMeta))
 	if err != nil {
 		return fmt.Errorf("open raft log %s: %w", filepath.Join(dir, "wal"), err)
 	}
