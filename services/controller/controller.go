@@ -114,7 +114,8 @@ type Controller struct {
 	raft      *raft.Raft
 	hasState  bool
 
-	joinMu sync.Mutex // one join request at a time
+	joinMu    sync.Mutex           // one voter change at a time; guards leftSince
+	leftSince map[string]time.Time // voters' hosts that left Serf, since when
 
 	proxy *httputil.ReverseProxy
 	// kick wakes the leader's loop (after a restore).
@@ -135,7 +136,7 @@ func New(cfg Config) (*Controller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{cfg: cfg, log: log, fsm: newFSM(), kick: make(chan struct{}, 1), clusterID: ClusterID(cfg.Credentials.CACert)}
+	c := &Controller{cfg: cfg, log: log, fsm: newFSM(), kick: make(chan struct{}, 1), leftSince: map[string]time.Time{}, clusterID: ClusterID(cfg.Credentials.CACert)}
 	c.hosts = host.NewClient(cfg.HostAPI, c.clientTLS())
 	c.proxy = c.newForwarder()
 	return c, nil
@@ -199,6 +200,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if !c.hasState {
 		go c.firstStart(ctx)
 	}
+	go c.rejoin(ctx)
 	go c.leaderLoop(ctx)
 
 	select {
@@ -296,6 +298,33 @@ func (c *Controller) firstStart(ctx context.Context) {
 		case <-ctx.Done():
 		case <-changed:
 		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// rejoin asks to be added again when this controller has seen no leader
+// for a while although other controller hosts are alive: it was removed
+// while away (its host left the cluster for longer than a reboot), or
+// its data was lost. Asking a cluster it is still a voter of is harmless.
+func (c *Controller) rejoin(ctx context.Context) {
+	const lonely = 10 * time.Second
+	since := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+		if c.raft.Leader() != "" {
+			since = time.Now()
+			continue
+		}
+		if time.Since(since) < lonely {
+			continue
+		}
+		if err := c.askToJoin(ctx); err == nil {
+			c.log.Info("asked the controller leader to add this voter again")
+			since = time.Now()
 		}
 	}
 }

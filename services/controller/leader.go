@@ -63,7 +63,7 @@ func (c *Controller) lead(ctx context.Context) {
 		case <-ctx.Done():
 		case <-changed:
 		case <-c.kick:
-		case <-time.After(30 * time.Second):
+		case <-time.After(10 * time.Second):
 		}
 	}
 }
@@ -108,29 +108,59 @@ func (c *Controller) syncHosts(members []host.Member) error {
 	return err
 }
 
-// reconcileVoters removes voters whose host left the cluster gracefully.
-// A failed host stays a voter: it may come back, and removing it would
-// shrink the quorum under the others' feet.
-func (c *Controller) reconcileVoters(list []host.Member) {
+// leftGrace is how long a voter's host must have been gone gracefully
+// before its voter is removed: a host rebooting also leaves Serf, and
+// comes back sooner.
+const leftGrace = time.Minute
+
+// reconcileVoters removes the voters of hosts that left the cluster
+// gracefully, once they have been gone for leftGrace, and only while every
+// other voter is alive: when several leave at once the cluster is
+// shutting down, and removing voters then could leave one host that
+// believes it alone is the cluster when they come back. A failed host
+// stays a voter: it may come back, and removing it would shrink the
+// quorum under the others' feet.
+func (c *Controller) reconcileVoters(members []host.Member) {
+	c.joinMu.Lock()
+	defer c.joinMu.Unlock()
 	f := c.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
 	}
+	status := map[string]string{}
+	for _, mb := range members {
+		status[mb.ID] = mb.Status
+	}
+	var left []raft.ServerID
 	for _, s := range f.Configuration().Servers {
 		id := string(s.ID)
-		if id == c.id {
-			continue
-		}
-		i := slices.IndexFunc(list, func(mb host.Member) bool { return mb.ID == id })
-		if i < 0 || list[i].Status != host.StatusLeft {
-			continue
-		}
-		if err := c.raft.RemoveServer(s.ID, 0, c.cfg.ApplyTimeout).Error(); err != nil {
-			c.log.Warn("remove voter of a host that left", "node", id, "err", err)
-		} else {
-			c.log.Info("removed the voter of a host that left", "node", id)
+		switch {
+		case id == c.id:
+		case status[id] == host.StatusLeft:
+			left = append(left, s.ID)
+			if _, ok := c.leftSince[id]; !ok {
+				c.leftSince[id] = time.Now()
+			}
+		case status[id] != host.StatusAlive:
+			delete(c.leftSince, id)
+			return // another voter is down: not now
+		default:
+			delete(c.leftSince, id)
 		}
 	}
+	if len(left) != 1 {
+		return // none, or several leaving at once (a shutdown)
+	}
+	id := left[0]
+	if time.Since(c.leftSince[string(id)]) < leftGrace {
+		return
+	}
+	if err := c.raft.RemoveServer(id, 0, c.cfg.ApplyTimeout).Error(); err != nil {
+		c.log.Warn("remove voter of a host that left", "node", id, "err", err)
+		return
+	}
+	delete(c.leftSince, string(id))
+	c.log.Info("removed the voter of a host that left the cluster", "node", id)
 }
 
 // propose commits cmd through raft and returns the FSM's result. It
@@ -154,6 +184,7 @@ func (c *Controller) propose(cmd *command) (uint64, error) {
 func (c *Controller) addVoter(id string) error {
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
+	delete(c.leftSince, id)
 	addr, err := c.members.ServerAddr(raft.ServerID(id))
 	if err != nil {
 		return err
