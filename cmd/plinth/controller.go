@@ -195,7 +195,7 @@ func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
 						fmt.Printf("%s (%s): already runs %s\n", m.ID, m.Hostname, controller.JobID)
 						continue
 					}
-					if _, err := c.CreateJob(ctx, controller.JobSpec(platformBinary, len(targets))); err != nil {
+					if _, err := c.CreateJob(ctx, controller.JobSpec(platformBinary, len(targets), controller.DefaultConfig().DataDir)); err != nil {
 						return fmt.Errorf("host %s (%s): %w", m.ID, m.Hostname, err)
 					}
 					fmt.Printf("%s (%s): started %s\n", m.ID, m.Hostname, controller.JobID)

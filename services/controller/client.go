@@ -51,6 +51,15 @@ func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
 	return &Client{addrs: norm, http: &http.Client{Transport: tr}}
 }
 
+// NewClientTransport is NewClient with a transport of the caller's (one
+// that dials from another network namespace, say); it must carry the
+// TLS config.
+func NewClientTransport(addrs []string, tr http.RoundTripper) *Client {
+	c := NewClient(addrs, nil)
+	c.http = &http.Client{Transport: tr}
+	return c
+}
+
 func newPeerClient(addr string, tlsConfig *tls.Config) *Client {
 	return NewClient([]string{addr}, tlsConfig)
 }

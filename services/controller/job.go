@@ -12,9 +12,10 @@ const JobID = "plinth-controller"
 // JobSpec is the job that runs a controller voter on a host: the
 // platform binary on the system rootfs, host network, restarted always
 // and brought back at boot, with its data directory on the host's data
-// partition and a host certificate from hostd. expect is how many voters
-// a first start waits for.
-func JobSpec(binary string, expect int) job.Spec {
+// partition (dataDir on the host, DefaultConfig().DataDir in the job) and
+// a host certificate from hostd. expect is how many voters a first start
+// waits for.
+func JobSpec(binary string, expect int, dataDir string) job.Spec {
 	dir := DefaultConfig().DataDir
 	return job.Spec{
 		ID:        JobID,
@@ -23,7 +24,7 @@ func JobSpec(binary string, expect int) job.Spec {
 		Network:   job.NetworkHost,
 		Restart:   job.Restart{Policy: job.RestartAlways},
 		Resurrect: true,
-		Volumes:   []job.Volume{{Source: dir, Target: dir}},
+		Volumes:   []job.Volume{{Source: dataDir, Target: dir}},
 		Tags:      map[string]string{"platform": "controller"},
 	}
 }
