@@ -19,8 +19,16 @@ const FWCfgBundle = "opt/plinth/bundle"
 // cluster on seg: hostname node<i+1>, address 10.60.0.<i+1>/24 on lan0,
 // joining every other node, with the cluster bundle at bundlePath. A
 // second NIC on QEMU's user network forwards the host API to the
-// caller's loopback (see HostClient).
-func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath string) Config {
+// caller's loopback (see HostClient), and the controller API's port
+// too. roles are the node's machine-config roles ("demo" when none).
+func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath string, roles ...string) Config {
+	if len(roles) == 0 {
+		roles = []string{"demo"}
+	}
+	quoted := make([]string, len(roles))
+	for j, r := range roles {
+		quoted[j] = fmt.Sprintf("%q", r)
+	}
 	var seeds []string
 	for j := range n {
 		seeds = append(seeds, fmt.Sprintf("%q", ClusterAddr(j)))
@@ -32,7 +40,7 @@ func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath strin
 		Name: name, Kernel: kernel, Initrd: initrd,
 		NICs: []NIC{
 			{MAC: lanMAC, Segment: seg},
-			{MAC: mgmtMAC, User: &UserNet{Forwards: []Forward{{GuestPort: host.DefaultAPIPort}}}},
+			{MAC: mgmtMAC, User: &UserNet{Forwards: []Forward{{GuestPort: host.DefaultAPIPort}, {GuestPort: ControllerAPIPort}}}},
 		},
 		ExtraArgs: []string{"-fw_cfg", "name=" + FWCfgBundle + ",file=" + qemuEscape(bundlePath)},
 		MachineConfig: fmt.Appendf(nil, `hostname = %q
@@ -53,10 +61,15 @@ addresses = ["10.0.2.15/24"]
 bundle = "fw_cfg"
 join = [%s]
 advertise = "lan0"
-roles = ["demo"]
-`, name, lanMAC, ClusterAddr(i), mgmtMAC, strings.Join(seeds, ", ")),
+roles = [%s]
+`, name, lanMAC, ClusterAddr(i), mgmtMAC, strings.Join(seeds, ", "), strings.Join(quoted, ", ")),
 	}
 }
+
+// ControllerAPIPort is the controller API's port, forwarded like the
+// host API's (services/controller.DefaultAPIPort; the harness does not
+// import the platform).
+const ControllerAPIPort = 7948
 
 // ClusterAddr is node i's address on the cluster segment.
 func ClusterAddr(i int) string { return fmt.Sprintf("10.60.0.%d", i+1) }
