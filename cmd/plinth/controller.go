@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -64,38 +62,17 @@ func (f *clusterFlags) hostClient() (*host.Client, error) {
 	return host.NewClient(f.hostAddr, creds.TLS()), nil
 }
 
-// controllerClient finds the controllers (--controller, else the alive
-// members with the controller role) and returns a client of them all.
+// controllerClient returns a client of --controller, else of the
+// controllers that --host's members name.
 func (f *clusterFlags) controllerClient(ctx context.Context) (*controller.Client, error) {
 	creds, err := f.credentials()
 	if err != nil {
 		return nil, err
 	}
-	addrs := f.controllers
-	if len(addrs) == 0 {
-		members, err := host.NewClient(f.hostAddr, creds.TLS()).Members(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("find the controllers through host %s: %w", f.hostAddr, err)
-		}
-		addrs = controllerAddrs(members)
-		if len(addrs) == 0 {
-			return nil, fmt.Errorf("no alive host has the %q role (see plinth members)", controller.RoleController)
-		}
+	if len(f.controllers) > 0 {
+		return controller.NewClient(f.controllers, creds.TLS()), nil
 	}
-	return controller.NewClient(addrs, creds.TLS()), nil
-}
-
-func controllerAddrs(members []host.Member) []string {
-	var addrs []string
-	for _, m := range members {
-		if m.Status != host.StatusAlive || !slices.Contains(m.Roles, controller.RoleController) {
-			continue
-		}
-		if ip, _, err := net.SplitHostPort(m.Addr); err == nil {
-			addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(controller.DefaultAPIPort)))
-		}
-	}
-	return addrs
+	return controller.NewHostClient(host.NewClient(f.hostAddr, creds.TLS()), creds.TLS()), nil
 }
 
 // withTimeout runs f with a context that ends after d or at Ctrl-C.

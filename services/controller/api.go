@@ -16,7 +16,6 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 	"github.com/hashicorp/raft"
 
-	"github.com/plinth-os/plinth/host"
 )
 
 // Headers of the API.
@@ -393,6 +392,3 @@ func writeError(w http.ResponseWriter, status int, err error) {
 	}
 	writeJSON(w, status, apiError{Error: err.Error()})
 }
-
-// hostMember is used by status: the Serf view of a voter.
-func (c *Controller) hostMember(id string) (host.Member, bool) { return c.members.get(id) }

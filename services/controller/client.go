@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/plinth-os/plinth/host"
 )
 
 // Client calls the controller API. Give it the addresses of several
@@ -24,17 +26,30 @@ import (
 // sent twice). Any controller serves reads from its state and passes
 // writes to the leader.
 type Client struct {
-	addrs []string
-	http  *http.Client
+	http *http.Client
+	// find, when set, names the controllers again when none of the
+	// known ones can be connected to (addresses change).
+	find func(ctx context.Context) ([]string, error)
 
-	mu   sync.Mutex
-	next int
+	mu    sync.Mutex
+	addrs []string
+	next  int
 }
 
 // NewClient returns a client for the controllers at addrs ("host" or
 // "host:port"; the port defaults to DefaultAPIPort), with a TLS config
 // from the cluster's credentials (bundle.Credentials.TLS).
 func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
+	tr := &http.Transport{
+		TLSClientConfig:     tlsConfig,
+		TLSHandshakeTimeout: 10 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+	}
+	return &Client{addrs: withPorts(addrs), http: &http.Client{Transport: tr}}
+}
+
+func withPorts(addrs []string) []string {
 	var norm []string
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -42,13 +57,42 @@ func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
 		}
 		norm = append(norm, a)
 	}
-	tr := &http.Transport{
-		TLSClientConfig:     tlsConfig,
-		TLSHandshakeTimeout: 10 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 64,
+	return norm
+}
+
+// NewHostClient returns a client that finds the controllers through a
+// host's API: the alive members with the controller role, at
+// DefaultAPIPort. It asks again whenever none of them can be reached, so
+// it follows address changes and new controller hosts.
+func NewHostClient(hosts *host.Client, tlsConfig *tls.Config) *Client {
+	c := NewClient(nil, tlsConfig)
+	c.find = func(ctx context.Context) ([]string, error) {
+		members, err := hosts.Members(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("find the controllers through the host API: %w", err)
+		}
+		addrs := Addrs(members)
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("no alive host has the %q role (see plinth members)", RoleController)
+		}
+		return addrs, nil
 	}
-	return &Client{addrs: norm, http: &http.Client{Transport: tr}}
+	return c
+}
+
+// Addrs returns the controller API addresses of the alive members with
+// the controller role.
+func Addrs(members []host.Member) []string {
+	var addrs []string
+	for _, m := range members {
+		if m.Status != host.StatusAlive || !slices.Contains(m.Roles, RoleController) {
+			continue
+		}
+		if ip, _, err := net.SplitHostPort(m.Addr); err == nil {
+			addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(DefaultAPIPort)))
+		}
+	}
+	return addrs
 }
 
 // NewClientTransport is NewClient with a transport of the caller's (one
@@ -89,36 +133,59 @@ func IsNotFound(err error) bool {
 // send makes one request, trying the next controller when the current
 // one cannot be connected to. A non-2xx answer is an *APIError.
 func (c *Client) send(ctx context.Context, method, path string, body []byte, contentType string) (*http.Response, error) {
-	if len(c.addrs) == 0 {
-		return nil, errors.New("controller: no addresses (give --controller, or run on a cluster host)")
+	c.mu.Lock()
+	addrs, start := c.addrs, c.next
+	c.mu.Unlock()
+	resp, reached, err := c.sendTo(ctx, addrs, start, method, path, body, contentType)
+	if reached || c.find == nil || ctx.Err() != nil {
+		return resp, err
+	}
+	found, ferr := c.find(ctx)
+	if ferr != nil {
+		if err == nil {
+			err = ferr
+		}
+		return nil, err
 	}
 	c.mu.Lock()
-	start := c.next
+	c.addrs, c.next = found, 0
 	c.mu.Unlock()
+	resp, _, err = c.sendTo(ctx, found, 0, method, path, body, contentType)
+	return resp, err
+}
+
+// sendTo tries addrs from start on until one can be connected to;
+// reached says whether one was.
+func (c *Client) sendTo(ctx context.Context, addrs []string, start int, method, path string, body []byte, contentType string) (_ *http.Response, reached bool, _ error) {
+	if len(addrs) == 0 {
+		return nil, false, errors.New("controller: no addresses (give --controller, or a host whose members name them)")
+	}
 	var lastErr error
-	for i := range c.addrs {
-		n := (start + i) % len(c.addrs)
+	for i := range addrs {
+		n := (start + i) % len(addrs)
 		var rd io.Reader
 		if body != nil {
 			rd = bytes.NewReader(body)
 		}
-		req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addrs[n]+path, rd)
+		req, err := http.NewRequestWithContext(ctx, method, "https://"+addrs[n]+path, rd)
 		if err != nil {
-			return nil, err
+			return nil, true, err
 		}
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
 		resp, err := c.http.Do(req)
 		if err != nil {
-			lastErr = fmt.Errorf("controller %s: %w", c.addrs[n], err)
+			lastErr = fmt.Errorf("controller %s: %w", addrs[n], err)
 			if isDialError(err) && ctx.Err() == nil {
 				continue
 			}
-			return nil, lastErr
+			return nil, true, lastErr
 		}
 		c.mu.Lock()
-		c.next = n
+		if slices.Equal(c.addrs, addrs) {
+			c.next = n
+		}
 		c.mu.Unlock()
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
 			defer resp.Body.Close()
@@ -127,11 +194,11 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 			if json.Unmarshal(data, &e) != nil || e.Error == "" {
 				e.Error = strings.TrimSpace(string(data))
 			}
-			return nil, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+			return nil, true, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
 		}
-		return resp, nil
+		return resp, true, nil
 	}
-	return nil, lastErr
+	return nil, false, lastErr
 }
 
 func isDialError(err error) bool {
