@@ -15,7 +15,6 @@ import (
 
 	memdb "github.com/hashicorp/go-memdb"
 	"github.com/hashicorp/raft"
-
 )
 
 // Headers of the API.
