@@ -63,11 +63,16 @@ const (
 // Event is a change of one job, for GET /v1/jobs/events: started,
 // restarted, exited (with its Exit), oom-killed, stopped, removed.
 type Event struct {
-	Type string          `json:"type"`
-	Job  string          `json:"job"`
+	Type string `json:"type"`
+	Job  string `json:"job"`
+	// Time is when it happened: for exited and oom-killed, when the run
+	// ended, as the job's Status.ExitedAt says.
 	Time time.Time       `json:"time"`
 	Pid  int             `json:"pid,omitempty"`
 	Exit *container.Exit `json:"exit,omitempty"`
+	// NextStart is when an exited job starts again, if its restart
+	// policy says it does.
+	NextStart time.Time `json:"next_start,omitzero"`
 }
 
 // Errors the API maps to status codes.
@@ -497,8 +502,10 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 				backoff = firstBackoff
 			}
 			if restart {
-				st.State, st.NextStart = StateBackoff, time.Now().Add(backoff).UTC()
+				st.State, st.NextStart = StateBackoff, st.ExitedAt.Add(backoff)
 			}
+			exited := Event{Type: "exited", Job: e.job.Spec.ID, Time: st.ExitedAt, Exit: &exit, NextStart: st.NextStart}
+			next := st.NextStart
 			close(e.ran)
 			e.ran = make(chan struct{})
 			m.mu.Unlock()
@@ -508,9 +515,9 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 				m.log.Warn("remove container", "job", e.job.Spec.ID, "err", err)
 			}
 			m.persist(e)
-			m.publish(Event{Type: "exited", Job: e.job.Spec.ID, Exit: &exit})
+			m.publish(exited)
 			if exit.OOMKilled {
-				m.publish(Event{Type: "oom-killed", Job: e.job.Spec.ID, Exit: &exit})
+				m.publish(Event{Type: "oom-killed", Job: e.job.Spec.ID, Time: exited.Time, Exit: &exit})
 			}
 			if stopped {
 				m.publish(Event{Type: "stopped", Job: e.job.Spec.ID})
@@ -527,7 +534,7 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 					m.persist(e)
 					m.publish(Event{Type: "stopped", Job: e.job.Spec.ID})
 					return
-				case <-time.After(backoff):
+				case <-time.After(time.Until(next)):
 				}
 				backoff = min(2*backoff, e.job.Spec.maxBackoff())
 				m.mu.Lock()
@@ -535,8 +542,9 @@ func (m *Manager) supervise(e *entry, adopted bool) {
 				m.mu.Unlock()
 				if err := m.start(e); err != nil {
 					m.log.Warn("restart job", "job", e.job.Spec.ID, "err", err)
+					next = time.Now().Add(backoff).UTC()
 					m.mu.Lock()
-					e.job.Status.NextStart = time.Now().Add(backoff).UTC()
+					e.job.Status.NextStart = next
 					m.mu.Unlock()
 					m.persist(e)
 					continue
@@ -741,7 +749,9 @@ func (m *Manager) Logs(ctx context.Context, id string, opts LogOptions, emit fun
 func (m *Manager) Subscribe() (<-chan Event, func()) { return m.subs.Subscribe() }
 
 func (m *Manager) publish(e Event) {
-	e.Time = time.Now().UTC()
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
 	m.log.Info("job "+e.Type, "job", e.Job)
 	m.subs.Publish(e)
 }

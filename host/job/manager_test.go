@@ -167,22 +167,37 @@ func TestRestartPolicyBacksOff(t *testing.T) {
 	if _, err := m.Create(s); err != nil {
 		t.Fatal(err)
 	}
-	// Starts at 0, then after 1 s, 2 s, 2 s (the cap).
+	// The test stops the job only once the fourth run has exited: a stop
+	// right after it started could kill it before it printed. The delays
+	// are read from the events, not timed, so a slow start under load
+	// cannot blur 2 s into 4 s.
+	var exits []Event
 	var restarts []time.Time
-	deadline := time.After(15 * time.Second)
-	for len(restarts) < 3 {
+	deadline := time.After(60 * time.Second)
+	for len(exits) < 4 {
 		select {
 		case e := <-events:
-			if e.Type == "restarted" {
+			switch e.Type {
+			case "exited":
+				if e.Exit == nil || e.Exit.Code != 3 {
+					t.Fatalf("run %d exited with %+v, want code 3", len(exits)+1, e.Exit)
+				}
+				exits = append(exits, e)
+			case "restarted":
 				restarts = append(restarts, e.Time)
 			}
 		case <-deadline:
-			t.Fatalf("only %d restarts within 15s", len(restarts))
+			t.Fatalf("only %d runs ended within 60s", len(exits))
 		}
 	}
-	gap1, gap2 := restarts[1].Sub(restarts[0]), restarts[2].Sub(restarts[1])
-	if gap1 < 1800*time.Millisecond || gap2 < 1800*time.Millisecond || gap2 > 3*time.Second {
-		t.Errorf("gaps between restarts %v, %v; want about 2s each (doubling from 1s, capped at 2s)", gap1, gap2)
+	// Doubling from 1 s, capped at 2 s.
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second} {
+		if got := exits[i].NextStart.Sub(exits[i].Time); got != want {
+			t.Errorf("run %d: next start %v after its exit, want %v", i+1, got, want)
+		}
+		if i < len(restarts) && restarts[i].Before(exits[i].NextStart) {
+			t.Errorf("run %d: restarted at %v, before its next start %v", i+1, restarts[i], exits[i].NextStart)
+		}
 	}
 	j, err := m.Stop(context.Background(), s.ID, 0)
 	if err != nil {
@@ -191,8 +206,11 @@ func TestRestartPolicyBacksOff(t *testing.T) {
 	if j.Status.State != StateStopped || j.Status.Restarts < 3 {
 		t.Errorf("after stop: %+v, want stopped after at least 3 restarts", j.Status)
 	}
-	if n := len(logLines(t, m, s.ID, LogOptions{})); n < 4 {
-		t.Errorf("%d log lines, want one per run (at least 4)", n)
+	// Every run that exited had printed, and its output was read before
+	// its exit was reported.
+	lines := logLines(t, m, s.ID, LogOptions{})
+	if len(lines) < 4 || strings.Count(texts(lines), "stdout:run") != len(lines) {
+		t.Errorf("log %s; want one line \"run\" per run (at least 4)", texts(lines))
 	}
 }
 
