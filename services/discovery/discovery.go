@@ -46,6 +46,8 @@ type Controller interface {
 	ReportInstances(ctx context.Context, hostID string, instances []controller.Instance) error
 }
 
+var _ Controller = (*controller.Client)(nil)
+
 // Config configures an agent. Make it with DefaultConfig and set Host
 // and Controller; New fills other zero fields from DefaultConfig.
 type Config struct {

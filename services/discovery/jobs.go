@@ -69,7 +69,7 @@ func targets(self host.HostInfo, jobs []job.Job) (ts []target, skipped map[strin
 		}
 		for _, s := range services {
 			ts = append(ts, target{
-				id:      self.ID + "/" + j.Spec.ID + "/" + s.Name,
+				id:      controller.InstanceID(self.ID, j.Spec.ID, s.Name),
 				service: s.Name, job: j.Spec.ID, proto: cmp.Or(s.Proto, "tcp"),
 				addr:  netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
 				check: checkOf(s.Check),
