@@ -7,7 +7,6 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/services/controller"
 )
 
@@ -19,7 +18,7 @@ func answerStrings(m *dns.Msg) []string { return rrStrings(m.Answer) }
 func TestDNS(t *testing.T) {
 	ctl := newFakeController()
 	ctl.update(func() { ctl.instances, ctl.services, ctl.hosts = fixture() })
-	h := newFakeHost(t, host.HostInfo{ID: "h1", API: "127.0.0.1:4443"})
+	h := newFakeHost(t, agentHost)
 	a := startAgent(t, testConfig(t, h, ctl))
 	ctl.waitSynced(t)
 	addr := a.DNSAddr().String()
@@ -79,7 +78,7 @@ func TestDNS(t *testing.T) {
 func TestDNSBeforeController(t *testing.T) {
 	ctl := newFakeController()
 	ctl.setDown(true)
-	h := newFakeHost(t, host.HostInfo{ID: "h1", API: "127.0.0.1:4443"})
+	h := newFakeHost(t, agentHost)
 	a := startAgent(t, testConfig(t, h, ctl))
 	for _, network := range []string{"udp", "tcp"} {
 		m := ask(t, network, a.DNSAddr().String(), "web.plinth.", dns.TypeA)
@@ -102,7 +101,7 @@ func TestDNSTruncation(t *testing.T) {
 			})
 		}
 	})
-	h := newFakeHost(t, host.HostInfo{ID: "h1", API: "127.0.0.1:4443"})
+	h := newFakeHost(t, agentHost)
 	a := startAgent(t, testConfig(t, h, ctl))
 	ctl.waitSynced(t)
 	addr := a.DNSAddr().String()

@@ -240,6 +240,11 @@ func (h *fakeHost) ExecJob(ctx context.Context, id string, cmd []string, timeout
 	return exec(id, cmd)
 }
 
+// agentHost is the host of the agents of the DNS tests: none of the
+// fixture's instances is on it, so that its reports (of no instances)
+// leave them alone.
+var agentHost = host.HostInfo{ID: "h9", API: "127.0.0.1:4443"}
+
 // testConfig is a config for tests: DNS on loopback, quick retries, and
 // no periodic work, so that what happens is what the test caused.
 func testConfig(t *testing.T, h HostAPI, c Controller) Config {

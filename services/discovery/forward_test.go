@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	"github.com/plinth-os/plinth/host"
 )
 
 // upstream is a resolver on loopback for the agent to forward to. It
@@ -120,7 +118,7 @@ func testResolver(t *testing.T, servers []string) *resolver {
 func TestForward(t *testing.T) {
 	up := startUpstream(t, "192.0.2.7", dns.RcodeNameError)
 	ctl := newFakeController()
-	cfg := testConfig(t, newFakeHost(t, host.HostInfo{ID: "h1", API: "127.0.0.1:4443"}), ctl)
+	cfg := testConfig(t, newFakeHost(t, agentHost), ctl)
 	writeResolvConf(t, cfg.ResolvConf, up.addr.String())
 	a := startAgent(t, cfg)
 	addr := a.DNSAddr().String()
