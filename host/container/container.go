@@ -7,11 +7,12 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/fs"
+	"github.com/opencontainers/cgroups/fs2"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 
@@ -70,7 +71,6 @@ type Container struct {
 	lc   *libcontainer.Container
 	proc *libcontainer.Process // nil for an adopted container
 	pid  int
-	oom  <-chan struct{}
 
 	waitOnce sync.Once
 	exit     Exit
@@ -140,11 +140,7 @@ func (r *Runtime) Start(s Spec, stdio Stdio) (*Container, error) {
 		lc.Destroy()
 		return nil, fmt.Errorf("container %s: %w", s.ID, err)
 	}
-	c := &Container{lc: lc, proc: p, pid: pid}
-	// Without an OOM notification (no memory controller) OOMKilled stays
-	// false; the exit is still reported.
-	c.oom, _ = lc.NotifyOOM()
-	return c, nil
+	return &Container{lc: lc, proc: p, pid: pid}, nil
 }
 
 // ID returns the container's ID.
@@ -160,10 +156,6 @@ func (c *Container) Signal(sig os.Signal) error {
 	}
 	return nil
 }
-
-// oomGrace is how long Wait lets the OOM notification trail a SIGKILL:
-// the kernel kills first and signals the event after.
-const oomGrace = 200 * time.Millisecond
 
 // Wait blocks until the container's first process has exited and returns
 // how. Only the process that started the container can see the exit code;
@@ -182,31 +174,34 @@ func (c *Container) Wait() Exit {
 		case ws.Signaled():
 			c.exit = Exit{Code: -1, Signal: ws.Signal().String()}
 		}
-		if c.oom == nil {
-			return
-		}
 		// Killed by SIGKILL itself, or an init reporting a child killed so
 		// (128+9): the OOM killer may be why.
 		killed := ws.Signaled() && ws.Signal() == syscall.SIGKILL || ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGKILL)
-		var grace <-chan time.Time
-		if killed {
-			grace = time.After(oomGrace)
-		}
-		select {
-		case <-c.oom:
-			c.exit.OOMKilled = true
-		case <-grace: // nil unless killed: then no wait at all
-		default:
-			if killed {
-				select {
-				case <-c.oom:
-					c.exit.OOMKilled = true
-				case <-grace:
-				}
-			}
-		}
+		c.exit.OOMKilled = killed && c.oomKills() > 0
 	})
 	return c.exit
+}
+
+// oomKills reads how many processes the OOM killer killed in the
+// container's cgroup, which outlives them until Destroy. The kernel
+// counts a kill before the victim can exit, so unlike libcontainer's OOM
+// notification, which arrives on its own time, the count read after the
+// exit is final.
+func (c *Container) oomKills() uint64 {
+	st, err := c.lc.State()
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	if cgroups.IsCgroup2UnifiedMode() {
+		n, err = fs2.OOMKillCount(st.CgroupPaths[""])
+	} else {
+		n, err = fs.OOMKillCount(st.CgroupPaths["memory"])
+	}
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // Destroy removes what is left of the container (its cgroup, state and
@@ -246,9 +241,7 @@ func (r *Runtime) Adopt(id string) (*Container, error) {
 	if err != nil {
 		return nil, fmt.Errorf("container %s: state: %w", id, err)
 	}
-	c := &Container{lc: lc, pid: st.InitProcessPid}
-	c.oom, _ = lc.NotifyOOM()
-	return c, nil
+	return &Container{lc: lc, pid: st.InitProcessPid}, nil
 }
 
 // List returns the IDs of the containers kept under the runtime's root.
