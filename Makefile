@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller lint clean
 
 all: image
 
@@ -69,7 +69,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -85,6 +85,12 @@ bench-gossip: deps
 # rootfs (median of 21, alternating), and hostd's memory with 100 idle jobs.
 bench-runtime: deps
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkRuntime -benchtime 1x -timeout 10m ./host/
+
+# Three controller voters vs three etcd members on loopback, fsync on:
+# writes/s and latency at concurrency 1 and 64, watch delivery on a
+# follower, memory with 10,000 settings; alternating rounds.
+bench-controller: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkController -benchtime 1x -timeout 20m ./services/controller/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
