@@ -54,6 +54,11 @@ type RaftTiming struct {
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
+	// CommitTimeout is how long the leader waits, with nothing new to
+	// send, before telling followers the commit index again: what a
+	// watch on a follower waits for at most (plus replication), paid
+	// with an empty AppendEntries per follower that often.
+	CommitTimeout time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot;
 	// TrailingLogs how many stay in the log after one.
 	SnapshotThreshold uint64
@@ -93,6 +98,7 @@ func DefaultConfig() Config {
 		HostAPI: net.JoinHostPort("127.0.0.1", strconv.Itoa(host.DefaultAPIPort)),
 		Raft: RaftTiming{
 			HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: 500 * time.Millisecond,
+			CommitTimeout:     10 * time.Millisecond,
 			SnapshotThreshold: 8192, TrailingLogs: 10240,
 		},
 		ApplyTimeout: 10 * time.Second,

@@ -56,6 +56,7 @@ func (c *Controller) openRaft() error {
 	rc.HeartbeatTimeout = c.cfg.Raft.HeartbeatTimeout
 	rc.ElectionTimeout = c.cfg.Raft.ElectionTimeout
 	rc.LeaderLeaseTimeout = c.cfg.Raft.LeaderLeaseTimeout
+	rc.CommitTimeout = c.cfg.Raft.CommitTimeout
 	rc.SnapshotThreshold = c.cfg.Raft.SnapshotThreshold
 	rc.TrailingLogs = c.cfg.Raft.TrailingLogs
 	// Node IDs are the identity; an address change must not look like a
