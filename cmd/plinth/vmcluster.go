@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/services/controller"
 	vmtest "github.com/plinth-os/plinth/vm-tests"
 )
 
@@ -26,13 +27,14 @@ func vmClusterCommand() *cobra.Command {
 		Long: "Make a cluster bundle, boot --nodes VMs on one private L2 segment (inside a network\n" +
 			"namespace of their own) with it, wait until every host API lists every node alive,\n" +
 			"print the member table, deploy an example web app (an image built here, imported\n" +
-			"into node1 and run as a job) and fetch its page through a forwarded port, then kill\n" +
-			"the last VM without warning and report how long the first one takes to declare it\n" +
-			"failed. The others are powered off in order.",
+			"into node1 and run as a job) and fetch its page through a forwarded port, start the\n" +
+			"controller on every node and show its leader and voters, then kill the last VM\n" +
+			"without warning, report how long the first one takes to declare it failed, and show\n" +
+			"the controller still taking writes. The others are powered off in order.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if nodes < 2 || nodes > 9 {
-				return fmt.Errorf("--nodes %d: use 2 to 9", nodes)
+			if nodes != 3 && nodes != 5 {
+				return fmt.Errorf("--nodes %d: use 3 or 5 (every node is a controller voter, one is killed, and the others must keep a majority)", nodes)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, unix.SIGTERM)
 			defer stop()
@@ -83,7 +85,7 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		cfg := vmtest.ClusterNode(i, n, kernel, initrd, seg, bundlePath)
+		cfg := vmtest.ClusterNode(i, n, kernel, initrd, seg, bundlePath, controller.RoleController)
 		cfg.StateDir = filepath.Join(dir, cfg.Name)
 		if i == 0 {
 			// The example app's port, as a user outside would reach it.
@@ -123,6 +125,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := deployDemoApp(ctx, vms[0], clients[0]); err != nil {
 		return err
 	}
+	if err := startDemoControllers(ctx, vms, clients, creds); err != nil {
+		return err
+	}
 
 	victim := vms[n-1]
 	var victimID string
@@ -160,6 +165,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	fmt.Printf("node1 reported %s failed after %.1fs\n\n", victim.Name(), time.Since(killed).Seconds())
 	if members, err = clients[0].Members(ctx); err == nil {
 		printMembers(members)
+	}
+	if err := showControllerAfterKill(ctx, vms[0], creds, n); err != nil {
+		return err
 	}
 
 	pctx, cancel := context.WithTimeout(context.Background(), time.Minute)
