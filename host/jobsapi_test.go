@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -191,5 +192,39 @@ func TestImageJob(t *testing.T) {
 	}
 	if _, err := c.CreateJob(ctx, job.Spec{ID: "missing", Image: "nope:1"}); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest {
 		t.Errorf("missing image: %v, want 400", err)
+	}
+}
+
+// Services are plain data to the host: given at create, returned as
+// given to whoever lists the jobs (the discovery agent); a bad one is
+// refused with what to fix.
+func TestJobServicesOverAPI(t *testing.T) {
+	root := busyboxRoot(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, d)
+	ctx := context.Background()
+	services := []job.Service{
+		{Name: "web", Port: 8080, Check: &job.Check{Type: job.CheckHTTP, Path: "/healthz", Status: 204}},
+		{Name: "dns", Port: 53, Proto: "udp", Check: &job.Check{Type: job.CheckCommand, Command: []string{"true"},
+			Interval: job.Duration{Duration: time.Second}, Timeout: job.Duration{Duration: 500 * time.Millisecond}}},
+	}
+	t.Cleanup(func() { c.RemoveJob(context.Background(), "svc", true) })
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "svc", Rootfs: root, Network: job.NetworkHost, Cmd: []string{"sleep", "60"}, Services: services}); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := c.Jobs(ctx)
+	if err != nil || len(jobs) != 1 || !reflect.DeepEqual(jobs[0].Spec.Services, services) {
+		t.Fatalf("jobs %+v, %v; want svc with services %+v", jobs, err, services)
+	}
+	bad := job.Spec{ID: "bad", Rootfs: root, Network: job.NetworkHost, Cmd: []string{"true"},
+		Services: []job.Service{{Name: "web", Port: 80, Proto: "udp", Check: &job.Check{Type: job.CheckHTTP}}}}
+	var apiErr *APIError
+	if _, err := c.CreateJob(ctx, bad); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest ||
+		!strings.Contains(apiErr.Message, "service web: check: http checks need a tcp service") {
+		t.Errorf("http check on udp: %v, want 400 saying what to do", err)
 	}
 }

@@ -55,6 +55,9 @@ type Spec struct {
 	Network string `json:"network,omitempty"`
 	// Ports publishes host ports to a bridge job's ports.
 	Ports []Port `json:"ports,omitempty"`
+	// Services are the network services the job offers, with their
+	// health checks, for the platform's discovery; hostd only keeps them.
+	Services []Service `json:"services,omitempty"`
 	// ReadonlyRootfs mounts the root read-only.
 	ReadonlyRootfs bool `json:"readonly_rootfs,omitempty"`
 	// UserNamespace runs the job's root as an unprivileged host ID range
@@ -180,6 +183,9 @@ func (s *Spec) Check() error {
 			return fmt.Errorf("host port %s is published twice", key)
 		}
 		seen[key] = true
+	}
+	if err := checkServices(s.Services, s.Network); err != nil {
+		return err
 	}
 	switch s.Restart.Policy {
 	case "", RestartNever, RestartOnFailure, RestartAlways:
