@@ -225,11 +225,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.images = images
 	jobs, err := job.New(job.Config{
-		StateDir: filepath.Join(d.cfg.StateDir, "jobs"),
-		RunDir:   filepath.Join(d.cfg.RunDir, "containers"),
-		Init:     d.cfg.Init,
-		Images:   images,
-		Log:      d.log,
+		StateDir:    filepath.Join(d.cfg.StateDir, "jobs"),
+		RunDir:      filepath.Join(d.cfg.RunDir, "containers"),
+		Init:        d.cfg.Init,
+		Images:      images,
+		Credentials: d.jobCredentials,
+		Log:         d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("hostd: %w", err)
@@ -308,6 +309,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("hostd: host API stopped")
 	}
 	return nil
+}
+
+// jobCredentials issues the credentials file of a job that asks for
+// them: a certificate of this host's, good for serving and for calling,
+// so that platform services can speak mutual TLS with each other and
+// call hosts.
+func (d *Daemon) jobCredentials(jobID string) ([]byte, error) {
+	cert, err := d.bundle.HostCertificate(d.id, d.hostname, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := bundle.Credentials{Cluster: d.bundle.Cluster, CACert: d.bundle.CACert, Cert: cert}
+	return c.Marshal()
 }
 
 // setUpNetwork makes the container network, retrying while the kernel

@@ -2,15 +2,19 @@ package host
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/internal/testroot"
 	"github.com/plinth-os/plinth/host/job"
@@ -226,5 +230,80 @@ func TestJobServicesOverAPI(t *testing.T) {
 	if _, err := c.CreateJob(ctx, bad); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest ||
 		!strings.Contains(apiErr.Message, "service web: check: http checks need a tcp service") {
 		t.Errorf("http check on udp: %v, want 400 saying what to do", err)
+	}
+}
+
+// A job that asks for credentials finds, at every start, a fresh
+// certificate from the cluster CA that serves and calls over mutual TLS,
+// readable by the job's user only.
+func TestJobCredentials(t *testing.T) {
+	root := testroot.Busybox(t, "sh", "cat", "mv", "sleep")
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, d)
+	ctx := context.Background()
+	out := t.TempDir()
+	os.Chmod(out, 0o777) // the job runs as uid 1000
+	// The first run saves its credentials and fails; the second, started
+	// by the restart policy, saves its own and stays.
+	script := `n=$(cat /out/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /out/n; ` +
+		`cat ` + job.CredentialsPath + ` > /out/creds$n.tmp && mv /out/creds$n.tmp /out/creds$n; ` +
+		`[ $n -ge 2 ] && exec sleep 60; exit 1`
+	t.Cleanup(func() { c.RemoveJob(context.Background(), "creds", true) })
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "creds", Rootfs: root, Cmd: []string{"sh", "-c", script}, User: "1000",
+		Credentials: true, Volumes: []job.Volume{{Source: out, Target: "/out"}},
+		Restart: job.Restart{Policy: job.RestartOnFailure}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second run's credentials", 15*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(out, "creds2"))
+		return err
+	})
+	var certs []*bundle.Credentials
+	for _, name := range []string{"creds1", "creds2"} {
+		creds, err := bundle.LoadCredentials(filepath.Join(out, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		certs = append(certs, creds)
+	}
+	leaf := certs[1].Cert.Leaf
+	if leaf.SerialNumber.Cmp(certs[0].Cert.Leaf.SerialNumber) == 0 {
+		t.Error("the restarted job got the same certificate again, want a fresh one per start")
+	}
+	if !certs[1].CACert.Equal(b.CACert) || leaf.Subject.CommonName != d.ID() {
+		t.Errorf("certificate %q from CA %q; want one for node %s from the cluster CA", leaf.Subject.CommonName, certs[1].CACert.Subject.CommonName, d.ID())
+	}
+	// They call hosts...
+	if _, err := NewClient(d.APIAddr().String(), certs[1].TLS()).Host(ctx); err != nil {
+		t.Errorf("call the host API with the job's credentials: %v", err)
+	}
+	// ...and serve to clients that trust the cluster CA, which check both
+	// ways.
+	server, client := net.Pipe()
+	srv := tls.Server(server, b.ServerTLS(certs[1].Cert))
+	go srv.Handshake()
+	cli := tls.Client(client, b.ClientTLS(certs[0].Cert))
+	if err := cli.HandshakeContext(ctx); err != nil {
+		t.Errorf("mutual TLS between two jobs' credentials: %v", err)
+	}
+	cli.Close()
+	srv.Close()
+	// On the host: under hostd's run directory, the job's user's alone.
+	st, err := os.Stat(filepath.Join(d.cfg.RunDir, "containers", ".files", "creds", "credentials.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o600 || sys.Uid != 1000 || sys.Gid != 1000 {
+		t.Errorf("credentials file mode %v owned by %d:%d, want 0600 owned by the job's 1000:1000", st.Mode().Perm(), sys.Uid, sys.Gid)
+	}
+	if err := c.RemoveJob(ctx, "creds", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(d.cfg.RunDir, "containers", ".files", "creds")); !os.IsNotExist(err) {
+		t.Errorf("a removed job's files are still there: %v", err)
 	}
 }

@@ -102,6 +102,10 @@ type Config struct {
 	// Network, if set, gives bridge jobs their addresses and ports; see
 	// also Manager.SetNetwork.
 	Network *cnet.Network
+	// Credentials, if set, issues the credentials file (see package
+	// bundle) of a job that asks for them (Spec.Credentials), at each of
+	// its starts. Without it such jobs are refused.
+	Credentials func(jobID string) ([]byte, error) `json:"-"`
 	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
 	Log         *slog.Logger
@@ -228,6 +232,9 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := spec.Check(); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if spec.Credentials && m.cfg.Credentials == nil {
+		return Job{}, fmt.Errorf("%w: this host issues no credentials (it has no cluster CA)", ErrInvalid)
+	}
 	m.mu.Lock()
 	if _, ok := m.jobs[spec.ID]; ok || m.closed {
 		m.mu.Unlock()
@@ -244,6 +251,7 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 		}
 		m.detachNetwork(e)
 		os.RemoveAll(logDir)
+		os.RemoveAll(m.filesDir(spec.ID))
 		m.releaseRootfs(spec)
 		m.mu.Lock()
 		delete(m.jobs, spec.ID)
@@ -415,20 +423,16 @@ func (m *Manager) logDir(id string) string { return filepath.Join(m.cfg.StateDir
 
 // start starts e's container with its output piped into its log.
 func (m *Manager) start(e *entry) error {
-	var pipes [4]*os.File // out r/w, err r/w
-	for i := 0; i < 4; i += 2 {
-		r, w, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
-		pipes[i], pipes[i+1] = r, w
-	}
 	rootfs, err := m.rootfs(e.job.Spec)
 	if err != nil {
 		return err
 	}
 	cs := e.job.Spec.container(m.cfg.Init, rootfs)
+	files, err := m.jobFiles(e.job.Spec)
+	if err != nil {
+		return err
+	}
+	cs.Mounts = append(cs.Mounts, files...)
 	if e.job.Spec.Network == NetworkBridge {
 		// Kept across restarts; made again after a reboot emptied /run.
 		network := m.network.Load()
@@ -438,6 +442,18 @@ func (m *Manager) start(e *entry) error {
 		if cs.NetnsPath, err = network.Attach(e.job.Spec.ID, e.job.Status.IP); err != nil {
 			return err
 		}
+	}
+	var pipes [4]*os.File // out r/w, err r/w
+	for i := 0; i < 4; i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, f := range pipes[:i] {
+				f.Close()
+			}
+			return err
+		}
+		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		pipes[i], pipes[i+1] = r, w
 	}
 	c, err := m.rt.Start(cs, container.Stdio{
 		Stdout: pipes[1], Stderr: pipes[3], Extra: []*os.File{pipes[0], pipes[2]},
@@ -689,6 +705,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	m.mu.Unlock()
 	e.log.close()
 	os.RemoveAll(m.logDir(id))
+	os.RemoveAll(m.filesDir(id))
 	m.releaseRootfs(e.job.Spec)
 	m.detachNetwork(e)
 	m.publish(Event{Type: "removed", Job: id})

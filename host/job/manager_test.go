@@ -283,6 +283,8 @@ func TestBadInputLeavesNothing(t *testing.T) {
 		"tiny memory":     func() Spec { s := spec(root, "true"); s.Resources.MemoryBytes = 1 << 20; return s }(),
 		"bad restart":     func() Spec { s := spec(root, "true"); s.Restart.Policy = "sometimes"; return s }(),
 		"relative rootfs": func() Spec { s := spec(root, "true"); s.Rootfs = "rootfs"; return s }(),
+		// This manager has no CA to issue them from.
+		"credentials": func() Spec { s := spec(root, "true"); s.Credentials = true; return s }(),
 	}
 	for name, s := range bad {
 		if _, err := m.Create(s); !errors.Is(err, ErrInvalid) {

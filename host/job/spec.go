@@ -68,6 +68,11 @@ type Spec struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Restart says when the job is started again after it exits.
 	Restart Restart `json:"restart,omitzero"`
+	// Credentials gives the job TLS credentials from the cluster CA at
+	// CredentialsPath, issued by hostd at every start: a certificate for
+	// both serving and calling (mutual TLS between platform services),
+	// readable by the job's user only.
+	Credentials bool `json:"credentials,omitempty"`
 	// Resurrect starts the job again when the host boots.
 	Resurrect bool `json:"resurrect,omitempty"`
 	// Tags are free-form labels for the job's owner.
@@ -219,6 +224,16 @@ func (s *Spec) user() (uid, gid uint32, err error) {
 		}
 	}
 	return uint32(uv), uint32(gv), nil
+}
+
+// hostIDs are the host's IDs of the job's user: shifted by
+// container.UserNSBase in a user namespace.
+func (s *Spec) hostIDs() (uid, gid int) {
+	u, g, _ := s.user()
+	if s.UserNamespace {
+		u, g = u+container.UserNSBase, g+container.UserNSBase
+	}
+	return int(u), int(g)
 }
 
 // container is the container spec of the job, with init (may be empty)
