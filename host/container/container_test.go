@@ -350,3 +350,26 @@ func TestValidID(t *testing.T) {
 		}
 	}
 }
+
+// A tmpfs mount makes room on a read-only root: a file can be bound
+// below it, where the root has nothing.
+func TestTmpfsMountOnReadonlyRoot(t *testing.T) {
+	root := busyboxRoot(t)
+	src := filepath.Join(t.TempDir(), "greeting")
+	if err := os.WriteFile(src, []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := newRuntime(t)
+	script := `grep -c '^tmpfs /var tmpfs' /proc/mounts; touch /var/new && echo var=rw; touch /new 2>/dev/null || echo root=ro; cat /var/lib/app/greeting`
+	exit, out, errOut := run(t, rt, Spec{Rootfs: root, ReadonlyRootfs: true, Args: []string{"sh", "-c", script},
+		Mounts: []Mount{{Target: "/var", Tmpfs: true}, {Source: src, Target: "/var/lib/app/greeting", ReadOnly: true}}})
+	if exit.Code != 0 || out != "1\nvar=rw\nroot=ro\nhello\n" {
+		t.Errorf("exit %+v, output %q (stderr %q); want a writable tmpfs on /var holding the bound file, on a read-only root", exit, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib")); !os.IsNotExist(err) {
+		t.Errorf("the bind's mount point was made in the rootfs, not in the tmpfs: %v", err)
+	}
+	if _, err := rt.Start(Spec{ID: "bad", Rootfs: root, Args: []string{"true"}, Mounts: []Mount{{Source: src, Target: "/x", Tmpfs: true}}}, Stdio{}); err == nil {
+		t.Error("a tmpfs with a source was accepted")
+	}
+}

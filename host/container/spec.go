@@ -56,15 +56,20 @@ type Spec struct {
 	// from UserNSBase. Files of the rootfs owned by host root look owned by
 	// nobody inside, so such a job reads but does not write them.
 	UserNS bool
-	// Mounts are bind mounts from the host (volumes).
+	// Mounts are bind mounts from the host (volumes) and tmpfs mounts,
+	// made in order after the standard ones, so a mount may go inside an
+	// earlier one (a tmpfs makes room for binds on a read-only root).
 	Mounts    []Mount
 	Resources Resources
 }
 
-// Mount binds a host path into the container.
+// Mount binds the host path Source at Target in the container or, with
+// Tmpfs, mounts a new, empty tmpfs there (Source empty), owned by the
+// container's root, mode 0755.
 type Mount struct {
 	Source, Target string
 	ReadOnly       bool
+	Tmpfs          bool
 }
 
 // Resources are the container's cgroup limits; zero means unlimited.
@@ -139,7 +144,12 @@ func (s *Spec) Check() error {
 		return fmt.Errorf("cpu weight %d: use 1 to 10000", s.Resources.CPUWeight)
 	}
 	for _, m := range s.Mounts {
-		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {
+		switch {
+		case m.Tmpfs && m.Source != "":
+			return fmt.Errorf("tmpfs mount at %s: a tmpfs has no source; leave it empty", m.Target)
+		case m.Tmpfs && !filepath.IsAbs(m.Target):
+			return fmt.Errorf("tmpfs mount at %s: the target must be absolute", m.Target)
+		case !m.Tmpfs && (!filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target)):
 			return fmt.Errorf("mount %s -> %s: both paths must be absolute", m.Source, m.Target)
 		}
 	}
@@ -242,11 +252,14 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 			Options: []string{"bind", "ro", "nosuid", "nodev"}})
 	}
 	for _, m := range s.Mounts {
-		opts := []string{"rbind", "nosuid", "nodev"}
-		if m.ReadOnly {
-			opts = append(opts, "ro")
+		mount := specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: []string{"rbind", "nosuid", "nodev"}}
+		if m.Tmpfs {
+			mount = specs.Mount{Destination: m.Target, Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=755"}}
 		}
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: opts})
+		if m.ReadOnly {
+			mount.Options = append(mount.Options, "ro")
+		}
+		spec.Mounts = append(spec.Mounts, mount)
 	}
 	return spec
 }

@@ -428,6 +428,9 @@ func (m *Manager) start(e *entry) error {
 		return err
 	}
 	cs := e.job.Spec.container(m.cfg.Init, rootfs)
+	if err := e.job.Spec.makeVolumes(); err != nil {
+		return fmt.Errorf("job %s: %w", e.job.Spec.ID, err)
+	}
 	files, err := m.jobFiles(e.job.Spec)
 	if err != nil {
 		return err

@@ -382,6 +382,35 @@ func TestSystemRootfs(t *testing.T) {
 	}
 }
 
+// A system-rootfs job gets empty /run and /var of its own, so that
+// volumes and credentials can be bound where the read-only system root
+// has nothing; a volume's missing source directory is made for it.
+func TestSystemRootfsVolumesAndCredentials(t *testing.T) {
+	busyboxRoot(t) // root and tini
+	cfg := testConfig(t)
+	cfg.Credentials = func(id string) ([]byte, error) { return []byte("credentials of " + id + "\n"), nil }
+	m := newManager(t, cfg)
+	data := filepath.Join(t.TempDir(), "volumes", "data")
+	s := Spec{ID: "sysvol", Rootfs: SystemRootfs, Credentials: true,
+		Volumes: []Volume{{Source: data, Target: "/var/lib/plinth/app"}},
+		Cmd: []string{"/bin/sh", "-c", "grep -cE '^tmpfs /(run|var) tmpfs' /proc/mounts; cat " + CredentialsPath +
+			"; echo kept > /var/lib/plinth/app/file && echo wrote; touch /var/other && echo var=rw"}}
+	if _, err := m.Create(s); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := m.Wait(context.Background(), s.ID)
+	got := texts(logLines(t, m, s.ID, LogOptions{}))
+	if j.Status.Exit == nil || j.Status.Exit.Code != 0 || got != "stdout:2|stdout:credentials of sysvol|stdout:wrote|stdout:var=rw" {
+		t.Errorf("exit %+v, log %s; want tmpfs /run and /var, the credentials, and the volume written", j.Status.Exit, got)
+	}
+	if b, err := os.ReadFile(filepath.Join(data, "file")); err != nil || string(b) != "kept\n" {
+		t.Errorf("volume's file on the host: %q, %v", b, err)
+	}
+	if st, err := os.Stat(data); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("made volume directory: %v, %v; want mode 0700", st.Mode(), err)
+	}
+}
+
 // Jobs without a network each get an empty namespace of their own:
 // never the host's, never another job's.
 func TestNoNetworkJobsAreApart(t *testing.T) {

@@ -11,7 +11,10 @@ package job
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -250,10 +253,37 @@ func (s *Spec) container(init, rootfs string) container.Spec {
 			CPUQuota: s.Resources.CPUQuota, Pids: s.Resources.Pids,
 		},
 	}
+	if s.Rootfs == SystemRootfs {
+		// The system root is read-only all through, so nothing can be
+		// bound where it has no file or directory yet. Every Linux root
+		// has /run and /var (on a plinth machine /var is the host's data
+		// partition): empty ones of the job's own let volumes and hostd's
+		// files be bound below them.
+		c.Mounts = append(c.Mounts, container.Mount{Target: "/run", Tmpfs: true}, container.Mount{Target: "/var", Tmpfs: true})
+	}
 	for _, v := range s.Volumes {
 		c.Mounts = append(c.Mounts, container.Mount{Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly})
 	}
 	return c
+}
+
+// makeVolumes creates the missing source directories of s's volumes,
+// 0700 and owned by the job's user, so a job is given an empty data
+// directory rather than refused (after a reboot emptied a tmpfs, say).
+func (s *Spec) makeVolumes() error {
+	uid, gid := s.hostIDs()
+	for _, v := range s.Volumes {
+		if _, err := os.Lstat(v.Source); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err := os.MkdirAll(v.Source, 0o700); err != nil {
+			return fmt.Errorf("volume %s: %w", v.Source, err)
+		}
+		if err := os.Chown(v.Source, uid, gid); err != nil {
+			return fmt.Errorf("volume %s: %w", v.Source, err)
+		}
+	}
+	return nil
 }
 
 // restarts reports whether a job that ended with exit is started again.
