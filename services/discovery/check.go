@@ -10,21 +10,16 @@ import (
 	"os"
 	"strings"
 	"time"
-)
 
-// Check types.
-const (
-	checkTCP     = "tcp"
-	checkHTTP    = "http"
-	checkCommand = "command"
+	"github.com/plinth-os/plinth/host/job"
 )
 
 // check is a health check as the agent runs it, defaults applied.
 type check struct {
-	// kind is checkTCP, checkHTTP, checkCommand, or "" for none: the
-	// instance is healthy while its job runs.
+	// kind is job.CheckTCP, job.CheckHTTP, job.CheckCommand, or "" for
+	// none: the instance is healthy while its job runs.
 	kind string
-	// path and status of an HTTP check; status 0 accepts any 2xx.
+	// path and status of an HTTP check.
 	path   string
 	status int
 	// command runs inside the job.
@@ -64,26 +59,30 @@ func newChecker(h HostAPI) *checker {
 	}
 }
 
-// run runs c once against the instance at addr (ip:port) of job, within
-// c.timeout.
-func (k *checker) run(ctx context.Context, c check, job, addr string) result {
+// run runs c once against the instance at addr (ip:port) of the job
+// jobID, within c.timeout.
+func (k *checker) run(ctx context.Context, c check, jobID, addr string) result {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var r result
+	var err error
 	switch c.kind {
 	case "":
 		r = result{true, "running, no health check"}
-	case checkTCP:
-		r = k.tcp(ctx, addr)
-	case checkHTTP:
-		r = k.httpGet(ctx, addr, c.path, c.status)
-	case checkCommand:
-		r = k.command(ctx, job, c.command, c.timeout)
+	case job.CheckTCP:
+		r, err = k.tcp(ctx, addr)
+	case job.CheckHTTP:
+		r, err = k.httpGet(ctx, addr, c.path, c.status)
+	case job.CheckCommand:
+		r, err = k.command(ctx, jobID, c.command, c.timeout)
 	default:
 		r = result{false, fmt.Sprintf("unknown check type %q", c.kind)}
 	}
-	if ctx.Err() == context.DeadlineExceeded && !r.healthy {
-		r.output = fmt.Sprintf("%s check: no answer within %s", c.kind, c.timeout)
+	switch {
+	case err != nil && ctx.Err() == context.DeadlineExceeded:
+		r = result{false, fmt.Sprintf("%s check: no answer within %s", c.kind, c.timeout)}
+	case err != nil:
+		r = result{false, fmt.Sprintf("%s check: %s", c.kind, shortError(err))}
 	}
 	if len(r.output) > maxOutput {
 		r.output = r.output[:maxOutput-3] + "..."
@@ -91,52 +90,46 @@ func (k *checker) run(ctx context.Context, c check, job, addr string) result {
 	return r
 }
 
-func (k *checker) tcp(ctx context.Context, addr string) result {
+// The checks return an error when they got no answer.
+
+func (k *checker) tcp(ctx context.Context, addr string) (result, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return result{false, "tcp connect: " + shortError(err)}
+		return result{}, err
 	}
 	conn.Close()
-	return result{true, "tcp connect ok"}
+	return result{true, "tcp connect ok"}, nil
 }
 
-func (k *checker) httpGet(ctx context.Context, addr, path string, status int) result {
-	if !strings.HasPrefix(path, "/") {
-		path = "/" + path
-	}
+func (k *checker) httpGet(ctx context.Context, addr, path string, status int) (result, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
-		return result{false, "http check: " + err.Error()}
+		return result{}, err
 	}
 	req.Header.Set("User-Agent", "plinth-discovery")
 	resp, err := k.http.Do(req)
 	if err != nil {
-		return result{false, "http get: " + shortError(err)}
+		return result{}, err
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	ok := resp.StatusCode == status || status == 0 && resp.StatusCode >= 200 && resp.StatusCode <= 299
-	switch {
-	case ok:
-		return result{true, fmt.Sprintf("http %d", resp.StatusCode)}
-	case status == 0:
-		return result{false, fmt.Sprintf("http %d, want 2xx", resp.StatusCode)}
-	default:
-		return result{false, fmt.Sprintf("http %d, want %d", resp.StatusCode, status)}
+	if resp.StatusCode != status {
+		return result{false, fmt.Sprintf("http %d, want %d", resp.StatusCode, status)}, nil
 	}
+	return result{true, fmt.Sprintf("http %d", resp.StatusCode)}, nil
 }
 
-func (k *checker) command(ctx context.Context, job string, cmd []string, timeout time.Duration) result {
-	res, err := k.host.ExecJob(ctx, job, cmd, timeout)
+func (k *checker) command(ctx context.Context, jobID string, cmd []string, timeout time.Duration) (result, error) {
+	res, err := k.host.ExecJob(ctx, jobID, cmd, timeout)
 	if err != nil {
-		return result{false, "exec: " + err.Error()}
+		return result{}, err
 	}
-	out := strings.TrimSpace(res.Output)
-	if line, _, _ := strings.Cut(out, "\n"); line != "" {
-		out = ": " + line
+	out := fmt.Sprintf("exit %d", res.ExitCode)
+	if line, _, _ := strings.Cut(strings.TrimSpace(res.Output), "\n"); line != "" {
+		out += ": " + line
 	}
-	return result{res.ExitCode == 0, fmt.Sprintf("exit %d%s", res.ExitCode, out)}
+	return result{res.ExitCode == 0, out}, nil
 }
 
 // shortError is the end of a dial or HTTP error, without the addresses

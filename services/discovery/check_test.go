@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/plinth-os/plinth/host/job"
 )
 
 func TestCheckTCP(t *testing.T) {
@@ -18,13 +20,13 @@ func TestCheckTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := newChecker(nil)
-	c := check{kind: checkTCP, timeout: testWait}
+	c := check{kind: job.CheckTCP, timeout: testWait}
 	addr := ln.Addr().String()
 	if r := k.run(context.Background(), c, "j", addr); !r.healthy || r.output != "tcp connect ok" {
 		t.Errorf("listening: %+v, want healthy", r)
 	}
 	ln.Close()
-	if r := k.run(context.Background(), c, "j", addr); r.healthy || r.output != "tcp connect: connection refused" {
+	if r := k.run(context.Background(), c, "j", addr); r.healthy || r.output != "tcp check: connection refused" {
 		t.Errorf("closed: %+v, want unhealthy, connection refused", r)
 	}
 }
@@ -45,26 +47,23 @@ func TestCheckHTTP(t *testing.T) {
 	addr := srv.Listener.Addr().String()
 	k := newChecker(nil)
 	run := func(c check) result {
-		c.kind, c.timeout = checkHTTP, testWait
+		c.kind, c.timeout = job.CheckHTTP, testWait
 		return k.run(context.Background(), c, "j", addr)
 	}
 
-	if r := run(check{path: "/healthz?full=1"}); !r.healthy || r.output != "http 200" {
+	if r := run(check{path: "/healthz?full=1", status: 200}); !r.healthy || r.output != "http 200" {
 		t.Errorf("200: %+v, want healthy", r)
 	}
 	if p := path.Load(); p != "/healthz?full=1" {
 		t.Errorf("asked for %q, want /healthz?full=1", p)
 	}
-	if r := run(check{}); !r.healthy || path.Load() != "/" {
-		t.Errorf("no path: %+v for %v, want healthy for /", r, path.Load())
-	}
 	status.Store(500)
-	if r := run(check{path: "/"}); r.healthy || r.output != "http 500, want 2xx" {
+	if r := run(check{path: "/", status: 200}); r.healthy || r.output != "http 500, want 200" {
 		t.Errorf("500: %+v, want unhealthy", r)
 	}
 	status.Store(204)
-	if r := run(check{path: "/"}); !r.healthy {
-		t.Errorf("204 with any 2xx wanted: %+v, want healthy", r)
+	if r := run(check{path: "/", status: 204}); !r.healthy {
+		t.Errorf("204 with 204 wanted: %+v, want healthy", r)
 	}
 	if r := run(check{path: "/", status: 200}); r.healthy || r.output != "http 204, want 200" {
 		t.Errorf("204 with 200 wanted: %+v, want unhealthy", r)
@@ -73,11 +72,11 @@ func TestCheckHTTP(t *testing.T) {
 	if r := run(check{path: "/moved", status: 302}); !r.healthy {
 		t.Errorf("redirect with 302 wanted: %+v, want healthy", r)
 	}
-	if r := run(check{path: "/moved"}); r.healthy || r.output != "http 302, want 2xx" {
+	if r := run(check{path: "/moved", status: 200}); r.healthy || r.output != "http 302, want 200" {
 		t.Errorf("redirect: %+v, want unhealthy", r)
 	}
 	srv.Close()
-	if r := run(check{path: "/"}); r.healthy || r.output != "http get: connection refused" {
+	if r := run(check{path: "/", status: 200}); r.healthy || r.output != "http check: connection refused" {
 		t.Errorf("server gone: %+v, want unhealthy, connection refused", r)
 	}
 }
@@ -94,7 +93,7 @@ func TestCheckTimeout(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	k := newChecker(nil)
-	c := check{kind: checkHTTP, path: "/", timeout: 50 * time.Millisecond}
+	c := check{kind: job.CheckHTTP, path: "/", status: 200, timeout: 50 * time.Millisecond}
 	if r := k.run(context.Background(), c, "j", srv.Listener.Addr().String()); r.healthy || r.output != "http check: no answer within 50ms" {
 		t.Errorf("hanging server: %+v, want unhealthy, no answer", r)
 	}
@@ -121,7 +120,7 @@ func TestCheckCommand(t *testing.T) {
 		}
 		return execResult{ExitCode: int(exit.Load()), Output: "no response\nmore\n"}, nil
 	}})
-	c := check{kind: checkCommand, command: []string{"pg_isready", "-q"}, timeout: testWait}
+	c := check{kind: job.CheckCommand, command: []string{"pg_isready", "-q"}, timeout: testWait}
 	if r := k.run(context.Background(), c, "db-1", "10.0.0.1:5432"); !r.healthy || r.output != "exit 0" {
 		t.Errorf("exit 0: %+v, want healthy", r)
 	}
@@ -129,7 +128,7 @@ func TestCheckCommand(t *testing.T) {
 	if r := k.run(context.Background(), c, "db-1", "10.0.0.1:5432"); r.healthy || r.output != "exit 2: no response" {
 		t.Errorf("exit 2: %+v, want unhealthy with the output's first line", r)
 	}
-	if r := k.run(context.Background(), c, "other", "10.0.0.1:5432"); r.healthy || !strings.HasPrefix(r.output, "exec: ") {
+	if r := k.run(context.Background(), c, "other", "10.0.0.1:5432"); r.healthy || r.output != "command check: wrong job or command" {
 		t.Errorf("exec failing: %+v, want unhealthy", r)
 	}
 }

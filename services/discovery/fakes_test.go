@@ -230,6 +230,15 @@ func newFakeHost(t *testing.T, info host.HostInfo) *fakeHost {
 	return h
 }
 
+// setJobs replaces the host's jobs and sends an event, as hostd does
+// after a change.
+func (h *fakeHost) setJobs(typ string, jobs ...job.Job) {
+	h.mu.Lock()
+	h.jobs = jobs
+	h.mu.Unlock()
+	h.events <- job.Event{Type: typ, Time: time.Now()}
+}
+
 func (h *fakeHost) ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (execResult, error) {
 	h.mu.Lock()
 	exec := h.exec

@@ -1,7 +1,6 @@
 package discovery
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -44,8 +43,7 @@ func (t target) instance(host string, r result) controller.Instance {
 func targets(self host.HostInfo, jobs []job.Job) (ts []target, skipped map[string]string) {
 	skipped = map[string]string{}
 	for _, j := range jobs {
-		services := servicesOf(j)
-		if j.Status.State != job.StateRunning || len(services) == 0 {
+		if j.Status.State != job.StateRunning || len(j.Spec.Services) == 0 {
 			continue
 		}
 		var ip netip.Addr
@@ -67,10 +65,11 @@ func targets(self host.HostInfo, jobs []job.Job) (ts []target, skipped map[strin
 			skipped[j.Spec.ID] = "the job has no network, so nothing can reach its services; give it network host or bridge"
 			continue
 		}
-		for _, s := range services {
+		for _, s := range j.Spec.Services {
+			s = s.WithDefaults()
 			ts = append(ts, target{
 				id:      controller.InstanceID(self.ID, j.Spec.ID, s.Name),
-				service: s.Name, job: j.Spec.ID, proto: cmp.Or(s.Proto, "tcp"),
+				service: s.Name, job: j.Spec.ID, proto: s.Proto,
 				addr:  netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
 				check: checkOf(s.Check),
 			})
@@ -79,22 +78,16 @@ func targets(self host.HostInfo, jobs []job.Job) (ts []target, skipped map[strin
 	return ts, skipped
 }
 
-// checkOf is the check a service declares, with the defaults applied.
-func checkOf(c *jobCheck) check {
+// checkOf is the check of a service with its defaults filled in
+// (job.Service.WithDefaults).
+func checkOf(c *job.Check) check {
 	if c == nil {
 		return check{}
 	}
-	k := check{
-		kind: cmp.Or(c.Type, checkTCP), path: c.Path, status: c.Status, command: c.Command,
+	return check{
+		kind: c.Type, path: c.Path, status: c.Status, command: c.Command,
 		interval: c.Interval.Duration, timeout: c.Timeout.Duration,
 	}
-	if k.interval <= 0 {
-		k.interval = defaultCheckInterval
-	}
-	if k.timeout <= 0 {
-		k.timeout = defaultCheckTimeout
-	}
-	return k
 }
 
 // running is the check loop of one target.
