@@ -265,6 +265,15 @@ func (c *Client) WaitJob(ctx context.Context, id string) (job.Job, error) {
 	return j, err
 }
 
+// ExecJob runs cmd inside the running job id, killed after timeout (zero:
+// job.DefaultExecTimeout), and returns its exit code and the start of its
+// output. A job that is not running is a 409 *APIError.
+func (c *Client) ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (job.ExecResult, error) {
+	var res job.ExecResult
+	err := c.call(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/exec", execRequest{Cmd: cmd, Timeout: job.Duration{Duration: timeout}}, &res)
+	return res, err
+}
+
 // JobLogs calls emit for each log line; with opts.Follow until ctx ends.
 func (c *Client) JobLogs(ctx context.Context, id string, opts job.LogOptions, emit func(job.LogLine) error) error {
 	q := url.Values{}

@@ -99,6 +99,21 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, j)
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}/logs", d.serveLogs)
+	mux.HandleFunc("POST /v1/jobs/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
+		var req execRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxSpecSize))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{`exec: want {"cmd": [...], "timeout": "2s"}: ` + err.Error()})
+			return
+		}
+		res, err := d.jobs.Exec(r.Context(), r.PathValue("id"), req.Cmd, req.Timeout.Duration)
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 
 	mux.HandleFunc("POST /v1/images", d.importImage)
 	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
@@ -110,6 +125,13 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, imgs)
 	})
 	mux.HandleFunc("DELETE /v1/images/{ref...}", d.removeImage)
+}
+
+// execRequest is the body of POST /v1/jobs/{id}/exec.
+type execRequest struct {
+	Cmd []string `json:"cmd"`
+	// Timeout kills the command; zero means job.DefaultExecTimeout.
+	Timeout job.Duration `json:"timeout,omitzero"`
 }
 
 // importImage takes a `docker save` archive or a tar of an OCI layout as
@@ -178,7 +200,7 @@ func writeJobError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case errors.Is(err, job.ErrNotFound):
 		status = http.StatusNotFound
-	case errors.Is(err, job.ErrExists), errors.Is(err, job.ErrRunning):
+	case errors.Is(err, job.ErrExists), errors.Is(err, job.ErrRunning), errors.Is(err, job.ErrNotRunning):
 		status = http.StatusConflict
 	case errors.Is(err, job.ErrUnavailable):
 		status = http.StatusServiceUnavailable

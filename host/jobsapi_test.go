@@ -307,3 +307,70 @@ func TestJobCredentials(t *testing.T) {
 		t.Errorf("a removed job's files are still there: %v", err)
 	}
 }
+
+// A command runs inside a running job, as the job's own processes do;
+// its answer is its exit code and the start of its output.
+func TestJobExec(t *testing.T) {
+	root := testroot.Busybox(t, "sh", "sleep", "id", "true")
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	c := adminClient(t, b, d)
+	ctx := context.Background()
+	t.Cleanup(func() { c.RemoveJob(context.Background(), "target", true) })
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "target", Rootfs: root, Cmd: []string{"sleep", "60"},
+		Env: []string{"GREETING=hi"}, User: "1000", WorkingDir: "/tmp"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.ExecJob(ctx, "target", []string{"sh", "-c", "echo $GREETING $(id -u) $(pwd); echo oops >&2; exit 3"}, 5*time.Second)
+	if err != nil || res.ExitCode != 3 || res.Output != "hi 1000 /tmp\noops\n" || res.TimedOut {
+		t.Errorf("exec: %+v, %v; want exit 3 with the job's env, user and directory", res, err)
+	}
+	// Only the first 4 KiB of 22000 bytes come back.
+	res, err = c.ExecJob(ctx, "target", []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done"}, 10*time.Second)
+	if err != nil || res.ExitCode != 0 || len(res.Output) != job.MaxExecOutput || !strings.HasPrefix(res.Output, "0123456789\n0123") {
+		t.Errorf("long output: exit %d, %d bytes, %v; want exit 0 and %d bytes", res.ExitCode, len(res.Output), err, job.MaxExecOutput)
+	}
+	start := time.Now()
+	res, err = c.ExecJob(ctx, "target", []string{"sleep", "30"}, 300*time.Millisecond)
+	if err != nil || res.ExitCode != 137 || !res.TimedOut || time.Since(start) > 20*time.Second {
+		t.Errorf("timeout: %+v, %v after %v; want killed (137) and timed out", res, err, time.Since(start))
+	}
+
+	var apiErr *APIError
+	statusOf := func(err error) int {
+		if errors.As(err, &apiErr) {
+			return apiErr.StatusCode
+		}
+		return 0
+	}
+	for name, tc := range map[string]struct {
+		id   string
+		cmd  []string
+		want int
+	}{
+		"empty command":   {"target", nil, http.StatusBadRequest},
+		"missing command": {"target", []string{"no-such-command"}, http.StatusBadRequest},
+		"unknown job":     {"nope", []string{"true"}, http.StatusNotFound},
+	} {
+		if _, err := c.ExecJob(ctx, tc.id, tc.cmd, time.Second); statusOf(err) != tc.want {
+			t.Errorf("%s: %v, want %d", name, err, tc.want)
+		}
+	}
+	if _, err := c.ExecJob(ctx, "target", []string{"true"}, -time.Second); statusOf(err) != http.StatusBadRequest {
+		t.Errorf("negative timeout: %v, want 400", err)
+	}
+	for _, body := range []string{`{"cmd": ["true"], "timeout": "soon"}`, `{"cmd": ["true"], "user": "0"}`, `["true"]`} {
+		if _, err := c.send(ctx, http.MethodPost, "/v1/jobs/target/exec", strings.NewReader(body)); statusOf(err) != http.StatusBadRequest {
+			t.Errorf("body %s: %v, want 400", body, err)
+		}
+	}
+	if _, err := c.StopJob(ctx, "target", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecJob(ctx, "target", []string{"true"}, time.Second); statusOf(err) != http.StatusConflict {
+		t.Errorf("exec in a stopped job: %v, want 409", err)
+	}
+}

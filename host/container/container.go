@@ -167,13 +167,8 @@ func (c *Container) Wait() Exit {
 			c.exit = Exit{Code: -1, Signal: fmt.Sprint(err)}
 			return
 		}
+		c.exit = exitOf(state)
 		ws := state.Sys().(syscall.WaitStatus)
-		switch {
-		case ws.Exited():
-			c.exit = Exit{Code: ws.ExitStatus()}
-		case ws.Signaled():
-			c.exit = Exit{Code: -1, Signal: ws.Signal().String()}
-		}
 		// Killed by SIGKILL itself, or an init reporting a child killed so
 		// (128+9): the OOM killer may be why.
 		killed := ws.Signaled() && ws.Signal() == syscall.SIGKILL || ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGKILL)

@@ -1,7 +1,10 @@
 package container
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -371,5 +374,47 @@ func TestTmpfsMountOnReadonlyRoot(t *testing.T) {
 	}
 	if _, err := rt.Start(Spec{ID: "bad", Rootfs: root, Args: []string{"true"}, Mounts: []Mount{{Source: src, Target: "/x", Tmpfs: true}}}, Stdio{}); err == nil {
 		t.Error("a tmpfs with a source was accepted")
+	}
+}
+
+// Exec runs a further process in a running container, as its first one
+// runs; a timeout kills it; a child it leaves holding the output does not
+// hold up the answer.
+func TestExec(t *testing.T) {
+	root := busyboxRoot(t)
+	rt := newRuntime(t)
+	s := Spec{Rootfs: root, Init: tini(t), Env: []string{"GREETING=hi"}, Cwd: "/tmp", UID: 1000, GID: 1000, Args: []string{"sleep", "60"}}
+	c, _, _ := start(t, rt, s)
+	s.ID = c.ID()
+	ctx := context.Background()
+	exec := func(ctx context.Context, args ...string) (Exit, string) {
+		t.Helper()
+		var out strings.Builder
+		exit, err := c.Exec(ctx, s, args, &out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return exit, out.String()
+	}
+	exit, out := exec(ctx, "sh", "-c", `echo $GREETING; pwd; id -u; echo oops >&2; exit 4`)
+	if exit.Code != 4 || out != "hi\n/tmp\n1000\noops\n" {
+		t.Errorf("exit %+v, output %q; want code 4 and the job's env, working directory and user", exit, out)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if exit, _ := exec(short, "sleep", "30"); exit.Code != 128+9 || exit.Signal != "killed" {
+		t.Errorf("timed out: exit %+v, want killed (137)", exit)
+	}
+	// The background sleep keeps the output pipe open for 30 s; the
+	// answer comes when sh exits (a kill by this deadline would show).
+	bounded, cancel2 := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel2()
+	if exit, out := exec(bounded, "sh", "-c", "sleep 30 & echo started"); exit.Code != 0 || out != "started\n" || bounded.Err() != nil {
+		t.Errorf("with a child left running: exit %+v, output %q, deadline %v; want 0 and its output at once", exit, out, bounded.Err())
+	}
+	c.Signal(syscall.SIGKILL)
+	c.Wait()
+	if _, err := c.Exec(ctx, s, []string{"true"}, io.Discard); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("exec in an exited container: %v, want ErrNotRunning", err)
 	}
 }

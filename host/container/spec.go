@@ -11,6 +11,7 @@
 package container
 
 import (
+	"cmp"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -170,14 +171,6 @@ const cgroupParent = "/plinth"
 
 // ociSpec turns s into the OCI runtime spec libcontainer converts.
 func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
-	env := slices.Clone(s.Env)
-	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
-		env = append([]string{"PATH=" + DefaultPath}, env...)
-	}
-	cwd := s.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
 	hostname := s.Hostname
 	if hostname == "" {
 		hostname = s.ID
@@ -201,7 +194,7 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 		Root:    &specs.Root{Path: s.Rootfs, Readonly: s.ReadonlyRootfs},
 		Process: &specs.Process{
 			User: specs.User{UID: s.UID, GID: s.GID},
-			Args: s.args(), Env: env, Cwd: cwd,
+			Args: s.args(), Env: s.env(), Cwd: cmp.Or(s.Cwd, "/"),
 			NoNewPrivileges: true,
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Permitted: caps, Effective: caps,
@@ -262,6 +255,15 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 		spec.Mounts = append(spec.Mounts, mount)
 	}
 	return spec
+}
+
+// env is the processes' environment: Env, with the default PATH unless
+// it sets one.
+func (s *Spec) env() []string {
+	if slices.ContainsFunc(s.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
+		return slices.Clone(s.Env)
+	}
+	return append([]string{"PATH=" + DefaultPath}, s.Env...)
 }
 
 // args is the command line of the container's first process.
