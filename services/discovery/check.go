@@ -59,10 +59,19 @@ func newChecker(h HostAPI) *checker {
 	}
 }
 
+// execSlack is how much longer than a command check's timeout the agent
+// waits for the host's answer: the host kills the command at the
+// timeout, and says so.
+const execSlack = 2 * time.Second
+
 // run runs c once against the instance at addr (ip:port) of the job
 // jobID, within c.timeout.
 func (k *checker) run(ctx context.Context, c check, jobID, addr string) result {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	wait := c.timeout
+	if c.kind == job.CheckCommand {
+		wait += execSlack
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var r result
 	var err error
@@ -80,7 +89,7 @@ func (k *checker) run(ctx context.Context, c check, jobID, addr string) result {
 	}
 	switch {
 	case err != nil && ctx.Err() == context.DeadlineExceeded:
-		r = result{false, fmt.Sprintf("%s check: no answer within %s", c.kind, c.timeout)}
+		r = result{false, fmt.Sprintf("%s check: no answer within %s", c.kind, wait)}
 	case err != nil:
 		r = result{false, fmt.Sprintf("%s check: %s", c.kind, shortError(err))}
 	}
@@ -124,6 +133,9 @@ func (k *checker) command(ctx context.Context, jobID string, cmd []string, timeo
 	res, err := k.host.ExecJob(ctx, jobID, cmd, timeout)
 	if err != nil {
 		return result{}, err
+	}
+	if res.TimedOut {
+		return result{false, fmt.Sprintf("command check: killed after %s", timeout)}, nil
 	}
 	out := fmt.Sprintf("exit %d", res.ExitCode)
 	if line, _, _ := strings.Cut(strings.TrimSpace(res.Output), "\n"); line != "" {

@@ -102,23 +102,23 @@ func TestCheckTimeout(t *testing.T) {
 // hostExec is a HostAPI with only ExecJob.
 type hostExec struct {
 	HostAPI
-	exec func(id string, cmd []string) (execResult, error)
+	exec func(id string, cmd []string) (job.ExecResult, error)
 }
 
-func (h hostExec) ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (execResult, error) {
+func (h hostExec) ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (job.ExecResult, error) {
 	return h.exec(id, cmd)
 }
 
 func TestCheckCommand(t *testing.T) {
 	var exit atomic.Int32
-	k := newChecker(hostExec{exec: func(id string, cmd []string) (execResult, error) {
+	k := newChecker(hostExec{exec: func(id string, cmd []string) (job.ExecResult, error) {
 		if id != "db-1" || strings.Join(cmd, " ") != "pg_isready -q" {
-			return execResult{}, errors.New("wrong job or command")
+			return job.ExecResult{}, errors.New("wrong job or command")
 		}
 		if exit.Load() == 0 {
-			return execResult{ExitCode: 0}, nil
+			return job.ExecResult{ExitCode: 0}, nil
 		}
-		return execResult{ExitCode: int(exit.Load()), Output: "no response\nmore\n"}, nil
+		return job.ExecResult{ExitCode: int(exit.Load()), Output: "no response\nmore\n"}, nil
 	}})
 	c := check{kind: job.CheckCommand, command: []string{"pg_isready", "-q"}, timeout: testWait}
 	if r := k.run(context.Background(), c, "db-1", "10.0.0.1:5432"); !r.healthy || r.output != "exit 0" {

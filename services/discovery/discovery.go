@@ -34,8 +34,10 @@ type HostAPI interface {
 	Host(ctx context.Context) (host.HostInfo, error)
 	Jobs(ctx context.Context) ([]job.Job, error)
 	JobEvents(ctx context.Context) (*host.EventStream, error)
-	ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (execResult, error)
+	ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (job.ExecResult, error)
 }
+
+var _ HostAPI = (*host.Client)(nil)
 
 // Controller is what the agent uses of the controller's API; a
 // *controller.Client has it.

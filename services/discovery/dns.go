@@ -136,7 +136,7 @@ func addrOf(a net.Addr) netip.Addr {
 	return ip.Unmap()
 }
 
-// serveDNS serves h on conn (UDP) or ln (TCP) until ctx ends.
+// serveDNS runs srv, on its UDP socket or TCP listener, until ctx ends.
 func serveDNS(ctx context.Context, srv *dns.Server) error {
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }

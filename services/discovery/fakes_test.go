@@ -190,7 +190,8 @@ type fakeHost struct {
 	info   host.HostInfo
 	jobs   []job.Job
 	events chan job.Event
-	exec   func(id string, cmd []string) (execResult, error)
+	// exec answers the host API's exec.
+	exec func(id string, cmd []string, timeout time.Duration) (job.ExecResult, error)
 }
 
 func newFakeHost(t *testing.T, info host.HostInfo) *fakeHost {
@@ -221,6 +222,26 @@ func newFakeHost(t *testing.T, info host.HostInfo) *fakeHost {
 			}
 		}
 	})
+	mux.HandleFunc("POST /v1/jobs/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Cmd     []string     `json:"cmd"`
+			Timeout job.Duration `json:"timeout"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, `{"error": "bad exec request"}`, http.StatusBadRequest)
+			return
+		}
+		h.mu.Lock()
+		exec := h.exec
+		h.mu.Unlock()
+		res, err := exec(r.PathValue("id"), req.Cmd, req.Timeout.Duration)
+		if err != nil {
+			w.WriteHeader(http.StatusConflict)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		json.NewEncoder(w).Encode(res)
+	})
 	h.srv = httptest.NewUnstartedServer(mux)
 	// Handshakes cut off when the agent stops are no news.
 	h.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -237,16 +258,6 @@ func (h *fakeHost) setJobs(typ string, jobs ...job.Job) {
 	h.jobs = jobs
 	h.mu.Unlock()
 	h.events <- job.Event{Type: typ, Time: time.Now()}
-}
-
-func (h *fakeHost) ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (execResult, error) {
-	h.mu.Lock()
-	exec := h.exec
-	h.mu.Unlock()
-	if exec == nil {
-		return execResult{}, errors.New("no exec in this test")
-	}
-	return exec(id, cmd)
 }
 
 // agentHost is the host of the agents of the DNS tests: none of the

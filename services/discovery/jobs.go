@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
+	"reflect"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
@@ -23,12 +23,7 @@ type target struct {
 	check                   check
 }
 
-func (t target) equal(u target) bool {
-	return t.id == u.id && t.service == u.service && t.job == u.job && t.proto == u.proto && t.addr == u.addr &&
-		t.check.kind == u.check.kind && t.check.path == u.check.path && t.check.status == u.check.status &&
-		slices.Equal(t.check.command, u.check.command) &&
-		t.check.interval == u.check.interval && t.check.timeout == u.check.timeout
-}
+func (t target) equal(u target) bool { return reflect.DeepEqual(t, u) }
 
 // instance is the instance t on host, as r found it.
 func (t target) instance(host string, r result) controller.Instance {

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -159,18 +160,31 @@ func TestAgentCommandCheck(t *testing.T) {
 	var exit atomic.Int32
 	ctl := newFakeController()
 	h := newFakeHost(t, host.HostInfo{ID: "h1", API: "127.0.0.1:4443"})
-	h.exec = func(id string, cmd []string) (execResult, error) {
-		return execResult{ExitCode: int(exit.Load()), Output: "checked " + id}, nil
+	fast := 10 * time.Millisecond
+	h.exec = func(id string, cmd []string, timeout time.Duration) (job.ExecResult, error) {
+		if id != "q-1" || !slices.Equal(cmd, []string{"rabbitmq-diagnostics", "ping"}) || timeout != fast {
+			return job.ExecResult{}, fmt.Errorf("exec %s %q %s, want the check's", id, cmd, timeout)
+		}
+		if exit.Load() == 137 {
+			return job.ExecResult{ExitCode: 137, TimedOut: true}, nil
+		}
+		return job.ExecResult{ExitCode: int(exit.Load()), Output: "checked " + id + "\nmore\n"}, nil
 	}
-	fast := job.Duration{Duration: 10 * time.Millisecond}
-	h.setJobs("started", runningJob("q-1", job.NetworkHost, netip.Addr{},
-		job.Service{Name: "queue", Port: 5672, Check: &job.Check{Type: "command", Command: []string{"true"}, Interval: fast}}))
+	h.setJobs("started", runningJob("q-1", job.NetworkHost, netip.Addr{}, job.Service{Name: "queue", Port: 5672, Check: &job.Check{
+		Type: "command", Command: []string{"rabbitmq-diagnostics", "ping"},
+		Interval: job.Duration{Duration: fast}, Timeout: job.Duration{Duration: fast},
+	}}))
 	startAgent(t, testConfig(t, h, ctl))
-	ctl.waitReport(t, "with the queue healthy", func(r report) bool {
-		return len(r.instances) == 1 && r.instances[0].Healthy && r.instances[0].Output == "exit 0: checked q-1"
-	})
+	output := func(healthy bool, out string) func(report) bool {
+		return func(r report) bool {
+			return len(r.instances) == 1 && r.instances[0].Healthy == healthy && r.instances[0].Output == out
+		}
+	}
+	ctl.waitReport(t, "with the queue healthy", output(true, "exit 0: checked q-1"))
+	exit.Store(137)
+	ctl.waitReport(t, "with the check killed", output(false, "command check: killed after 10ms"))
+	exit.Store(0)
+	ctl.waitReport(t, "with the queue healthy again", output(true, "exit 0: checked q-1"))
 	exit.Store(1)
-	ctl.waitReport(t, "with the queue unhealthy", func(r report) bool {
-		return len(r.instances) == 1 && !r.instances[0].Healthy && r.instances[0].Output == "exit 1: checked q-1"
-	})
+	ctl.waitReport(t, "with the queue unhealthy", output(false, "exit 1: checked q-1"))
 }
