@@ -62,7 +62,8 @@ type Config struct {
 	// With port 0, New picks a port free for both.
 	DNSAddr string
 	// ResolvConf lists the resolvers that queries for names outside
-	// Zone are forwarded to (nameserver lines; see parseResolvConf).
+	// Zone are forwarded to: its nameserver lines, each an address or,
+	// unlike for the C library, an address and port.
 	ResolvConf string
 	// ForwardTimeout bounds the forwarding of one query, over all the
 	// resolvers; then the client gets SERVFAIL.
