@@ -44,6 +44,17 @@ type Config struct {
 	// one from the node ID, avoiding the subnets of the members this
 	// host knows, and keeps it in StateDir; see pickSubnet.
 	ContainerSubnet netip.Prefix
+	// JobDNS gives every job with a network (host or bridge) an
+	// /etc/resolv.conf naming this host first: 127.0.0.1 for host-network
+	// jobs, the container bridge's gateway for bridge jobs. A DNS server
+	// that the platform runs with the host's network, on port 53 of every
+	// address, answers there; the host's own resolvers follow. Default
+	// false: jobs keep their rootfs's resolv.conf.
+	JobDNS bool
+	// HostResolvConf is the file of the host's own resolvers that jobs'
+	// resolv.conf lists after the host; default /run/plinth/resolv.conf
+	// (netd's), else /etc/resolv.conf.
+	HostResolvConf string
 	// Hostname is advertised to other hosts; empty means the kernel's.
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").

@@ -225,12 +225,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.images = images
 	jobs, err := job.New(job.Config{
-		StateDir:    filepath.Join(d.cfg.StateDir, "jobs"),
-		RunDir:      filepath.Join(d.cfg.RunDir, "containers"),
-		Init:        d.cfg.Init,
-		Images:      images,
-		Credentials: d.jobCredentials,
-		Log:         d.log,
+		StateDir:       filepath.Join(d.cfg.StateDir, "jobs"),
+		RunDir:         filepath.Join(d.cfg.RunDir, "containers"),
+		Init:           d.cfg.Init,
+		Images:         images,
+		Credentials:    d.jobCredentials,
+		JobDNS:         d.cfg.JobDNS,
+		HostResolvConf: d.cfg.HostResolvConf,
+		Log:            d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("hostd: %w", err)

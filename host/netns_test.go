@@ -38,6 +38,8 @@ type helperConfig struct {
 	StateDir, Hostname, BundlePath, Token string
 	Join                                  []string
 	Subnet                                string // container subnet; empty picks one
+	JobDNS                                bool
+	HostResolvConf                        string
 }
 
 func TestMain(m *testing.M) {
@@ -61,6 +63,7 @@ func runHelper(path string) int {
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.Hostname, cfg.Join, cfg.JoinToken = hc.StateDir, hc.Hostname, hc.Join, hc.Token
 	cfg.RunDir = filepath.Join(hc.StateDir, "run")
+	cfg.JobDNS, cfg.HostResolvConf = hc.JobDNS, hc.HostResolvConf
 	if hc.Subnet != "" {
 		cfg.ContainerSubnet = netip.MustParsePrefix(hc.Subnet)
 	}

@@ -418,3 +418,27 @@ func TestExec(t *testing.T) {
 		t.Errorf("exec in an exited container: %v, want ErrNotRunning", err)
 	}
 }
+
+// A file bound at a symbolic link lands where the link points inside the
+// root, as the image's /etc/resolv.conf -> /run/plinth/resolv.conf: with a
+// tmpfs on /run, on a read-only root whose /run is empty.
+func TestBindThroughSymlinkIntoTmpfs(t *testing.T) {
+	root := busyboxRoot(t)
+	if err := os.Symlink("/run/plinth/resolv.conf", filepath.Join(root, "etc/resolv.conf")); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(root, "run"), 0o755)
+	src := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(src, []byte("nameserver 192.0.2.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := newRuntime(t)
+	exit, out, errOut := run(t, rt, Spec{Rootfs: root, ReadonlyRootfs: true, Args: []string{"cat", "/etc/resolv.conf"},
+		Mounts: []Mount{{Target: "/run", Tmpfs: true}, {Source: src, Target: "/etc/resolv.conf", ReadOnly: true}}})
+	if exit.Code != 0 || out != "nameserver 192.0.2.1\n" {
+		t.Errorf("exit %+v, output %q (stderr %q); want the bound file through the link", exit, out, errOut)
+	}
+	if target, err := os.Readlink(filepath.Join(root, "etc/resolv.conf")); err != nil || target != "/run/plinth/resolv.conf" {
+		t.Errorf("the rootfs's link became %q, %v", target, err)
+	}
+}

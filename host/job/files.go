@@ -1,9 +1,14 @@
 package job
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/plinth-os/plinth/host/container"
 )
@@ -18,15 +23,40 @@ const CredentialsPath = "/run/plinth/credentials.toml"
 // with a letter or digit), beside the containers' state directories.
 func (m *Manager) filesDir(id string) string { return filepath.Join(m.cfg.RunDir, ".files", id) }
 
-// jobFiles makes the files s asks hostd for and returns the mounts that
-// bind them into the job. It runs before every start, so each run gets
-// fresh ones.
+// jobFile is one file hostd makes for a job and binds into it.
+type jobFile struct {
+	name, target string
+	data         []byte
+	mode         os.FileMode
+	uid, gid     int
+}
+
+// jobFiles makes the files hostd gives s's job (its credentials, its
+// resolv.conf) and returns the mounts that bind them in. It runs before
+// every start, so each run gets fresh ones.
 func (m *Manager) jobFiles(s Spec) ([]container.Mount, error) {
-	if !s.Credentials {
-		return nil, nil
+	var files []jobFile
+	if s.Credentials {
+		if m.cfg.Credentials == nil {
+			return nil, fmt.Errorf("job %s: this host issues no credentials", s.ID)
+		}
+		data, err := m.cfg.Credentials(s.ID)
+		if err != nil {
+			return nil, fmt.Errorf("job %s: issue credentials: %w", s.ID, err)
+		}
+		uid, gid := s.hostIDs()
+		// Only the job's own user may read its key.
+		files = append(files, jobFile{name: "credentials.toml", target: CredentialsPath, data: data, mode: 0o600, uid: uid, gid: gid})
 	}
-	if m.cfg.Credentials == nil {
-		return nil, fmt.Errorf("job %s: this host issues no credentials", s.ID)
+	if m.cfg.JobDNS && (s.Network == NetworkHost || s.Network == NetworkBridge) {
+		data, err := m.resolvConf(s.Network)
+		if err != nil {
+			return nil, fmt.Errorf("job %s: resolv.conf: %w", s.ID, err)
+		}
+		files = append(files, jobFile{name: "resolv.conf", target: "/etc/resolv.conf", data: data, mode: 0o644})
+	}
+	if len(files) == 0 {
+		return nil, nil
 	}
 	dir := m.filesDir(s.ID)
 	// Traversable, not listable: a user-namespaced job's mounts are made
@@ -34,17 +64,67 @@ func (m *Manager) jobFiles(s Spec) ([]container.Mount, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("job %s: files: %w", s.ID, err)
 	}
-	data, err := m.cfg.Credentials(s.ID)
-	if err != nil {
-		return nil, fmt.Errorf("job %s: issue credentials: %w", s.ID, err)
+	var mounts []container.Mount
+	for _, f := range files {
+		path := filepath.Join(dir, f.name)
+		if err := writeFile(path, f.data, f.mode, f.uid, f.gid); err != nil {
+			return nil, fmt.Errorf("job %s: %s: %w", s.ID, f.name, err)
+		}
+		mounts = append(mounts, container.Mount{Source: path, Target: f.target, ReadOnly: true})
 	}
-	path := filepath.Join(dir, "credentials.toml")
-	uid, gid := s.hostIDs()
-	// Only the job's own user may read its key.
-	if err := writeFile(path, data, 0o600, uid, gid); err != nil {
-		return nil, fmt.Errorf("job %s: credentials: %w", s.ID, err)
+	return mounts, nil
+}
+
+// Host resolver files, netd's first.
+var hostResolvConfs = []string{"/run/plinth/resolv.conf", "/etc/resolv.conf"}
+
+// resolvConf is the resolv.conf of a job on network: this host first (a
+// DNS server on it listens on every address), then the host's own
+// nameservers, search domains and options. A bridge job reaches the host
+// at its gateway and cannot reach the host's loopback resolvers.
+func (m *Manager) resolvConf(network string) ([]byte, error) {
+	self := netip.MustParseAddr("127.0.0.1")
+	if network == NetworkBridge {
+		n := m.network.Load()
+		if n == nil {
+			return nil, fmt.Errorf("%w: the container network is not ready yet", ErrUnavailable)
+		}
+		self = n.Gateway()
 	}
-	return []container.Mount{{Source: path, Target: CredentialsPath, ReadOnly: true}}, nil
+	var host []byte
+	var err error
+	paths := hostResolvConfs
+	if m.cfg.HostResolvConf != "" {
+		paths = []string{m.cfg.HostResolvConf}
+	}
+	for _, path := range paths {
+		if host, err = os.ReadFile(path); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	var b bytes.Buffer
+	b.WriteString("# written by plinth hostd for this job: this host first, then the host's resolvers\n")
+	fmt.Fprintf(&b, "nameserver %s\n", self)
+	for line := range strings.Lines(string(host)) {
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "nameserver":
+			ip, err := netip.ParseAddr(fields[1])
+			if err != nil || ip == self || network == NetworkBridge && ip.IsLoopback() {
+				continue
+			}
+			fmt.Fprintf(&b, "nameserver %s\n", ip)
+		case "search", "domain", "options":
+			b.WriteString(strings.Join(fields, " ") + "\n")
+		}
+	}
+	return b.Bytes(), nil
 }
 
 // writeFile replaces path with a file of data, mode and owner: a new

@@ -106,6 +106,15 @@ type Config struct {
 	// bundle) of a job that asks for them (Spec.Credentials), at each of
 	// its starts. Without it such jobs are refused.
 	Credentials func(jobID string) ([]byte, error) `json:"-"`
+	// JobDNS gives every job with a network an /etc/resolv.conf that
+	// names this host first (127.0.0.1 for host-network jobs, the
+	// bridge's gateway for bridge jobs), where a DNS server the platform
+	// runs with the host's network answers; the host's own resolvers
+	// follow.
+	JobDNS bool
+	// HostResolvConf is the file of the host's own resolvers; default
+	// /run/plinth/resolv.conf (netd's), else /etc/resolv.conf.
+	HostResolvConf string
 	// StopTimeout is the default grace period between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
 	Log         *slog.Logger
