@@ -258,7 +258,7 @@ func TestJobCredentials(t *testing.T) {
 		Restart: job.Restart{Policy: job.RestartOnFailure}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the second run's credentials", 15*time.Second, func() error {
+	waitFor(t, "the second run's credentials", time.Minute, func() error {
 		_, err := os.Stat(filepath.Join(out, "creds2"))
 		return err
 	})
@@ -324,12 +324,12 @@ func TestJobExec(t *testing.T) {
 		Env: []string{"GREETING=hi"}, User: "1000", WorkingDir: "/tmp"}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.ExecJob(ctx, "target", []string{"sh", "-c", "echo $GREETING $(id -u) $(pwd); echo oops >&2; exit 3"}, 5*time.Second)
+	res, err := c.ExecJob(ctx, "target", []string{"sh", "-c", "echo $GREETING $(id -u) $(pwd); echo oops >&2; exit 3"}, 30*time.Second)
 	if err != nil || res.ExitCode != 3 || res.Output != "hi 1000 /tmp\noops\n" || res.TimedOut {
 		t.Errorf("exec: %+v, %v; want exit 3 with the job's env, user and directory", res, err)
 	}
 	// Only the first 4 KiB of 22000 bytes come back.
-	res, err = c.ExecJob(ctx, "target", []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done"}, 10*time.Second)
+	res, err = c.ExecJob(ctx, "target", []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done"}, 30*time.Second)
 	if err != nil || res.ExitCode != 0 || len(res.Output) != job.MaxExecOutput || !strings.HasPrefix(res.Output, "0123456789\n0123") {
 		t.Errorf("long output: exit %d, %d bytes, %v; want exit 0 and %d bytes", res.ExitCode, len(res.Output), err, job.MaxExecOutput)
 	}

@@ -405,11 +405,12 @@ func TestExec(t *testing.T) {
 	if exit, _ := exec(short, "sleep", "30"); exit.Code != 128+9 || exit.Signal != "killed" {
 		t.Errorf("timed out: exit %+v, want killed (137)", exit)
 	}
-	// The background sleep keeps the output pipe open for 30 s; the
-	// answer comes when sh exits (a kill by this deadline would show).
-	bounded, cancel2 := context.WithTimeout(ctx, 20*time.Second)
+	// The background sleep keeps the output pipe open for 120 s; the
+	// answer comes when sh exits (waiting for the sleep would outlast
+	// this deadline).
+	bounded, cancel2 := context.WithTimeout(ctx, time.Minute)
 	defer cancel2()
-	if exit, out := exec(bounded, "sh", "-c", "sleep 30 & echo started"); exit.Code != 0 || out != "started\n" || bounded.Err() != nil {
+	if exit, out := exec(bounded, "sh", "-c", "sleep 120 & echo started"); exit.Code != 0 || out != "started\n" || bounded.Err() != nil {
 		t.Errorf("with a child left running: exit %+v, output %q, deadline %v; want 0 and its output at once", exit, out, bounded.Err())
 	}
 	c.Signal(syscall.SIGKILL)
