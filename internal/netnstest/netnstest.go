@@ -86,8 +86,10 @@ func (s *Segment) AddHost(n int) *Host {
 // MoveHost gives h the address <subnet>.<n> instead of its current one.
 func (s *Segment) MoveHost(h *Host, n int) {
 	addr := fmt.Sprintf("%s.%d", s.net, n)
-	s.Run("ip", "-n", h.NS, "addr", "add", addr+"/24", "dev", "eth0")
+	// Deleted first: deleting a subnet's primary address would take the
+	// new one, a secondary in the same subnet, along.
 	s.Run("ip", "-n", h.NS, "addr", "del", h.Addr+"/24", "dev", "eth0")
+	s.Run("ip", "-n", h.NS, "addr", "add", addr+"/24", "dev", "eth0")
 	h.Addr = addr
 }
 

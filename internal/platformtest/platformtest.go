@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,12 +44,22 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Binary builds cmd/plinth once per test run, in a directory under
-// /tmp, which system-rootfs jobs see, and returns its path.
+// Binary builds cmd/plinth once per test run and returns its path: in
+// the user's cache directory, on the root filesystem that system-rootfs
+// jobs run on (their /tmp, /run and /var are their own).
 func Binary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
-		if binDir, binErr = os.MkdirTemp("", "plinth-test-bin-"); binErr != nil {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			binErr = err
+			return
+		}
+		if err := os.MkdirAll(filepath.Join(cache, "plinth-test"), 0o755); err != nil {
+			binErr = err
+			return
+		}
+		if binDir, binErr = os.MkdirTemp(filepath.Join(cache, "plinth-test"), "bin-"); binErr != nil {
 			return
 		}
 		out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, "plinth"), "github.com/plinth-os/plinth/cmd/plinth").CombinedOutput()
@@ -75,6 +86,9 @@ type Platform struct {
 	// Client is a namespace on the segment for the test's own clients.
 	Client *netnstest.Host
 	Hosts  []*Host
+
+	mu   sync.Mutex
+	jobs []string // IDs of every job the test made, for the cleanup
 }
 
 // Host is one host of the platform.
@@ -123,6 +137,11 @@ func New(t *testing.T, tag, subnet string, n int) *Platform {
 		p.startHostd(h, seeds)
 	}
 	t.Cleanup(p.cleanup)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(p.Logs())
+		}
+	})
 	return p
 }
 
@@ -130,7 +149,7 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	t := p.t
 	t.Helper()
 	cmd := p.Seg.Command(h.NS, p.Bin, "hostd", "--state-dir", filepath.Join(h.Dir, "host"), "--run-dir", filepath.Join(h.Dir, "run"),
-		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--roles", controller.RoleController, "--hostname", h.NS.Name,
+		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
 		"--container-network=false")
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -191,9 +210,17 @@ func (p *Platform) StartController(h *Host) {
 	p.CreateJob(h, spec)
 }
 
+// track records a job ID for the cleanup.
+func (p *Platform) track(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.jobs = append(p.jobs, id)
+}
+
 // CreateJob creates a job on h, failing the test if it cannot.
 func (p *Platform) CreateJob(h *Host, spec job.Spec) job.Job {
 	p.t.Helper()
+	p.track(spec.ID)
 	j, err := p.HostClient(h).CreateJob(Ctx(p.t, 30*time.Second), spec)
 	if err != nil {
 		p.t.Fatalf("%s: create job %s: %v", h.NS.Name, spec.ID, err)
@@ -251,6 +278,61 @@ func (p *Platform) cleanup() {
 		cancel()
 		p.KillHostd(h, syscall.SIGTERM)
 	}
+	p.killJobs()
+	p.unmountAll()
+}
+
+// killJobs kills what is left in the cgroups of the test's jobs (hostd
+// leaves running containers behind when it stops, to adopt them when it
+// starts again; a host the test could not reach kept its jobs) and
+// removes those cgroups.
+func (p *Platform) killJobs() {
+	for _, id := range p.jobs {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/plinth/" + id)
+		if st, err := os.Stat("/sys/fs/cgroup/plinth/" + id); err == nil && st.IsDir() {
+			dirs = append(dirs, "/sys/fs/cgroup/plinth/"+id)
+		}
+		for _, dir := range dirs {
+			for range 50 {
+				data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+				pids := strings.Fields(string(data))
+				for _, pid := range pids {
+					if n, err := strconv.Atoi(pid); err == nil {
+						syscall.Kill(n, syscall.SIGKILL)
+					}
+				}
+				if len(pids) == 0 && syscall.Rmdir(dir) == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+}
+
+// unmountAll detaches what hostd left mounted under the test's directory
+// (the read-only bind of / that system-rootfs jobs run on, overlays), so
+// that removing the directory never walks into them.
+func (p *Platform) unmountAll() {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		p.t.Error(err)
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], p.dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	// Deepest first.
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	for _, m := range points {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			p.t.Errorf("unmount %s: %v", m, err)
+		}
+	}
 }
 
 // Logs returns the end of every hostd's log, for failure messages.
@@ -265,6 +347,9 @@ func (p *Platform) Logs() string {
 		fmt.Fprintf(&b, "--- %s %s (last lines)\n%s\n", h.NS.Name, h.ID, strings.Join(lines, "\n"))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if h.cmd != nil {
+			if j, err := p.HostClient(h).Job(ctx, h.ControllerJob); err == nil {
+				fmt.Fprintf(&b, "  controller job: %s pid %d restarts %d exit %+v %s\n", j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
+			}
 			p.HostClient(h).JobLogs(ctx, h.ControllerJob, job.LogOptions{Tail: 15}, func(l job.LogLine) error {
 				fmt.Fprintf(&b, "  controller: %s\n", l.Text)
 				return nil

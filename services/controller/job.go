@@ -18,13 +18,14 @@ const JobID = "plinth-controller"
 func JobSpec(binary string, expect int, dataDir string) job.Spec {
 	dir := DefaultConfig().DataDir
 	return job.Spec{
-		ID:        JobID,
-		Rootfs:    job.SystemRootfs,
-		Cmd:       []string{binary, "controller", "run", "--expect", strconv.Itoa(expect)},
-		Network:   job.NetworkHost,
-		Restart:   job.Restart{Policy: job.RestartAlways},
-		Resurrect: true,
-		Volumes:   []job.Volume{{Source: dataDir, Target: dir}},
-		Tags:      map[string]string{"platform": "controller"},
+		ID:          JobID,
+		Rootfs:      job.SystemRootfs,
+		Cmd:         []string{binary, "controller", "run", "--expect", strconv.Itoa(expect)},
+		Network:     job.NetworkHost,
+		Restart:     job.Restart{Policy: job.RestartAlways},
+		Resurrect:   true,
+		Credentials: true,
+		Volumes:     []job.Volume{{Source: dataDir, Target: dir}},
+		Tags:        map[string]string{"platform": "controller"},
 	}
 }

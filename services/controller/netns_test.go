@@ -18,11 +18,13 @@ import (
 func TestMain(m *testing.M) { platformtest.Main(m) }
 
 // writeLoop writes counter settings for d, one at a time, calling during
-// once after the first tenth, and returns the acknowledged values and the
-// highest index acknowledged.
-func writeLoop(c *controller.Client, prefix string, d time.Duration, during func()) (acked []int, last uint64) {
+// once after the first tenth, and returns the acknowledged values, the
+// highest index acknowledged, and the longest time without an
+// acknowledgement.
+func writeLoop(c *controller.Client, prefix string, d time.Duration, during func()) (acked []int, last uint64, gap time.Duration) {
 	start := time.Now()
 	called := false
+	var lastAck time.Time
 	for i := 0; time.Since(start) < d && i < 100000; i++ {
 		if !called && time.Since(start) > d/10 {
 			during()
@@ -35,9 +37,13 @@ func writeLoop(c *controller.Client, prefix string, d time.Duration, during func
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		acked, last = append(acked, i), max(last, s.ModifyIndex)
+		now := time.Now()
+		if !lastAck.IsZero() {
+			gap = max(gap, now.Sub(lastAck))
+		}
+		acked, last, lastAck = append(acked, i), max(last, s.ModifyIndex), now
 	}
-	return acked, last
+	return acked, last, gap
 }
 
 // checkAcked fails unless every acknowledged counter value is stored.
@@ -75,15 +81,18 @@ func TestControllerJobsSurviveKillsRestartsAndMoves(t *testing.T) {
 	// leader within seconds, and no acknowledged write lost.
 	old := p.ByID(st.Leader)
 	var killed time.Time
-	acked, last := writeLoop(p.Controllers(), "kill", 8*time.Second, func() {
+	acked, last, gap := writeLoop(p.Controllers(), "kill", 8*time.Second, func() {
 		if err := p.HostClient(old).SignalJob(ctx(5*time.Second), old.ControllerJob, "KILL"); err != nil {
 			t.Fatal(err)
 		}
 		killed = time.Now()
 	})
 	checkAcked(t, p.Controllers(), "kill", acked, last)
+	if gap > 10*time.Second {
+		t.Errorf("writes stopped for %v after the leader was killed", gap)
+	}
 	st = p.Healthy(3, 60*time.Second)
-	t.Logf("SIGKILL of the leader's controller: %d writes acknowledged, leader now %s; all 3 voters healthy %.1fs after the kill", len(acked), st.Leader, time.Since(killed).Seconds())
+	t.Logf("SIGKILL of the leader's controller: %d writes acknowledged, none for %.1fs at most; leader now %s; all 3 voters healthy %.1fs after the kill", len(acked), gap.Seconds(), st.Leader, time.Since(killed).Seconds())
 
 	// A follower's host loses power: writes go on; it comes back and is a
 	// voter again.
@@ -128,13 +137,14 @@ func TestControllerJobsSurviveKillsRestartsAndMoves(t *testing.T) {
 		}
 		return fmt.Errorf("%s is not a voter: %+v", mover.ID, s.Voters)
 	})
-	if _, err := p.Controllers().PutSetting(ctx(10*time.Second), "after-move", "x", nil); err != nil {
+	moved, err := p.Controllers().PutSetting(ctx(10*time.Second), "after-move", "x", nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 
 	// Every host loses power at once and comes back: same state, a leader
 	// elected with no help.
-	before, _, err := p.Controllers().Settings(ctx(10*time.Second), controller.QueryOptions{})
+	before, _, err := p.Controllers().Settings(ctx(10*time.Second), controller.QueryOptions{Index: moved.ModifyIndex - 1, Wait: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
