@@ -22,7 +22,7 @@ func rootCommand() *cobra.Command {
 		SilenceErrors: false,
 	}
 	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), selftestCommand(), netdCommand(), netCommand(),
-		hostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(),
+		hostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(), discoveryCommand(),
 		powerCommand("poweroff", "Power the machine off in order", unix.SIGUSR2),
 		powerCommand("reboot", "Reboot the machine in order", unix.SIGTERM))
 	return root

@@ -17,7 +17,9 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/discovery"
 )
 
 // jobCredentials is where hostd puts a platform job's certificate.
@@ -137,10 +139,11 @@ func controllerRunCommand() *cobra.Command {
 func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "start-jobs",
-		Short: "Start the controller job on every alive host with the controller role",
-		Long: "start-jobs creates the controller job (" + controller.JobID + ") on each alive host whose\n" +
-			"machine config has the role \"controller\", through its host API. Hosts that\n" +
-			"already run it are left alone. The voters bootstrap once all have started.",
+		Short: "Start the controller on the controller hosts and the discovery agent on every host",
+		Long: "start-jobs creates, through each host's API, the controller job (" + controller.JobID + ") on\n" +
+			"every alive host whose machine config has the role \"controller\", and the discovery\n" +
+			"agent's job (" + discovery.JobID + ") on every alive host. Jobs that exist are left alone.\n" +
+			"The voters bootstrap once all of them have started.",
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return withTimeout(time.Minute, func(ctx context.Context) error {
@@ -153,29 +156,43 @@ func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				var targets []host.Member
+				var alive, voters []host.Member
 				for _, m := range members {
-					if m.Status == host.StatusAlive && slices.Contains(m.Roles, controller.RoleController) {
-						targets = append(targets, m)
+					if m.Status == host.StatusAlive {
+						alive = append(alive, m)
+						if slices.Contains(m.Roles, controller.RoleController) {
+							voters = append(voters, m)
+						}
 					}
 				}
-				switch len(targets) {
+				switch len(voters) {
 				case 1, 3, 5:
 				case 0:
 					return fmt.Errorf("no alive host has the %q role: add roles = [\"controller\"] to 1, 3 or 5 machine configs", controller.RoleController)
 				default:
-					return fmt.Errorf("%d hosts have the %q role: use 1, 3 or 5 (an even number of voters tolerates no more failures than one fewer)", len(targets), controller.RoleController)
+					return fmt.Errorf("%d hosts have the %q role: use 1, 3 or 5 (an even number of voters tolerates no more failures than one fewer)", len(voters), controller.RoleController)
 				}
-				for _, m := range targets {
+				start := func(m host.Member, spec job.Spec) error {
 					c := host.NewClient(m.API, creds.TLS())
-					if _, err := c.Job(ctx, controller.JobID); err == nil {
-						fmt.Printf("%s (%s): already runs %s\n", m.ID, m.Hostname, controller.JobID)
-						continue
+					if _, err := c.Job(ctx, spec.ID); err == nil {
+						fmt.Printf("%s (%s): already runs %s\n", m.ID, m.Hostname, spec.ID)
+						return nil
 					}
-					if _, err := c.CreateJob(ctx, controller.JobSpec(platformBinary, len(targets), controller.DefaultConfig().DataDir)); err != nil {
-						return fmt.Errorf("host %s (%s): %w", m.ID, m.Hostname, err)
+					if _, err := c.CreateJob(ctx, spec); err != nil {
+						return fmt.Errorf("host %s (%s): %s: %w", m.ID, m.Hostname, spec.ID, err)
 					}
-					fmt.Printf("%s (%s): started %s\n", m.ID, m.Hostname, controller.JobID)
+					fmt.Printf("%s (%s): started %s\n", m.ID, m.Hostname, spec.ID)
+					return nil
+				}
+				for _, m := range voters {
+					if err := start(m, controller.JobSpec(platformBinary, len(voters), controller.DefaultConfig().DataDir)); err != nil {
+						return err
+					}
+				}
+				for _, m := range alive {
+					if err := start(m, discovery.JobSpec(platformBinary)); err != nil {
+						return err
+					}
 				}
 				return nil
 			})

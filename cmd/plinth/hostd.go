@@ -111,6 +111,9 @@ func fromMachineConfig(cfg *host.Config, m config.Machine, flagSet func(string) 
 	set("api-port", func() { cfg.APIPort = c.APIPort })
 	set("roles", func() { cfg.Roles = c.Roles })
 	set("hostname", func() { cfg.Hostname = m.Hostname })
+	// On a plinth machine the discovery agent serves DNS on every host,
+	// so jobs get it as their resolver.
+	set("job-dns", func() { cfg.JobDNS = true })
 }
 
 // defaultCredentials is where `plinth members` looks for client

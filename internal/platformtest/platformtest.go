@@ -26,6 +26,7 @@ import (
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/netnstest"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/discovery"
 )
 
 var (
@@ -100,9 +101,10 @@ type Host struct {
 	done chan struct{}
 	// ID is the node ID.
 	ID string
-	// ControllerJob is the ID of its controller job: unique on this
-	// machine, since every host's jobs share one cgroup tree.
-	ControllerJob string
+	// ControllerJob and DiscoveryJob are the IDs of its platform jobs:
+	// unique on this machine, since every host's jobs share one cgroup
+	// tree.
+	ControllerJob, DiscoveryJob string
 }
 
 // New starts n hosts with the role controller on a segment whose
@@ -131,6 +133,7 @@ func New(t *testing.T, tag, subnet string, n int) *Platform {
 	for i := 1; i <= n; i++ {
 		h := &Host{NS: seg.AddHost(i), Dir: filepath.Join(p.dir, fmt.Sprintf("h%d", i))}
 		h.ControllerJob = fmt.Sprintf("plinth-controller-h%d-%d", i, os.Getpid())
+		h.DiscoveryJob = fmt.Sprintf("plinth-discovery-h%d-%d", i, os.Getpid())
 		p.Hosts = append(p.Hosts, h)
 	}
 	for _, h := range p.Hosts {
@@ -150,7 +153,7 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	t.Helper()
 	cmd := p.Seg.Command(h.NS, p.Bin, "hostd", "--state-dir", filepath.Join(h.Dir, "host"), "--run-dir", filepath.Join(h.Dir, "run"),
 		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
-		"--container-network=false")
+		"--container-network=false", "--job-dns")
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +210,15 @@ func (p *Platform) StartController(h *Host) {
 	p.t.Helper()
 	spec := controller.JobSpec(p.Bin, len(p.Hosts), filepath.Join(h.Dir, "controller"))
 	spec.ID = h.ControllerJob
+	p.CreateJob(h, spec)
+}
+
+// StartDiscovery creates h's discovery agent job, as `plinth controller
+// start-jobs` does.
+func (p *Platform) StartDiscovery(h *Host) {
+	p.t.Helper()
+	spec := discovery.JobSpec(p.Bin)
+	spec.ID = h.DiscoveryJob
 	p.CreateJob(h, spec)
 }
 
@@ -346,12 +358,17 @@ func (p *Platform) Logs() string {
 		}
 		fmt.Fprintf(&b, "--- %s %s (last lines)\n%s\n", h.NS.Name, h.ID, strings.Join(lines, "\n"))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if h.cmd != nil {
-			if j, err := p.HostClient(h).Job(ctx, h.ControllerJob); err == nil {
-				fmt.Fprintf(&b, "  controller job: %s pid %d restarts %d exit %+v %s\n", j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
+		for _, id := range []string{h.ControllerJob, h.DiscoveryJob} {
+			if h.cmd == nil {
+				break
 			}
-			p.HostClient(h).JobLogs(ctx, h.ControllerJob, job.LogOptions{Tail: 15}, func(l job.LogLine) error {
-				fmt.Fprintf(&b, "  controller: %s\n", l.Text)
+			j, err := p.HostClient(h).Job(ctx, id)
+			if err != nil {
+				continue
+			}
+			fmt.Fprintf(&b, "  job %s: %s pid %d restarts %d exit %+v %s\n", id, j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
+			p.HostClient(h).JobLogs(ctx, id, job.LogOptions{Tail: 15}, func(l job.LogLine) error {
+				fmt.Fprintf(&b, "    %s\n", l.Text)
 				return nil
 			})
 		}

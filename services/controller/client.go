@@ -43,11 +43,18 @@ func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConfig,
 		TLSHandshakeTimeout: 10 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAliveConfig: deadPeer}).DialContext,
 		MaxIdleConnsPerHost: 64,
 	}
 	return &Client{addrs: withPorts(addrs), http: &http.Client{Transport: tr}}
 }
+
+// deadPeer makes the kernel probe an idle connection after 1 s and give
+// up after two unanswered probes a second apart: a blocking query held
+// by a controller whose host lost power fails after about 3 s, not after
+// its wait or TCP's two hours, and the client moves on. A probe is one
+// small packet a second per idle connection.
+var deadPeer = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 2}
 
 func withPorts(addrs []string) []string {
 	var norm []string
@@ -180,6 +187,13 @@ func (c *Client) sendTo(ctx context.Context, addrs []string, start int, method, 
 			if isDialError(err) && ctx.Err() == nil {
 				continue
 			}
+			// The request may have reached it, so it is not sent again;
+			// the next call starts with another controller.
+			c.mu.Lock()
+			if slices.Equal(c.addrs, addrs) && ctx.Err() == nil {
+				c.next = (n + 1) % len(addrs)
+			}
+			c.mu.Unlock()
 			return nil, true, lastErr
 		}
 		c.mu.Lock()

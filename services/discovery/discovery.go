@@ -34,6 +34,8 @@ type HostAPI interface {
 	Host(ctx context.Context) (host.HostInfo, error)
 	Jobs(ctx context.Context) ([]job.Job, error)
 	JobEvents(ctx context.Context) (*host.EventStream, error)
+	Members(ctx context.Context) ([]host.Member, error)
+	Events(ctx context.Context) (*host.EventStream, error)
 	ExecJob(ctx context.Context, id string, cmd []string, timeout time.Duration) (job.ExecResult, error)
 }
 
@@ -246,6 +248,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { watch(ctx, a, "services", c.Services, a.cache.setServices) })
 	wg.Go(func() { watch(ctx, a, "hosts", c.Hosts, a.cache.setHosts) })
 	wg.Go(func() { a.followJobs(ctx) })
+	wg.Go(func() { a.followMembers(ctx) })
 	wg.Go(func() { a.report(ctx) })
 	wg.Wait()
 	a.udp.Close()

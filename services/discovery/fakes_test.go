@@ -222,6 +222,18 @@ func newFakeHost(t *testing.T, info host.HostInfo) *fakeHost {
 			}
 		}
 	})
+	// The host's Serf knows only itself, alive, and never changes.
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		json.NewEncoder(w).Encode([]host.Member{{ID: h.info.ID, Hostname: h.info.Hostname, Status: host.StatusAlive}})
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, ": subscribed\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
 	mux.HandleFunc("POST /v1/jobs/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Cmd     []string     `json:"cmd"`

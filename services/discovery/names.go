@@ -57,7 +57,7 @@ func buildTable(instances []controller.Instance, services []controller.Service, 
 	for _, s := range services {
 		get(s.Name)
 	}
-	byID := map[string]netip.AddrPort{}
+	byID := map[string]netip.AddrPort{} // healthy instances
 	instances = slices.SortedFunc(slices.Values(instances), func(a, b controller.Instance) int { return cmp.Compare(a.ID, b.ID) })
 	for _, in := range instances {
 		s := get(in.Service)
@@ -66,9 +66,9 @@ func buildTable(instances []controller.Instance, services []controller.Service, 
 			continue
 		}
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		byID[in.ID] = ap
 		s.addrs[addrLabel(ap.Addr())] = ap.Addr()
 		if in.Healthy {
+			byID[in.ID] = ap
 			s.healthy = append(s.healthy, ap)
 		}
 	}

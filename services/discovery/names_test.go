@@ -131,3 +131,25 @@ func TestLookupLeaderGone(t *testing.T) {
 		t.Errorf("leader gone: exists %v, answer %v; want an empty answer", exists, answer)
 	}
 }
+
+func TestInstancesOfDownHostsLeaveTheNames(t *testing.T) {
+	instances := []controller.Instance{
+		{ID: "a/j/web", Service: "web", Host: "a", Job: "j", Addr: "10.0.0.1:80", Healthy: true},
+		{ID: "b/j/web", Service: "web", Host: "b", Job: "j", Addr: "10.0.0.2:80", Healthy: true},
+	}
+	services := []controller.Service{{Name: "web", Leader: "a/j/web"}}
+	tab := buildTable(withoutDown(instances, map[string]bool{"a": true}), services, nil)
+	web := tab.services["web"]
+	if len(web.healthy) != 1 || web.healthy[0].String() != "10.0.0.2:80" {
+		t.Fatalf("healthy %v, want only b's instance", web.healthy)
+	}
+	if web.leader.IsValid() {
+		t.Fatalf("leader %v on a down host is still answered", web.leader)
+	}
+	if !instances[0].Healthy {
+		t.Fatal("withoutDown changed the cache's own instances")
+	}
+	if got := withoutDown(instances, nil); &got[0] != &instances[0] {
+		t.Fatal("withoutDown copied with no host down")
+	}
+}

@@ -68,6 +68,19 @@ type cache struct {
 	services  []controller.Service
 	hosts     []controller.Host
 	loaded    [3]bool // instances, services, hosts
+	// down are the hosts this host's Serf says failed or left.
+	down map[string]bool
+}
+
+// setDown replaces the set of down hosts (a copy of down is kept).
+func (c *cache) setDown(down map[string]bool) {
+	cp := make(map[string]bool, len(down))
+	for id, d := range down {
+		if d {
+			cp[id] = true
+		}
+	}
+	c.update(func() { c.down = cp })
 }
 
 func (c *cache) setInstances(v []controller.Instance) {
@@ -89,7 +102,7 @@ func (c *cache) update(set func()) {
 	defer c.mu.Unlock()
 	set()
 	if c.loaded == [3]bool{true, true, true} {
-		c.names.Store(buildTable(c.instances, c.services, c.hosts))
+		c.names.Store(buildTable(withoutDown(c.instances, c.down), c.services, c.hosts))
 	}
 }
 
@@ -116,4 +129,20 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// withoutDown returns instances with those on down hosts marked
+// unhealthy.
+func withoutDown(instances []controller.Instance, down map[string]bool) []controller.Instance {
+	if len(down) == 0 {
+		return instances
+	}
+	out := make([]controller.Instance, len(instances))
+	for i, in := range instances {
+		if down[in.Host] {
+			in.Healthy = false
+		}
+		out[i] = in
+	}
+	return out
 }
