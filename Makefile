@@ -42,8 +42,9 @@ check-static: $(OUT)/plinth
 image: binary
 	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
 
-# Three VMs with one cluster bundle: members listed, one killed, its failure
-# reported by the others, the rest powered off.
+# Three VMs with one cluster bundle: members listed, an example app deployed,
+# the controller started on every node, one VM killed, its failure reported
+# by the others and the controller still taking writes, the rest powered off.
 demo: image
 	$(OUT)/plinth vm cluster --nodes 3 --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img
 
