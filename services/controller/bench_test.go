@@ -560,9 +560,9 @@ func startEtcd(b *testing.B, bin string, bnd *bundle.Bundle, client *tls.Config)
 		}
 	}
 	var peers []string
-	var clientPorts, peerPorts []int
+	ports := freePorts(b, 6)
+	clientPorts, peerPorts := ports[:3], ports[3:]
 	for i := range 3 {
-		clientPorts, peerPorts = append(clientPorts, freePort(b)), append(peerPorts, freePort(b))
 		peers = append(peers, fmt.Sprintf("e%d=https://127.0.0.1:%d", i, peerPorts[i]))
 	}
 	tr := &http.Transport{

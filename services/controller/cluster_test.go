@@ -41,14 +41,20 @@ type testNode struct {
 	expect  int
 }
 
-func freePort(t testing.TB) int {
+// freePorts returns n distinct free ports: all are held open until all
+// are found, so the kernel cannot hand the same one out twice.
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 func newTestCluster(t testing.TB, n int) *testCluster {
@@ -66,7 +72,8 @@ func newTestClusterWith(t testing.TB, b *bundle.Bundle, n int) *testCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &testCluster{t: t, b: b, creds: creds, ports: Ports{API: freePort(t), Raft: freePort(t)}, hostPt: freePort(t)}
+	ports := freePorts(t, 3)
+	c := &testCluster{t: t, b: b, creds: creds, ports: Ports{API: ports[0], Raft: ports[1]}, hostPt: ports[2]}
 	for i := range n {
 		node := &testNode{ip: fmt.Sprintf("127.0.%d.%d", 50+os.Getpid()%100, i+1), dataDir: t.TempDir(), expect: n}
 		c.nodes = append(c.nodes, node)
