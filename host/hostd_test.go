@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // loopbackHost runs a hostd on 127.0.0.1 with free ports until the test
@@ -43,19 +44,10 @@ func adminClient(t *testing.T, b *bundle.Bundle, d *Daemon) *Client {
 	return NewClient(d.APIAddr().String(), creds.TLS())
 }
 
+// waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.For(t, what, timeout, cond)
 }
 
 func TestAPIServesHostAndMembers(t *testing.T) {

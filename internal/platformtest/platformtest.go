@@ -25,6 +25,7 @@ import (
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/netnstest"
+	"github.com/plinth-os/plinth/internal/testwait"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/discovery"
 )
@@ -164,8 +165,8 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	}
 	h.cmd, h.done = cmd, make(chan struct{})
 	go func(done chan struct{}) { cmd.Wait(); log.Close(); close(done) }(h.done)
-	WaitFor(t, h.NS.Name+"'s host API", 30*time.Second, func() error {
-		info, err := p.HostClient(h).Host(Ctx(t, 2*time.Second))
+	testwait.For(t, h.NS.Name+"'s host API", 30*time.Second, func() error {
+		info, err := p.HostClient(h).Host(testwait.Ctx(t, 2*time.Second))
 		h.ID = info.ID
 		return err
 	})
@@ -233,7 +234,7 @@ func (p *Platform) track(id string) {
 func (p *Platform) CreateJob(h *Host, spec job.Spec) job.Job {
 	p.t.Helper()
 	p.track(spec.ID)
-	j, err := p.HostClient(h).CreateJob(Ctx(p.t, 30*time.Second), spec)
+	j, err := p.HostClient(h).CreateJob(testwait.Ctx(p.t, 30*time.Second), spec)
 	if err != nil {
 		p.t.Fatalf("%s: create job %s: %v", h.NS.Name, spec.ID, err)
 	}
@@ -242,7 +243,7 @@ func (p *Platform) CreateJob(h *Host, spec job.Spec) job.Job {
 
 // jobPids are the PIDs of h's running jobs.
 func (p *Platform) jobPids(h *Host) []int {
-	jobs, err := p.HostClient(h).Jobs(Ctx(p.t, 5*time.Second))
+	jobs, err := p.HostClient(h).Jobs(testwait.Ctx(p.t, 5*time.Second))
 	if err != nil {
 		return nil
 	}
@@ -385,7 +386,7 @@ func (p *Platform) Healthy(want int, timeout time.Duration) controller.Status {
 	deadline := time.Now().Add(timeout)
 	for {
 		var err error
-		st, err = p.Controllers().Status(Ctx(p.t, 5*time.Second))
+		st, err = p.Controllers().Status(testwait.Ctx(p.t, 5*time.Second))
 		if err == nil && len(st.Voters) == want && st.Healthy() {
 			return st
 		}
@@ -405,28 +406,4 @@ func (p *Platform) ByID(id string) *Host {
 	}
 	p.t.Fatalf("no host %s", id)
 	return nil
-}
-
-// WaitFor polls cond every 100 ms until it holds, failing the test after
-// timeout.
-func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// Ctx is a context that ends after d or with the test.
-func Ctx(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

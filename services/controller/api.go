@@ -149,13 +149,46 @@ func (c *Controller) kindOf(r *http.Request) (*kind, error) {
 	return k, nil
 }
 
-func (c *Controller) serveList(w http.ResponseWriter, r *http.Request) {
+// ErrNotAllowed: the collection is written by the platform itself.
+var ErrNotAllowed = errors.New("not allowed")
+
+// readTarget is what every generic read needs: the collection and the
+// blocking query's options.
+func (c *Controller) readTarget(r *http.Request) (*kind, QueryOptions, error) {
 	k, err := c.kindOf(r)
+	if err != nil {
+		return nil, QueryOptions{}, err
+	}
+	q, err := queryOptions(r)
+	return k, q, err
+}
+
+// writeTarget is what every generic write needs: a collection the API
+// may write and the compare-and-set index.
+func (c *Controller) writeTarget(r *http.Request) (*kind, *uint64, error) {
+	k, err := c.kindOf(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !k.writable {
+		return nil, nil, fmt.Errorf("%w: %s are written by the platform, not by %s", ErrNotAllowed, k.name, r.Method)
+	}
+	cas, err := casParam(r)
+	return k, cas, err
+}
+
+// answer writes out (or err) with the index header.
+func answer(w http.ResponseWriter, index uint64, out any, err error) {
 	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
-	q, err := queryOptions(r)
+	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (c *Controller) serveList(w http.ResponseWriter, r *http.Request) {
+	k, q, err := c.readTarget(r)
 	if err != nil {
 		writeError(w, 0, err)
 		return
@@ -166,12 +199,7 @@ func (c *Controller) serveList(w http.ResponseWriter, r *http.Request) {
 		out, err = listAny(txn, k.name)
 		return err
 	})
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	w.Header().Set(IndexHeader, strconv.FormatUint(meta.Index, 10))
-	writeJSON(w, http.StatusOK, out)
+	answer(w, meta.Index, out, err)
 }
 
 func listAny(txn *memdb.Txn, table string) (any, error) {
@@ -187,12 +215,7 @@ func listAny(txn *memdb.Txn, table string) (any, error) {
 }
 
 func (c *Controller) serveGet(w http.ResponseWriter, r *http.Request) {
-	k, err := c.kindOf(r)
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	q, err := queryOptions(r)
+	k, q, err := c.readTarget(r)
 	if err != nil {
 		writeError(w, 0, err)
 		return
@@ -200,59 +223,45 @@ func (c *Controller) serveGet(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
 	var out any
 	meta, err := c.fsm.store.query(r.Context(), k.name, q, func(txn *memdb.Txn) error {
-		var err error
+		var arg any = key
 		if k.name == "events" {
-			id, perr := strconv.ParseUint(key, 10, 64)
-			if perr != nil {
+			id, err := strconv.ParseUint(key, 10, 64)
+			if err != nil {
 				return fmt.Errorf("%w: event id %q", ErrNotFound, key)
 			}
-			out, err = txn.First(k.name, "id", id)
-		} else {
-			out, err = txn.First(k.name, "id", key)
+			arg = id
 		}
-		if err == nil && out == nil {
+		var err error
+		if out, err = txn.First(k.name, "id", arg); err == nil && out == nil {
 			err = fmt.Errorf("%w: %s %s", ErrNotFound, k.name, key)
 		}
 		return err
 	})
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	w.Header().Set(IndexHeader, strconv.FormatUint(meta.Index, 10))
-	writeJSON(w, http.StatusOK, out)
+	answer(w, meta.Index, out, err)
 }
 
 func (c *Controller) servePut(w http.ResponseWriter, r *http.Request) {
-	k, err := c.kindOf(r)
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	if !k.writable {
-		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s are written by the platform, not by PUT", k.name))
-		return
-	}
-	cas, err := casParam(r)
+	k, cas, err := c.writeTarget(r)
 	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
 	obj := k.new()
-	if err := decodeBody(r, obj); err != nil {
-		writeError(w, 0, err)
-		return
-	}
+	err = decodeBody(r, obj)
 	key := r.PathValue("key")
-	switch obj.key() {
-	case "":
-		setKey(obj, key)
-	case key:
-	default:
-		writeError(w, 0, fmt.Errorf("%w: the body's key %q is not the path's %q", ErrInvalid, obj.key(), key))
-		return
+	if err == nil {
+		switch obj.key() {
+		case "":
+			setKey(obj, key)
+		case key:
+		default:
+			err = fmt.Errorf("%w: the body's key %q is not the path's %q", ErrInvalid, obj.key(), key)
+		}
 	}
-	if err := k.check(obj); err != nil {
+	if err == nil {
+		err = k.check(obj)
+	}
+	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
@@ -276,59 +285,39 @@ func setKey(obj object, key string) {
 // writeObject answers a write with the object as stored.
 func (c *Controller) writeObject(w http.ResponseWriter, table, key string, index uint64) {
 	raw, _ := c.fsm.store.current().Txn(false).First(table, "id", key)
-	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 	if raw == nil {
-		writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+		answer(w, index, map[string]uint64{"index": index}, nil)
 		return
 	}
-	writeJSON(w, http.StatusOK, raw)
+	answer(w, index, raw, nil)
 }
 
 func (c *Controller) serveDelete(w http.ResponseWriter, r *http.Request) {
-	k, err := c.kindOf(r)
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	if !k.writable {
-		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s are written by the platform, not by DELETE", k.name))
-		return
-	}
-	cas, err := casParam(r)
+	k, cas, err := c.writeTarget(r)
 	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
 	index, err := c.propose(&command{Op: opDelete, Kind: k.name, Key: r.PathValue("key"), CAS: cas})
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+	answer(w, index, map[string]uint64{"index": index}, err)
 }
 
 func (c *Controller) serveReport(w http.ResponseWriter, r *http.Request) {
-	var in []Instance
-	if err := decodeBody(r, &in); err != nil {
-		writeError(w, 0, err)
-		return
-	}
+	in := []Instance{}
 	hostID := r.PathValue("id")
-	if err := checkReport(hostID, in); err != nil {
+	err := decodeBody(r, &in)
+	if err == nil {
+		err = checkReport(hostID, in)
+	}
+	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
 	if in == nil {
-		in = []Instance{}
+		in = []Instance{} // a JSON null
 	}
 	index, err := c.propose(&command{Op: opReport, Key: hostID, Instances: in})
-	if err != nil {
-		writeError(w, 0, err)
-		return
-	}
-	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusOK, map[string]uint64{"index": index})
+	answer(w, index, map[string]uint64{"index": index}, err)
 }
 
 func (c *Controller) serveCordon(cordon bool) http.HandlerFunc {
@@ -381,6 +370,8 @@ func writeError(w http.ResponseWriter, status int, err error) {
 			status = http.StatusConflict
 		case errors.Is(err, ErrInvalid):
 			status = http.StatusBadRequest
+		case errors.Is(err, ErrNotAllowed):
+			status = http.StatusMethodNotAllowed
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout),
 			errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 			w.Header().Set("Retry-After", "1")

@@ -29,6 +29,7 @@ import (
 	metrics "github.com/armon/go-metrics"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // BenchmarkController compares three controller voters with three etcd
@@ -366,7 +367,7 @@ func plinthMemory(ctx context.Context, c *testCluster, pk *plinthKV, followers [
 		return 0, err
 	}
 	for _, n := range followers {
-		waitFor(c.t, "last write applied on "+n.ip, 30*time.Second, func() error {
+		testwait.For(c.t, "last write applied on "+n.ip, 30*time.Second, func() error {
 			call, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			_, _, err := c.client(n).Setting(call, "mem-done", QueryOptions{})
@@ -620,7 +621,7 @@ func startEtcd(b *testing.B, bin string, bnd *bundle.Bundle, client *tls.Config)
 }
 
 func (e *etcdKV) aim(t testing.TB) string {
-	waitFor(t, "etcd leader", 30*time.Second, e.findLeader)
+	testwait.For(t, "etcd leader", 30*time.Second, e.findLeader)
 	return e.leader
 }
 

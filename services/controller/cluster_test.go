@@ -13,6 +13,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // testCluster is hostds and controllers in this process on loopback
@@ -187,28 +188,12 @@ func (c *testCluster) client(nodes ...*testNode) *Client {
 	return NewClient(addrs, c.creds.TLS())
 }
 
-// waitFor polls cond every 50 ms until it holds or timeout passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // leader waits until every running controller agrees on one leader
 // with all voters, and returns its node.
 func (c *testCluster) leader(timeout time.Duration) *testNode {
 	c.t.Helper()
 	var lead *testNode
-	waitFor(c.t, "one leader", timeout, func() error {
+	testwait.For(c.t, "one leader", timeout, func() error {
 		lead = nil
 		var id string
 		for _, n := range c.nodes {
@@ -235,10 +220,4 @@ func (c *testCluster) leader(timeout time.Duration) *testNode {
 		return nil
 	})
 	return lead
-}
-
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

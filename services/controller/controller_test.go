@@ -8,12 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 func TestThreeControllersElectAndReplicate(t *testing.T) {
 	c := newTestCluster(t, 3)
 	lead := c.leader(20 * time.Second)
-	st, err := c.client(lead).Status(ctxT(t, 5*time.Second))
+	st, err := c.client(lead).Status(testwait.Ctx(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +30,7 @@ func TestThreeControllersElectAndReplicate(t *testing.T) {
 			follower = n
 		}
 	}
-	s, err := c.client(follower).PutSetting(ctxT(t, 5*time.Second), "greeting", "hello", nil)
+	s, err := c.client(follower).PutSetting(testwait.Ctx(t, 5*time.Second), "greeting", "hello", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,8 +38,8 @@ func TestThreeControllersElectAndReplicate(t *testing.T) {
 		t.Fatalf("put returned %+v", s)
 	}
 	for _, n := range c.nodes {
-		waitFor(t, "setting replicated to "+n.ip, 5*time.Second, func() error {
-			got, _, err := c.client(n).Setting(ctxT(t, time.Second), "greeting", QueryOptions{})
+		testwait.For(t, "setting replicated to "+n.ip, 5*time.Second, func() error {
+			got, _, err := c.client(n).Setting(testwait.Ctx(t, time.Second), "greeting", QueryOptions{})
 			if err != nil {
 				return err
 			}
@@ -49,7 +51,7 @@ func TestThreeControllersElectAndReplicate(t *testing.T) {
 	}
 
 	// Hosts come from Serf.
-	hosts, _, err := c.client().Hosts(ctxT(t, 5*time.Second), QueryOptions{})
+	hosts, _, err := c.client().Hosts(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,15 +70,15 @@ func TestCompareAndSet(t *testing.T) {
 	c.leader(20 * time.Second)
 	cl := c.client()
 	zero := uint64(0)
-	s, err := cl.PutSetting(ctxT(t, 5*time.Second), "k", "v1", &zero)
+	s, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), "k", "v1", &zero)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cl.PutSetting(ctxT(t, 5*time.Second), "k", "again", &zero); !IsConflict(err) {
+	if _, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), "k", "again", &zero); !IsConflict(err) {
 		t.Fatalf("create over an existing key: %v, want 409", err)
 	}
 	stale := s.ModifyIndex
-	s2, err := cl.PutSetting(ctxT(t, 5*time.Second), "k", "v2", &stale)
+	s2, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), "k", "v2", &stale)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,20 +87,20 @@ func TestCompareAndSet(t *testing.T) {
 	}
 	// The second writer read v1's index: its write must be refused, and
 	// v2 must survive.
-	if _, err := cl.PutSetting(ctxT(t, 5*time.Second), "k", "lost update", &stale); !IsConflict(err) {
+	if _, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), "k", "lost update", &stale); !IsConflict(err) {
 		t.Fatalf("write on a stale index: %v, want 409", err)
 	}
-	if err := cl.DeleteSetting(ctxT(t, 5*time.Second), "k", &stale); !IsConflict(err) {
+	if err := cl.DeleteSetting(testwait.Ctx(t, 5*time.Second), "k", &stale); !IsConflict(err) {
 		t.Fatalf("delete on a stale index: %v, want 409", err)
 	}
-	got, _, err := cl.Setting(ctxT(t, 5*time.Second), "k", QueryOptions{})
+	got, _, err := cl.Setting(testwait.Ctx(t, 5*time.Second), "k", QueryOptions{})
 	if err != nil || got.Value != "v2" {
 		t.Fatalf("after conflicts: %+v %v", got, err)
 	}
-	if err := cl.DeleteSetting(ctxT(t, 5*time.Second), "k", &s2.ModifyIndex); err != nil {
+	if err := cl.DeleteSetting(testwait.Ctx(t, 5*time.Second), "k", &s2.ModifyIndex); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := cl.Setting(ctxT(t, 5*time.Second), "k", QueryOptions{}); !IsNotFound(err) {
+	if _, _, err := cl.Setting(testwait.Ctx(t, 5*time.Second), "k", QueryOptions{}); !IsNotFound(err) {
 		t.Fatalf("deleted setting: %v, want 404", err)
 	}
 }
@@ -141,7 +143,7 @@ func TestBadInputIsRefused(t *testing.T) {
 		}
 	}
 	// Nothing of it was written.
-	settings, _, err := c.client().Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	settings, _, err := c.client().Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil || len(settings) != 0 {
 		t.Fatalf("settings after bad writes: %+v %v", settings, err)
 	}
@@ -156,13 +158,13 @@ func TestWatchReturnsOnChangeNotBefore(t *testing.T) {
 			follower = n
 		}
 	}
-	_, meta, err := c.client(follower).Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	_, meta, err := c.client(follower).Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Without a change, the watch runs to its wait.
 	start := time.Now()
-	_, meta2, err := c.client(follower).Settings(ctxT(t, 5*time.Second), QueryOptions{Index: meta.Index, Wait: 400 * time.Millisecond})
+	_, meta2, err := c.client(follower).Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{Index: meta.Index, Wait: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +189,7 @@ func TestWatchReturnsOnChangeNotBefore(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	written := time.Now()
-	if _, err := c.client(lead).PutSetting(ctxT(t, 5*time.Second), "watched", "1", nil); err != nil {
+	if _, err := c.client(lead).PutSetting(testwait.Ctx(t, 5*time.Second), "watched", "1", nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -244,7 +246,7 @@ func TestLeaderLossKeepsAcknowledgedWrites(t *testing.T) {
 	// A follower may not have applied the last writes yet: read at least
 	// up to the last acknowledged index, as any client that needs its
 	// own writes does.
-	settings, _, err := c.client(alive...).Settings(ctxT(t, 5*time.Second), QueryOptions{Index: lastIndex - 1, Wait: 5 * time.Second})
+	settings, _, err := c.client(alive...).Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{Index: lastIndex - 1, Wait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

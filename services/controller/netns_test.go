@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/internal/platformtest"
+	"github.com/plinth-os/plinth/internal/testwait"
 	"github.com/plinth-os/plinth/services/controller"
 )
 
@@ -49,7 +50,7 @@ func writeLoop(c *controller.Client, prefix string, d time.Duration, during func
 // checkAcked fails unless every acknowledged counter value is stored.
 func checkAcked(t *testing.T, c *controller.Client, prefix string, acked []int, last uint64) {
 	t.Helper()
-	settings, _, err := c.Settings(platformtest.Ctx(t, 15*time.Second), controller.QueryOptions{Index: last - 1, Wait: 10 * time.Second})
+	settings, _, err := c.Settings(testwait.Ctx(t, 15*time.Second), controller.QueryOptions{Index: last - 1, Wait: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func checkAcked(t *testing.T, c *controller.Client, prefix string, acked []int, 
 
 func TestControllerJobsSurviveKillsRestartsAndMoves(t *testing.T) {
 	p := platformtest.New(t, "plct", "10.78.0", 3)
-	ctx := func(d time.Duration) context.Context { return platformtest.Ctx(t, d) }
+	ctx := func(d time.Duration) context.Context { return testwait.Ctx(t, d) }
 	for _, h := range p.Hosts {
 		p.StartController(h)
 	}
@@ -122,7 +123,7 @@ func TestControllerJobsSurviveKillsRestartsAndMoves(t *testing.T) {
 		}
 	}
 	p.Seg.MoveHost(mover.NS, 50)
-	platformtest.WaitFor(t, "the moved host's voter at its new address", 60*time.Second, func() error {
+	testwait.For(t, "the moved host's voter at its new address", 60*time.Second, func() error {
 		s, err := p.Controllers().Status(ctx(5 * time.Second))
 		if err != nil {
 			return err

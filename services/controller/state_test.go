@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 func TestColdRestartKeepsStateAndElects(t *testing.T) {
@@ -15,7 +16,7 @@ func TestColdRestartKeepsStateAndElects(t *testing.T) {
 	cl := c.client()
 	var last Setting
 	for i := range 20 {
-		s, err := cl.PutSetting(ctxT(t, 5*time.Second), fmt.Sprintf("k%02d", i), fmt.Sprint(i), nil)
+		s, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), fmt.Sprintf("k%02d", i), fmt.Sprint(i), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -28,7 +29,7 @@ func TestColdRestartKeepsStateAndElects(t *testing.T) {
 		c.startController(n)
 	}
 	c.leader(20 * time.Second)
-	settings, _, err := c.client().Settings(ctxT(t, 10*time.Second), QueryOptions{Index: last.ModifyIndex - 1, Wait: 5 * time.Second})
+	settings, _, err := c.client().Settings(testwait.Ctx(t, 10*time.Second), QueryOptions{Index: last.ModifyIndex - 1, Wait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestFollowerLossKeepsWriting(t *testing.T) {
 			break
 		}
 	}
-	if _, err := c.client(lead).PutSetting(ctxT(t, 10*time.Second), "still", "writing", nil); err != nil {
+	if _, err := c.client(lead).PutSetting(testwait.Ctx(t, 10*time.Second), "still", "writing", nil); err != nil {
 		t.Fatalf("write with one follower gone: %v", err)
 	}
 }
@@ -67,7 +68,7 @@ func TestServiceLeaderIsOldestHealthyAndSticks(t *testing.T) {
 	}
 	leaderOf := func() string {
 		t.Helper()
-		ss, _, err := cl.Services(ctxT(t, 5*time.Second), QueryOptions{})
+		ss, _, err := cl.Services(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +81,7 @@ func TestServiceLeaderIsOldestHealthyAndSticks(t *testing.T) {
 	}
 	report := func(in ...Instance) {
 		t.Helper()
-		if err := cl.ReportInstances(ctxT(t, 5*time.Second), h, in); err != nil {
+		if err := cl.ReportInstances(testwait.Ctx(t, 5*time.Second), h, in); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -100,9 +101,9 @@ func TestServiceLeaderIsOldestHealthyAndSticks(t *testing.T) {
 		t.Fatalf("leader %s after a recovered, want b still", got)
 	}
 	// An unchanged report writes nothing.
-	_, before, _ := cl.Instances(ctxT(t, 5*time.Second), QueryOptions{})
+	_, before, _ := cl.Instances(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	report(inst("a", true), inst("b", true))
-	_, after, _ := cl.Instances(ctxT(t, 5*time.Second), QueryOptions{})
+	_, after, _ := cl.Instances(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if after.Index != before.Index {
 		t.Errorf("an unchanged report moved the instances' index from %d to %d", before.Index, after.Index)
 	}
@@ -110,7 +111,7 @@ func TestServiceLeaderIsOldestHealthyAndSticks(t *testing.T) {
 	if got := leaderOf(); got != "(no service)" {
 		t.Fatalf("service without instances: leader %q, want the service gone", got)
 	}
-	events, _, err := cl.Events(ctxT(t, 5*time.Second), QueryOptions{})
+	events, _, err := cl.Events(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,13 +138,13 @@ func TestFailedHostsInstancesTurnUnhealthy(t *testing.T) {
 	h := victim.hostd.ID()
 	cl := c.client(lead)
 	in := Instance{ID: InstanceID(h, "web", "web"), Service: "web", Host: h, Job: "web", Addr: "10.0.0.2:80", Healthy: true}
-	if err := cl.ReportInstances(ctxT(t, 5*time.Second), h, []Instance{in}); err != nil {
+	if err := cl.ReportInstances(testwait.Ctx(t, 5*time.Second), h, []Instance{in}); err != nil {
 		t.Fatal(err)
 	}
 	c.stopController(victim)
 	c.stopHost(victim)
-	waitFor(t, "instance of the stopped host unhealthy", 15*time.Second, func() error {
-		is, _, err := cl.Instances(ctxT(t, 5*time.Second), QueryOptions{})
+	testwait.For(t, "instance of the stopped host unhealthy", 15*time.Second, func() error {
+		is, _, err := cl.Instances(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 		if err != nil {
 			return err
 		}
@@ -159,16 +160,16 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 	src.leader(20 * time.Second)
 	cl := src.client()
 	for i := range 10 {
-		if _, err := cl.PutSetting(ctxT(t, 5*time.Second), fmt.Sprintf("k%d", i), fmt.Sprint(i), nil); err != nil {
+		if _, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), fmt.Sprintf("k%d", i), fmt.Sprint(i), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	h := src.nodes[0].hostd.ID()
-	if err := cl.ReportInstances(ctxT(t, 5*time.Second), h, []Instance{{ID: InstanceID(h, "j", "s"), Service: "s", Host: h, Job: "j", Addr: "10.0.0.3:1", Healthy: true}}); err != nil {
+	if err := cl.ReportInstances(testwait.Ctx(t, 5*time.Second), h, []Instance{{ID: InstanceID(h, "j", "s"), Service: "s", Host: h, Job: "j", Addr: "10.0.0.3:1", Healthy: true}}); err != nil {
 		t.Fatal(err)
 	}
 	var backup bytes.Buffer
-	hdr, err := cl.Backup(ctxT(t, 10*time.Second), &backup)
+	hdr, err := cl.Backup(testwait.Ctx(t, 10*time.Second), &backup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 	dst := newTestClusterWith(t, src.b, 1)
 	dst.leader(20 * time.Second)
 	dcl := dst.client()
-	if _, err := dcl.PutSetting(ctxT(t, 5*time.Second), "only-here", "x", nil); err != nil {
+	if _, err := dcl.PutSetting(testwait.Ctx(t, 5*time.Second), "only-here", "x", nil); err != nil {
 		t.Fatal(err)
 	}
 	// Damaged backups are refused, and nothing changes.
@@ -193,32 +194,32 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 		"no header":    data[len(backupMagic):],
 		"empty":        {},
 	} {
-		if _, err := dcl.Restore(ctxT(t, 10*time.Second), bytes.NewReader(bad), false); err == nil {
+		if _, err := dcl.Restore(testwait.Ctx(t, 10*time.Second), bytes.NewReader(bad), false); err == nil {
 			t.Errorf("%s backup accepted", name)
 		}
 		// The server refuses it too, not only the client's check.
-		resp, err := dcl.send(ctxT(t, 10*time.Second), "POST", "/v1/restore", bad, "application/octet-stream")
+		resp, err := dcl.send(testwait.Ctx(t, 10*time.Second), "POST", "/v1/restore", bad, "application/octet-stream")
 		if err == nil {
 			resp.Body.Close()
 			t.Errorf("%s backup accepted by the server", name)
 		}
 	}
-	if _, _, err := dcl.Setting(ctxT(t, 5*time.Second), "only-here", QueryOptions{}); err != nil {
+	if _, _, err := dcl.Setting(testwait.Ctx(t, 5*time.Second), "only-here", QueryOptions{}); err != nil {
 		t.Fatalf("state changed by refused restores: %v", err)
 	}
 
-	if _, err := dcl.Restore(ctxT(t, 30*time.Second), bytes.NewReader(data), false); err != nil {
+	if _, err := dcl.Restore(testwait.Ctx(t, 30*time.Second), bytes.NewReader(data), false); err != nil {
 		t.Fatal(err)
 	}
-	settings, _, err := dcl.Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	settings, _, err := dcl.Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _, _ := cl.Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	want, _, _ := cl.Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if fmt.Sprint(settings) != fmt.Sprint(want) {
 		t.Fatalf("restored settings\n%v\nwant\n%v", settings, want)
 	}
-	is, _, err := dcl.Instances(ctxT(t, 5*time.Second), QueryOptions{})
+	is, _, err := dcl.Instances(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil || len(is) != 1 || is[0].ID != InstanceID(h, "j", "s") {
 		t.Fatalf("restored instances %+v %v", is, err)
 	}
@@ -226,7 +227,7 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 	dst.stopController(dst.nodes[0])
 	dst.startController(dst.nodes[0])
 	dst.leader(20 * time.Second)
-	after, _, err := dst.client().Settings(ctxT(t, 5*time.Second), QueryOptions{})
+	after, _, err := dst.client().Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil || fmt.Sprint(after) != fmt.Sprint(want) {
 		t.Fatalf("after restart: %v %v", after, err)
 	}
@@ -238,10 +239,10 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 	}
 	oc := newTestClusterWith(t, other, 1)
 	oc.leader(20 * time.Second)
-	if _, err := oc.client().Restore(ctxT(t, 10*time.Second), bytes.NewReader(data), false); !IsConflict(err) {
+	if _, err := oc.client().Restore(testwait.Ctx(t, 10*time.Second), bytes.NewReader(data), false); !IsConflict(err) {
 		t.Fatalf("restore onto another cluster: %v, want 409", err)
 	}
-	if _, err := oc.client().Restore(ctxT(t, 30*time.Second), bytes.NewReader(data), true); err != nil {
+	if _, err := oc.client().Restore(testwait.Ctx(t, 30*time.Second), bytes.NewReader(data), true); err != nil {
 		t.Fatalf("forced restore: %v", err)
 	}
 }

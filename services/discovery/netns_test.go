@@ -8,6 +8,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/platformtest"
+	"github.com/plinth-os/plinth/internal/testwait"
 	"github.com/plinth-os/plinth/services/controller"
 )
 
@@ -40,7 +41,7 @@ func TestDiscoveryOnThreeHosts(t *testing.T) {
 
 	exec := func(h *platformtest.Host, id string, cmd ...string) job.ExecResult {
 		t.Helper()
-		r, err := p.HostClient(h).ExecJob(platformtest.Ctx(t, 10*time.Second), id, cmd, 5*time.Second)
+		r, err := p.HostClient(h).ExecJob(testwait.Ctx(t, 10*time.Second), id, cmd, 5*time.Second)
 		if err != nil {
 			t.Fatalf("exec %v in %s: %v", cmd, id, err)
 		}
@@ -55,7 +56,7 @@ func TestDiscoveryOnThreeHosts(t *testing.T) {
 	waitName := func(what string, want bool, timeout time.Duration) time.Duration {
 		t.Helper()
 		start := time.Now()
-		platformtest.WaitFor(t, what, timeout, func() error {
+		testwait.For(t, what, timeout, func() error {
 			if ok, out := resolves(); ok != want {
 				return fmt.Errorf("nslookup web.plinth from h2: %s", out)
 			}
@@ -66,7 +67,7 @@ func TestDiscoveryOnThreeHosts(t *testing.T) {
 	waitName("web.plinth resolves to h1 from a job on h2", true, 60*time.Second)
 
 	// The instance and its leader are in the controller.
-	services, _, err := p.Controllers().Services(platformtest.Ctx(t, 5*time.Second), controller.QueryOptions{})
+	services, _, err := p.Controllers().Services(testwait.Ctx(t, 5*time.Second), controller.QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
