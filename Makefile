@@ -53,6 +53,7 @@ test: lint test-unit test-repro test-vm
 test-unit: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzDNSRequest -fuzztime 20s ./services/discovery/
 
 # The busybox harness tests boot the pinned kernel from the download cache,
 # which exists only once `image` has run, hence the glob in the recipe.

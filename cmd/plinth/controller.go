@@ -394,7 +394,11 @@ func servicesCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "services [NAME]",
 		Short: "List services with their instances, health, leader and host",
-		Args:  cobra.MaximumNArgs(1),
+		Long: "A job declares services in its spec (name, port, and a health check: tcp, http or\n" +
+			"command). The discovery agent on its host runs each check every " + job.DefaultCheckInterval.String() + " with a\n" +
+			job.DefaultCheckTimeout.String() + " timeout unless the check sets its own interval and timeout; a service's\n" +
+			"leader is its oldest healthy instance, changed only when that one fails.",
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return withTimeout(30*time.Second, func(ctx context.Context) error {
 				c, err := f.controllerClient(ctx)
@@ -435,6 +439,7 @@ func servicesCommand() *cobra.Command {
 					}
 					return printJSON(out)
 				}
+				fmt.Printf("checks: every %s, timeout %s, unless a job's spec sets them\n\n", job.DefaultCheckInterval, job.DefaultCheckTimeout)
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "SERVICE\tINSTANCE\tADDRESS\tHEALTH\tLEADER\tHOST\tJOB")
 				for _, e := range out {
