@@ -3,6 +3,7 @@ package netd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -284,6 +285,18 @@ func TestStaticPlanKeptApplied(t *testing.T) {
 	})
 	eventually(t, "static route after flap", func() error { return hasRoute(nl, n.HostIf, "10.99.0.0/16", "10.77.0.254") })
 	eventually(t, "default route after flap", func() error { return hasRoute(nl, n.HostIf, "default", "10.77.0.1") })
+
+	// Loopback, which the new namespace left down, is up, and stays up.
+	loUp := func() error {
+		l, err := nl.LinkByName("lo")
+		if err == nil && l.Attrs().Flags&net.FlagUp == 0 {
+			err = errors.New("lo is down")
+		}
+		return err
+	}
+	eventually(t, "loopback up", loUp)
+	run(t, "ip", "-n", n.Host, "link", "set", "lo", "down")
+	eventually(t, "loopback up again", loUp)
 
 	// A route deleted by hand comes back too.
 	run(t, "ip", "-n", n.Host, "route", "del", "10.99.0.0/16")

@@ -45,6 +45,15 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
+	// Loopback first: services reach each other on 127.0.0.1 (a platform
+	// job calls its host's API there), and the kernel leaves lo down.
+	for _, l := range links {
+		if l.Type() == "device" && l.Attrs().Flags&net.FlagLoopback != 0 && l.Attrs().Flags&net.FlagUp == 0 {
+			if err := d.nl.LinkSetUp(l); err != nil {
+				return fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
+			}
+		}
+	}
 	ms := d.resolve(links)
 	byName := func(name string) *managed {
 		for _, m := range ms {
