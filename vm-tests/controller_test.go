@@ -33,10 +33,11 @@ func TestControllerOnThreeVMs(t *testing.T) {
 		cfgs = append(cfgs, ClusterNode(i, 3, kernel, initrd, seg, bundlePath, controller.RoleController))
 	}
 	vms := StartN(t, cfgs...)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ids := map[string]bool{}
 	ctrls := make([]*controller.Client, len(vms))
+	hosts := make([]*host.Client, len(vms))
 	for i, vm := range vms {
 		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
 			t.Fatalf("%s: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
@@ -45,6 +46,7 @@ func TestControllerOnThreeVMs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		hosts[i] = hc
 		info, err := hc.Host(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -90,8 +92,17 @@ func TestControllerOnThreeVMs(t *testing.T) {
 			return
 		}
 		if ctx.Err() != nil {
-			for _, vm := range vms {
+			for i, vm := range vms {
 				t.Logf("%s console:\n%s", vm.Name(), vm.ConsoleTail(40))
+				lctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				if j, err := hosts[i].Job(lctx, controller.JobID); err == nil {
+					t.Logf("%s: controller job %s, pid %d, restarts %d, exit %+v %s", vm.Name(), j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
+				}
+				hosts[i].JobLogs(lctx, controller.JobID, job.LogOptions{Tail: 30}, func(l job.LogLine) error {
+					t.Logf("%s controller: %s", vm.Name(), l.Text)
+					return nil
+				})
+				cancel()
 			}
 			t.Fatalf("controller never healthy: %s", problem)
 		}
