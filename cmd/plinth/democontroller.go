@@ -80,8 +80,7 @@ func waitControllerHealthy(ctx context.Context, c *controller.Client, voters int
 // its status: the survivors keep a quorum.
 func showControllerAfterKill(ctx context.Context, vm *vmtest.VM, creds *bundle.Credentials, voters int) error {
 	c := demoController(vm, creds)
-	st, err := waitControllerHealthy(ctx, c, voters-1, time.Minute)
-	if err != nil {
+	if _, err := waitControllerHealthy(ctx, c, voters-1, time.Minute); err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -89,6 +88,10 @@ func showControllerAfterKill(ctx context.Context, vm *vmtest.VM, creds *bundle.C
 	s, err := c.PutSetting(wctx, "demo", "written after a node was killed", nil)
 	if err != nil {
 		return fmt.Errorf("write through %s's controller: %w", vm.Name(), err)
+	}
+	st, err := c.Status(wctx)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("\nthe controller still takes writes (setting %q at index %d); its status as %s sees it:\n\n", s.Key, s.ModifyIndex, vm.Name())
 	printStatus(st)
