@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -140,11 +142,8 @@ func casParam(r *http.Request) (*uint64, error) {
 func (c *Controller) kindOf(r *http.Request) (*kind, error) {
 	k, ok := kinds[r.PathValue("kind")]
 	if !ok {
-		names := make([]string, 0, len(kinds))
-		for n := range kinds {
-			names = append(names, n)
-		}
-		return nil, fmt.Errorf("%w: no collection %q; there are %s", ErrNotFound, r.PathValue("kind"), strings.Join(sortedStrings(names), ", "))
+		names := slices.Sorted(maps.Keys(kinds))
+		return nil, fmt.Errorf("%w: no collection %q; there are %s", ErrNotFound, r.PathValue("kind"), strings.Join(names, ", "))
 	}
 	return k, nil
 }
@@ -178,12 +177,16 @@ func (c *Controller) writeTarget(r *http.Request) (*kind, *uint64, error) {
 }
 
 // answer writes out (or err) with the index header.
+// A 404 carries the index too, so that a watch for an object to appear
+// can block on it.
 func answer(w http.ResponseWriter, index uint64, out any, err error) {
+	if index > 0 {
+		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	}
 	if err != nil {
 		writeError(w, 0, err)
 		return
 	}
-	w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -373,6 +376,7 @@ func writeError(w http.ResponseWriter, status int, err error) {
 		case errors.Is(err, ErrNotAllowed):
 			status = http.StatusMethodNotAllowed
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout),
+			errors.Is(err, raft.ErrAbortedByRestore),
 			errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 			w.Header().Set("Retry-After", "1")
 			status = http.StatusServiceUnavailable

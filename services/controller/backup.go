@@ -75,10 +75,13 @@ func (c *Controller) serveBackup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	txn := c.fsm.store.current().Txn(false)
-	w.Header().Set("Content-Type", "application/octet-stream")
-	if _, err := c.writeBackup(w, txn); err != nil {
-		c.log.Warn("backup", "err", err)
+	var buf bytes.Buffer
+	if _, err := c.writeBackup(&buf, txn); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("backup: %w", err))
+		return
 	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(buf.Bytes())
 }
 
 // ReadBackup reads and checks a backup: magic, header, size and hash. It
@@ -137,7 +140,7 @@ func (c *Controller) serveRestore(w http.ResponseWriter, r *http.Request) {
 			writeError(w, 0, err)
 			return
 		}
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("restore: %w", err))
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("restore did not complete, and this controller's state may already be the backup's: check plinth controller status, then restore again: %w", err))
 		return
 	}
 	c.log.Info("state restored from a backup", "cluster", h.ClusterID, "index", h.Index, "time", h.Time)

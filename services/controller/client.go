@@ -45,6 +45,7 @@ func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
 		TLSHandshakeTimeout: 10 * time.Second,
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAliveConfig: deadPeer}).DialContext,
 		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
 	}
 	return &Client{addrs: withPorts(addrs), http: &http.Client{Transport: tr}}
 }
@@ -111,14 +112,20 @@ func NewClientTransport(addrs []string, tr http.RoundTripper) *Client {
 	return c
 }
 
-func newPeerClient(addr string, tlsConfig *tls.Config) *Client {
-	return NewClient([]string{addr}, tlsConfig)
+// peer returns a client of one other controller, on the controller's
+// one transport for its peers (a transport per call would keep a
+// connection open per call).
+func (c *Controller) peer(addr string) *Client {
+	return NewClientTransport([]string{addr}, c.peers)
 }
 
 // APIError is an error answer of a controller.
 type APIError struct {
 	StatusCode int
 	Message    string
+	// Index is the collection's index a read's error answer carried (a
+	// 404 of a blocking query), else 0.
+	Index uint64
 }
 
 func (e *APIError) Error() string {
@@ -208,7 +215,8 @@ func (c *Client) sendTo(ctx context.Context, addrs []string, start int, method, 
 			if json.Unmarshal(data, &e) != nil || e.Error == "" {
 				e.Error = strings.TrimSpace(string(data))
 			}
-			return nil, true, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+			idx, _ := strconv.ParseUint(resp.Header.Get(IndexHeader), 10, 64)
+			return nil, true, &APIError{StatusCode: resp.StatusCode, Message: e.Error, Index: idx}
 		}
 		return resp, true, nil
 	}
@@ -232,6 +240,10 @@ func (c *Client) call(ctx context.Context, method, path string, v, out any) (Que
 	}
 	resp, err := c.send(ctx, method, path, body, "application/json")
 	if err != nil {
+		var apiErr *APIError
+		if errors.As(err, &apiErr) {
+			return QueryMeta{Index: apiErr.Index}, err
+		}
 		return QueryMeta{}, err
 	}
 	defer func() {
@@ -401,9 +413,4 @@ func (c *Client) Restore(ctx context.Context, r io.Reader, force bool) (BackupHe
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return h, nil
-}
-
-func sortedStrings(s []string) []string {
-	slices.Sort(s)
-	return s
 }

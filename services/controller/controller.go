@@ -105,6 +105,35 @@ func DefaultConfig() Config {
 	}
 }
 
+// withDefaults fills the zero fields of cfg from DefaultConfig.
+func withDefaults(cfg *Config) {
+	def := DefaultConfig()
+	if cfg.Ports.API == 0 {
+		cfg.Ports.API = def.Ports.API
+	}
+	if cfg.Ports.Raft == 0 {
+		cfg.Ports.Raft = def.Ports.Raft
+	}
+	if cfg.HostAPI == "" {
+		cfg.HostAPI = def.HostAPI
+	}
+	r, d := &cfg.Raft, def.Raft
+	for _, f := range []struct{ v, d *time.Duration }{
+		{&r.HeartbeatTimeout, &d.HeartbeatTimeout}, {&r.ElectionTimeout, &d.ElectionTimeout},
+		{&r.LeaderLeaseTimeout, &d.LeaderLeaseTimeout}, {&r.CommitTimeout, &d.CommitTimeout}, {&cfg.ApplyTimeout, &def.ApplyTimeout},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.d
+		}
+	}
+	if r.SnapshotThreshold == 0 {
+		r.SnapshotThreshold = d.SnapshotThreshold
+	}
+	if r.TrailingLogs == 0 {
+		r.TrailingLogs = d.TrailingLogs
+	}
+}
+
 // Controller is one running controller voter.
 type Controller struct {
 	cfg       Config
@@ -124,6 +153,7 @@ type Controller struct {
 	leftSince map[string]time.Time // voters' hosts that left Serf, since when
 
 	proxy *httputil.ReverseProxy
+	peers *http.Transport // calls to other controllers
 	// kick wakes the leader's loop (after a restore).
 	kick chan struct{}
 }
@@ -135,9 +165,10 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: no credentials: the job needs a host certificate (job spec credentials = true)")
 	case cfg.DataDir == "":
 		return nil, errors.New("controller: no data directory")
-	case cfg.Expect < 0 || cfg.Expect > 7:
+	case cfg.Expect != 0 && cfg.Expect != 1 && cfg.Expect != 3 && cfg.Expect != 5:
 		return nil, fmt.Errorf("controller: expect %d: use 1, 3 or 5 voters", cfg.Expect)
 	}
+	withDefaults(&cfg)
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -145,6 +176,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: log, fsm: newFSM(), kick: make(chan struct{}, 1), leftSince: map[string]time.Time{}, clusterID: ClusterID(cfg.Credentials.CACert)}
 	c.hosts = host.NewClient(cfg.HostAPI, c.clientTLS())
 	c.proxy = c.newForwarder()
+	c.peers = NewClient(nil, c.clientTLS()).http.Transport.(*http.Transport)
 	return c, nil
 }
 
@@ -198,7 +230,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("controller API: %w", err)
 	}
 	srv := &http.Server{Handler: c.handler(), TLSConfig: c.serverTLS(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+		// Blocking queries end with the controller, not at their wait.
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
 	c.log.Info("controller API listening", "addr", ln.Addr().String())
@@ -213,9 +247,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-served:
 	}
+	// The background loops and open requests end before raft shuts down
+	// (deferred above).
+	cancel()
 	shut, cancelShut := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancelShut()
-	srv.Shutdown(shut)
+	if srv.Shutdown(shut) != nil {
+		srv.Close()
+	}
+	c.peers.CloseIdleConnections()
 	return err
 }
 
@@ -285,11 +325,17 @@ func (c *Controller) firstStart(ctx context.Context) {
 			ids = ids[:expect]
 			if slices.Contains(ids, c.id) {
 				var cfg raft.Configuration
+				var err error
 				for _, id := range ids {
-					addr, _ := c.members.ServerAddr(raft.ServerID(id))
+					var addr raft.ServerAddress
+					if addr, err = c.members.ServerAddr(raft.ServerID(id)); err != nil {
+						break
+					}
 					cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: addr})
 				}
-				err := c.raft.BootstrapCluster(cfg).Error()
+				if err == nil {
+					err = c.raft.BootstrapCluster(cfg).Error()
+				}
 				if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 					c.log.Error("bootstrap", "err", err)
 				} else {
@@ -349,7 +395,7 @@ func (c *Controller) askToJoin(ctx context.Context) error {
 			continue
 		}
 		call, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err = newPeerClient(addr, c.clientTLS()).AddVoter(call, c.id)
+		err = c.peer(addr).AddVoter(call, c.id)
 		cancel()
 		if err == nil {
 			return nil

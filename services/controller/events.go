@@ -28,8 +28,11 @@ func (l *eventLog) add(txn *memdb.Txn, index uint64, t time.Time, typ, subject, 
 	if index != l.last {
 		l.last, l.seq = index, 0
 	}
+	if l.seq == 1<<eventIndexShift-1 {
+		return // this write's share of the history is full
+	}
 	l.seq++
-	e := &Event{ID: index<<eventIndexShift | l.seq&(1<<eventIndexShift-1), Index: index, Time: t, Type: typ, Subject: subject, Message: msg}
+	e := &Event{ID: index<<eventIndexShift | l.seq, Index: index, Time: t, Type: typ, Subject: subject, Message: msg}
 	if txn.Insert("events", e) != nil {
 		return
 	}

@@ -68,8 +68,25 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.events = events
 		return applyResult{Index: l.Index, Err: err}
 	}
+	// A write that changed nothing answers the collection's index, which
+	// it did not move: a read "after" it must not wait for it.
+	index := l.Index
+	if raw, _ := txn.First(indexTable, "id", c.table()); raw != nil {
+		index = raw.(*tableIndex).Index
+	}
 	txn.Commit()
-	return applyResult{Index: l.Index}
+	return applyResult{Index: index}
+}
+
+// table is the collection an operation writes.
+func (c *command) table() string {
+	switch c.Op {
+	case opReport:
+		return "instances"
+	case opHosts, opCordon:
+		return "hosts"
+	}
+	return c.Kind
 }
 
 func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
@@ -79,8 +96,11 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		if !ok {
 			return fmt.Errorf("%w: no collection %q", ErrInvalid, c.Kind)
 		}
+		// Not strict: the API checked the object, and a field that a
+		// newer leader knows must not make this replica skip the write
+		// the others made.
 		obj := k.new()
-		if err := strictJSON(c.Object, obj); err != nil {
+		if err := json.Unmarshal(c.Object, obj); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalid, c.Kind, err)
 		}
 		return put(txn, c.Kind, obj, index, c.CAS)
@@ -96,7 +116,10 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 	case opCordon:
 		return applyCordon(txn, index, c, events)
 	}
-	return fmt.Errorf("%w: unknown operation %q (a newer controller wrote it?)", ErrInvalid, c.Op)
+	// Skipping it would leave this replica's state unlike the others'
+	// for good; stopping makes the job restart loudly until it is
+	// upgraded.
+	panic(fmt.Sprintf("controller: raft entry %d has operation %q, which this version does not know: upgrade this host's plinth", index, c.Op))
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,9 +46,12 @@ func (m *members) run(ctx context.Context) {
 	backoff := 250 * time.Millisecond
 	first := true
 	for ctx.Err() == nil {
-		err := m.follow(ctx, &first)
+		listed, err := m.follow(ctx, &first)
 		if ctx.Err() != nil {
 			return
+		}
+		if listed {
+			backoff = 250 * time.Millisecond // it worked until the stream broke
 		}
 		m.log.Warn("following host members", "err", err, "retry", backoff)
 		select {
@@ -58,17 +62,18 @@ func (m *members) run(ctx context.Context) {
 	}
 }
 
-func (m *members) follow(ctx context.Context, first *bool) error {
+// follow reports whether it got as far as the member list.
+func (m *members) follow(ctx context.Context, first *bool) (listed bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := m.hosts.Events(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer stream.Close()
 	list, err := m.hosts.Members(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	m.set(list)
 	if *first {
@@ -78,7 +83,7 @@ func (m *members) follow(ctx context.Context, first *bool) error {
 	for {
 		e, err := stream.Next()
 		if err != nil {
-			return fmt.Errorf("member events: %w", err)
+			return true, fmt.Errorf("member events: %w", err)
 		}
 		m.update(e)
 	}
@@ -119,7 +124,7 @@ func (m *members) snapshot() ([]host.Member, <-chan struct{}) {
 	for _, mb := range m.byID {
 		out = append(out, mb)
 	}
-	slices.SortFunc(out, func(a, b host.Member) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b host.Member) int { return strings.Compare(a.ID, b.ID) })
 	return out, m.changed
 }
 
@@ -152,15 +157,5 @@ func (m *members) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 
 // apiAddr is the controller API address on host id.
 func (m *members) apiAddr(id string) (string, error) { return m.addr(id, m.ports.API) }
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 func hasRole(mb host.Member, role string) bool { return slices.Contains(mb.Roles, role) }

@@ -59,8 +59,6 @@ func (c *Controller) openRaft() error {
 	rc.CommitTimeout = c.cfg.Raft.CommitTimeout
 	rc.SnapshotThreshold = c.cfg.Raft.SnapshotThreshold
 	rc.TrailingLogs = c.cfg.Raft.TrailingLogs
-	// Node IDs are the identity; an address change must not look like a
-	// configuration change.
 	if c.hasState, err = raft.HasExistingState(w, w, snaps); err != nil {
 		return fmt.Errorf("raft state: %w", err)
 	}

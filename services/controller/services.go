@@ -45,9 +45,20 @@ func checkReport(host string, in []Instance) error {
 // applyReport makes host's instances the reported set. Unchanged
 // instances are not written, so watchers wake only on real changes.
 func applyReport(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
+	// A report that arrives after its host was declared down (late, or
+	// from a host cut off from gossip) cannot make its instances healthy.
+	down := ""
+	if raw, err := txn.First("hosts", "id", c.Key); err == nil && raw != nil {
+		if s := raw.(*Host).Status; s == HostFailed || s == HostLeft {
+			down = "host " + s
+		}
+	}
 	touched := map[string]bool{}
 	want := map[string]Instance{}
 	for _, i := range c.Instances {
+		if down != "" {
+			i.Healthy, i.Output = false, down
+		}
 		want[i.ID] = i
 	}
 	it, err := txn.Get("instances", "host", c.Key)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -153,6 +154,14 @@ func TestFailedHostsInstancesTurnUnhealthy(t *testing.T) {
 		}
 		return nil
 	})
+	// A late report from the dead host cannot make them healthy again.
+	if err := cl.ReportInstances(testwait.Ctx(t, 5*time.Second), h, []Instance{in}); err != nil {
+		t.Fatal(err)
+	}
+	is, _, err := cl.Instances(testwait.Ctx(t, 5*time.Second), QueryOptions{})
+	if err != nil || len(is) != 1 || is[0].Healthy {
+		t.Fatalf("after a late report of the failed host: %+v %v", is, err)
+	}
 }
 
 func TestBackupRestoresOntoAFreshHost(t *testing.T) {
@@ -208,8 +217,38 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 		t.Fatalf("state changed by refused restores: %v", err)
 	}
 
+	// A watch on the new host's settings returns when the restore
+	// replaces them, although the backup's index is lower.
+	for i := range 40 {
+		if _, err := dcl.PutSetting(testwait.Ctx(t, 5*time.Second), fmt.Sprintf("busy-%d", i), "x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, before, err := dcl.Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Index <= hdr.Index {
+		t.Fatalf("the new host's settings index %d is not above the backup's %d", before.Index, hdr.Index)
+	}
+	watched := make(chan error, 1)
+	go func() {
+		s, _, err := dcl.Settings(context.Background(), QueryOptions{Index: before.Index, Wait: time.Minute})
+		if err == nil && len(s) != 10 {
+			err = fmt.Errorf("watch returned %d settings, want the backup's 10", len(s))
+		}
+		watched <- err
+	}()
 	if _, err := dcl.Restore(testwait.Ctx(t, 30*time.Second), bytes.NewReader(data), false); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case err := <-watched:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a watch did not return after the restore replaced the state")
 	}
 	settings, _, err := dcl.Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/plinth-os/plinth/host"
 )
 
 // Status is GET /v1/status: the raft view of the controller answering.
@@ -60,8 +63,7 @@ func (s Status) Healthy() bool {
 }
 
 func (c *Controller) localStatus() Status {
-	leaderAddr, leader := c.raft.LeaderWithID()
-	_ = leaderAddr
+	_, leader := c.raft.LeaderWithID()
 	st := Status{
 		ID: c.id, ClusterID: c.clusterID, State: stateName(c.raft.State()), Leader: string(leader),
 		CommitIndex: c.raft.CommitIndex(), AppliedIndex: c.raft.AppliedIndex(), LastIndex: c.raft.LastIndex(),
@@ -84,7 +86,7 @@ func (c *Controller) localStatus() Status {
 			st.Voters = append(st.Voters, v)
 		}
 	}
-	sort.Slice(st.Voters, func(i, j int) bool { return st.Voters[i].ID < st.Voters[j].ID })
+	slices.SortFunc(st.Voters, func(a, b Voter) int { return strings.Compare(a.ID, b.ID) })
 	return st
 }
 
@@ -124,7 +126,7 @@ func (c *Controller) serveStatus(w http.ResponseWriter, r *http.Request) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 			defer cancel()
-			peer, err := newPeerClient(v.API, c.clientTLS()).localStatus(ctx)
+			peer, err := c.peer(v.API).localStatus(ctx)
 			if err != nil {
 				v.Error = err.Error()
 				return
@@ -151,8 +153,16 @@ func (c *Controller) serveAddVoter(w http.ResponseWriter, r *http.Request) {
 		writeError(w, 0, err)
 		return
 	}
-	if _, ok := c.members.get(req.ID); !ok {
+	mb, ok := c.members.get(req.ID)
+	switch {
+	case !ok:
 		writeError(w, 0, fmt.Errorf("%w: host %q is not a member (see plinth members)", ErrNotFound, req.ID))
+		return
+	case !hasRole(mb, RoleController):
+		writeError(w, 0, fmt.Errorf("%w: host %s (%s) has no %q role: a voter that runs no controller would only weaken the quorum", ErrInvalid, mb.ID, mb.Hostname, RoleController))
+		return
+	case mb.Status != host.StatusAlive:
+		writeError(w, 0, fmt.Errorf("%w: host %s (%s) is %s; add it once it is alive", ErrInvalid, mb.ID, mb.Hostname, mb.Status))
 		return
 	}
 	if err := c.addVoter(req.ID); err != nil {

@@ -201,6 +201,7 @@ func (s *store) query(ctx context.Context, table string, q QueryOptions, read fu
 		ctx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
 	}
+	restored := false
 	for {
 		db, replaced := s.state()
 		txn := db.Txn(false)
@@ -212,12 +213,15 @@ func (s *store) query(ctx context.Context, table string, q QueryOptions, read fu
 		if raw != nil {
 			idx = raw.(*tableIndex).Index
 		}
-		if q.Index == 0 || idx > q.Index || ctx.Err() != nil {
+		if q.Index == 0 || idx > q.Index || ctx.Err() != nil || restored {
 			return QueryMeta{Index: max(idx, 1)}, read(txn)
 		}
 		select {
 		case <-ch:
 		case <-replaced:
+			// A restore may bring the index back below q.Index: the
+			// watcher gets the new state and its index at once.
+			restored = true
 		case <-ctx.Done():
 		}
 	}

@@ -14,9 +14,12 @@ import (
 func (a *Agent) followMembers(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
-		err := a.members(ctx)
+		listed, err := a.members(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if listed {
+			failures = 0 // it worked until the stream broke
 		}
 		failures++
 		if failures == 1 {
@@ -30,18 +33,19 @@ func (a *Agent) followMembers(ctx context.Context) {
 
 // members subscribes to the host's member events, then lists the
 // members (so that no change between the two is missed), and applies
-// every event until the stream ends.
-func (a *Agent) members(ctx context.Context) error {
+// every event until the stream ends. listed says whether it got as far
+// as the list.
+func (a *Agent) members(ctx context.Context) (listed bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := a.cfg.Host.Events(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer stream.Close()
 	list, err := a.cfg.Host.Members(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	down := map[string]bool{}
 	for _, m := range list {
@@ -51,7 +55,7 @@ func (a *Agent) members(ctx context.Context) error {
 	for {
 		e, err := stream.Next()
 		if err != nil {
-			return err
+			return true, err
 		}
 		if e.Type == "member-reap" {
 			delete(down, e.Member.ID)
