@@ -20,6 +20,19 @@ import (
 	"github.com/plinth-os/plinth/host/job"
 )
 
+// jobHost runs a loopback hostd for a test that runs jobs, skipping it
+// on a machine without tini, and returns it with an admin client and the
+// cluster's bundle.
+func jobHost(t *testing.T) (*Daemon, *Client, *bundle.Bundle) {
+	t.Helper()
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	d := loopbackHost(t, b, "alpha")
+	return d, adminClient(t, b, d), b
+}
+
 // busyboxRoot is a root filesystem of Debian's static busybox.
 func busyboxRoot(t testing.TB) string {
 	return testroot.Busybox(t, "sh", "echo", "sleep", "true")
@@ -27,12 +40,7 @@ func busyboxRoot(t testing.TB) string {
 
 func TestJobAPI(t *testing.T) {
 	root := busyboxRoot(t)
-	if DefaultConfig().Init == "" {
-		t.Skip("needs tini (apt-get install tini)")
-	}
-	b := newBundle(t)
-	d := loopbackHost(t, b, "alpha")
-	c := adminClient(t, b, d)
+	_, c, _ := jobHost(t)
 	ctx := context.Background()
 
 	events, err := c.JobEvents(ctx)
@@ -150,12 +158,7 @@ func busyboxImage(t *testing.T) string {
 func TestImageJob(t *testing.T) {
 	busyboxRoot(t) // root
 	archive := busyboxImage(t)
-	if DefaultConfig().Init == "" {
-		t.Skip("needs tini (apt-get install tini)")
-	}
-	b := newBundle(t)
-	d := loopbackHost(t, b, "alpha")
-	c := adminClient(t, b, d)
+	d, c, _ := jobHost(t)
 	ctx := context.Background()
 	f, err := os.Open(archive)
 	if err != nil {
@@ -204,12 +207,7 @@ func TestImageJob(t *testing.T) {
 // refused with what to fix.
 func TestJobServicesOverAPI(t *testing.T) {
 	root := busyboxRoot(t)
-	if DefaultConfig().Init == "" {
-		t.Skip("needs tini (apt-get install tini)")
-	}
-	b := newBundle(t)
-	d := loopbackHost(t, b, "alpha")
-	c := adminClient(t, b, d)
+	_, c, _ := jobHost(t)
 	ctx := context.Background()
 	services := []job.Service{
 		{Name: "web", Port: 8080, Check: &job.Check{Type: job.CheckHTTP, Path: "/healthz", Status: 204}},
@@ -238,12 +236,7 @@ func TestJobServicesOverAPI(t *testing.T) {
 // readable by the job's user only.
 func TestJobCredentials(t *testing.T) {
 	root := testroot.Busybox(t, "sh", "cat", "mv", "sleep")
-	if DefaultConfig().Init == "" {
-		t.Skip("needs tini (apt-get install tini)")
-	}
-	b := newBundle(t)
-	d := loopbackHost(t, b, "alpha")
-	c := adminClient(t, b, d)
+	d, c, b := jobHost(t)
 	ctx := context.Background()
 	out := t.TempDir()
 	os.Chmod(out, 0o777) // the job runs as uid 1000
@@ -312,12 +305,7 @@ func TestJobCredentials(t *testing.T) {
 // its answer is its exit code and the start of its output.
 func TestJobExec(t *testing.T) {
 	root := testroot.Busybox(t, "sh", "sleep", "id", "true")
-	if DefaultConfig().Init == "" {
-		t.Skip("needs tini (apt-get install tini)")
-	}
-	b := newBundle(t)
-	d := loopbackHost(t, b, "alpha")
-	c := adminClient(t, b, d)
+	_, c, _ := jobHost(t)
 	ctx := context.Background()
 	t.Cleanup(func() { c.RemoveJob(context.Background(), "target", true) })
 	if _, err := c.CreateJob(ctx, job.Spec{ID: "target", Rootfs: root, Cmd: []string{"sleep", "60"},
