@@ -211,25 +211,31 @@ func controllerStatusCommand(f *clusterFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				st, err := c.Status(ctx)
-				if err != nil {
-					return err
+				st, err := showStatus(ctx, c, f.asJSON, st2json)
+				if err == nil && !st.Healthy() {
+					err = errors.New("controller is not healthy")
 				}
-				if f.asJSON {
-					if err := printJSON(st); err != nil {
-						return err
-					}
-				} else {
-					printStatus(st)
-				}
-				if !st.Healthy() {
-					return errors.New("controller is not healthy")
-				}
-				return nil
+				return err
 			})
 		},
 	}
 }
+
+// showStatus asks the controller for its status and prints it: as JSON
+// (of what asJSON picks from it) or as a table.
+func showStatus(ctx context.Context, c *controller.Client, asJSON bool, pick func(controller.Status) any) (controller.Status, error) {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return st, err
+	}
+	if asJSON {
+		return st, printJSON(pick(st))
+	}
+	printStatus(st)
+	return st, nil
+}
+
+func st2json(st controller.Status) any { return st }
 
 func printStatus(st controller.Status) {
 	leader := st.Leader
@@ -279,15 +285,8 @@ func controllerVotersCommand(f *clusterFlags) *cobra.Command {
 						return err
 					}
 				}
-				st, err := c.Status(ctx)
-				if err != nil {
-					return err
-				}
-				if f.asJSON {
-					return printJSON(st.Voters)
-				}
-				printStatus(st)
-				return nil
+				_, err = showStatus(ctx, c, f.asJSON, func(st controller.Status) any { return st.Voters })
+				return err
 			})
 		},
 	}
