@@ -211,7 +211,7 @@ func controllerStatusCommand(f *clusterFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				st, err := showStatus(ctx, c, f.asJSON, st2json)
+				st, err := showStatus(ctx, c, f.asJSON, wholeStatus)
 				if err == nil && !st.Healthy() {
 					err = errors.New("controller is not healthy")
 				}
@@ -235,7 +235,7 @@ func showStatus(ctx context.Context, c *controller.Client, asJSON bool, pick fun
 	return st, nil
 }
 
-func st2json(st controller.Status) any { return st }
+func wholeStatus(st controller.Status) any { return st }
 
 func printStatus(st controller.Status) {
 	leader := st.Leader
