@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -160,9 +160,9 @@ func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
 				for _, m := range members {
 					if m.Status == host.StatusAlive {
 						alive = append(alive, m)
-						if slices.Contains(m.Roles, controller.RoleController) {
-							voters = append(voters, m)
-						}
+					}
+					if controller.IsControllerHost(m) {
+						voters = append(voters, m)
 					}
 				}
 				switch len(voters) {
@@ -311,7 +311,7 @@ func clusterBackupCommands() []*cobra.Command {
 				if args[0] != "-" {
 					// Written beside the target and renamed: an
 					// interrupted backup never leaves a partial file.
-					fh, err := os.CreateTemp(dirOf(args[0]), ".plinth-backup-*")
+					fh, err := os.CreateTemp(filepath.Dir(args[0]), ".plinth-backup-*")
 					if err != nil {
 						return err
 					}
@@ -377,15 +377,6 @@ func clusterBackupCommands() []*cobra.Command {
 	g.register(restore, true)
 	restore.Flags().BoolVar(&force, "force", false, "restore a backup of another cluster")
 	return []*cobra.Command{backup, restore}
-}
-
-func dirOf(path string) string {
-	for i := len(path) - 1; i >= 0; i-- {
-		if path[i] == '/' {
-			return path[:i+1]
-		}
-	}
-	return "."
 }
 
 func servicesCommand() *cobra.Command {

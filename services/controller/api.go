@@ -99,7 +99,7 @@ func (c *Controller) newForwarder() *httputil.ReverseProxy {
 			pr.Out.Host = addr
 			pr.Out.Header.Set(forwardedHeader, c.id)
 		},
-		Transport: &http.Transport{TLSClientConfig: c.clientTLS(), MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute},
+		Transport: c.peers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, http.StatusBadGateway, fmt.Errorf("forward to the leader: %w", err))
 		},

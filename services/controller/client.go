@@ -40,14 +40,18 @@ type Client struct {
 // "host:port"; the port defaults to DefaultAPIPort), with a TLS config
 // from the cluster's credentials (bundle.Credentials.TLS).
 func NewClient(addrs []string, tlsConfig *tls.Config) *Client {
-	tr := &http.Transport{
+	return NewClientTransport(addrs, newTransport(tlsConfig))
+}
+
+// newTransport is the HTTP transport of calls to controllers.
+func newTransport(tlsConfig *tls.Config) *http.Transport {
+	return &http.Transport{
 		TLSClientConfig:     tlsConfig,
 		TLSHandshakeTimeout: 10 * time.Second,
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAliveConfig: deadPeer}).DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &Client{addrs: withPorts(addrs), http: &http.Client{Transport: tr}}
 }
 
 // deadPeer makes the kernel probe an idle connection after 1 s and give
@@ -93,11 +97,11 @@ func NewHostClient(hosts *host.Client, tlsConfig *tls.Config) *Client {
 func Addrs(members []host.Member) []string {
 	var addrs []string
 	for _, m := range members {
-		if m.Status != host.StatusAlive || !slices.Contains(m.Roles, RoleController) {
+		if !IsControllerHost(m) {
 			continue
 		}
-		if ip, _, err := net.SplitHostPort(m.Addr); err == nil {
-			addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(DefaultAPIPort)))
+		if a, err := memberAddr(m, DefaultAPIPort); err == nil {
+			addrs = append(addrs, a)
 		}
 	}
 	return addrs
@@ -107,9 +111,7 @@ func Addrs(members []host.Member) []string {
 // that dials from another network namespace, say); it must carry the
 // TLS config.
 func NewClientTransport(addrs []string, tr http.RoundTripper) *Client {
-	c := NewClient(addrs, nil)
-	c.http = &http.Client{Transport: tr}
-	return c
+	return &Client{addrs: withPorts(addrs), http: &http.Client{Transport: tr}}
 }
 
 // peer returns a client of one other controller, on the controller's

@@ -153,7 +153,7 @@ type Controller struct {
 	leftSince map[string]time.Time // voters' hosts that left Serf, since when
 
 	proxy *httputil.ReverseProxy
-	peers *http.Transport // calls to other controllers
+	peers *http.Transport // calls to other controllers, forwarded writes too
 	// kick wakes the leader's loop (after a restore).
 	kick chan struct{}
 }
@@ -175,8 +175,8 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: log, fsm: newFSM(), kick: make(chan struct{}, 1), leftSince: map[string]time.Time{}, clusterID: ClusterID(cfg.Credentials.CACert)}
 	c.hosts = host.NewClient(cfg.HostAPI, c.clientTLS())
+	c.peers = newTransport(c.clientTLS())
 	c.proxy = c.newForwarder()
-	c.peers = NewClient(nil, c.clientTLS()).http.Transport.(*http.Transport)
 	return c, nil
 }
 
@@ -314,7 +314,7 @@ func (c *Controller) firstStart(ctx context.Context) {
 		list, changed := c.members.snapshot()
 		var ids []string
 		for _, mb := range list {
-			if mb.Status == host.StatusAlive && hasRole(mb, RoleController) {
+			if IsControllerHost(mb) {
 				ids = append(ids, mb.ID)
 			}
 		}
@@ -387,7 +387,7 @@ func (c *Controller) askToJoin(ctx context.Context) error {
 	list, _ := c.members.snapshot()
 	err := errors.New("no other controller host is alive")
 	for _, mb := range list {
-		if mb.ID == c.id || mb.Status != host.StatusAlive || !hasRole(mb, RoleController) {
+		if mb.ID == c.id || !IsControllerHost(mb) {
 			continue
 		}
 		addr, aerr := c.members.apiAddr(mb.ID)

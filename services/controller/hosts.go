@@ -17,6 +17,17 @@ const (
 	HostFailed  = "failed"
 )
 
+// sameSerf reports whether h and o say the same in what Serf gives (all
+// but the operator's flags and the versions).
+func (h *Host) sameSerf(o *Host) bool {
+	return h.Hostname == o.Hostname && h.Addr == o.Addr && h.API == o.API && h.Status == o.Status &&
+		h.Version == o.Version && slices.Equal(h.Roles, o.Roles)
+}
+
+// down reports whether a host with status is gone (failed or left): its
+// instances are not healthy, whatever was reported.
+func down(status string) bool { return status == HostFailed || status == HostLeft }
+
 // applyHosts records what Serf says of hosts (the leader's view),
 // keeping the operator's flags. Instances on a host that failed become
 // unhealthy in the same write.
@@ -29,8 +40,7 @@ func applyHosts(txn *memdb.Txn, index uint64, c *command, events *eventLog) erro
 		if raw != nil {
 			old := raw.(*Host)
 			h.Cordoned = old.Cordoned
-			if old.Hostname == h.Hostname && old.Addr == h.Addr && old.API == h.API && old.Status == h.Status &&
-				old.Version == h.Version && slices.Equal(old.Roles, h.Roles) {
+			if old.sameSerf(&h) {
 				continue
 			}
 			if old.Status != h.Status {
@@ -43,7 +53,7 @@ func applyHosts(txn *memdb.Txn, index uint64, c *command, events *eventLog) erro
 		if err := put(txn, "hosts", &h, index, nil); err != nil {
 			return err
 		}
-		if h.Status == HostFailed || h.Status == HostLeft {
+		if down(h.Status) {
 			if err := hostDown(txn, index, h.ID, "host "+h.Status, events, c); err != nil {
 				return err
 			}
@@ -61,10 +71,10 @@ func applyCordon(txn *memdb.Txn, index uint64, c *command, events *eventLog) err
 	if raw == nil {
 		return fmt.Errorf("%w: host %s (see plinth members for node IDs)", ErrNotFound, c.Key)
 	}
-	h := *raw.(*Host)
-	if c.CAS != nil && h.ModifyIndex != *c.CAS {
-		return fmt.Errorf("%w: host %s is at index %d, not %d", ErrConflict, h.ID, h.ModifyIndex, *c.CAS)
+	if err := checkCAS("hosts", c.Key, raw, c.CAS); err != nil {
+		return err
 	}
+	h := *raw.(*Host)
 	if h.Cordoned == c.Cordoned {
 		return nil
 	}

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/json"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -72,27 +71,20 @@ func (c *Controller) lead(ctx context.Context) {
 func (c *Controller) syncHosts(members []host.Member) error {
 	txn := c.fsm.store.current().Txn(false)
 	var changed []Host
+	known := map[string]bool{}
 	for _, mb := range members {
+		known[mb.ID] = true
 		h := Host{ID: mb.ID, Hostname: mb.Hostname, Addr: mb.Addr, API: mb.API, Status: mb.Status, Version: mb.Version, Roles: mb.Roles}
 		if h.Roles == nil {
 			h.Roles = []string{}
 		}
-		raw, _ := txn.First("hosts", "id", h.ID)
-		if raw != nil {
-			old := raw.(*Host)
-			if old.Hostname == h.Hostname && old.Addr == h.Addr && old.API == h.API && old.Status == h.Status &&
-				old.Version == h.Version && slices.Equal(old.Roles, h.Roles) {
-				continue
-			}
+		if raw, _ := txn.First("hosts", "id", h.ID); raw != nil && raw.(*Host).sameSerf(&h) {
+			continue
 		}
 		changed = append(changed, h)
 	}
 	// Hosts Serf no longer knows (reaped, or from a restored backup of
 	// other hosts) are recorded as gone.
-	known := map[string]bool{}
-	for _, mb := range members {
-		known[mb.ID] = true
-	}
 	all, _ := list[*Host](txn, "hosts")
 	for _, h := range all {
 		if !known[h.ID] && h.Status != HostLeft {

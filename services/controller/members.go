@@ -142,11 +142,7 @@ func (m *members) addr(id string, port int) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("host %s is not a member this host knows", id)
 	}
-	ip, _, err := net.SplitHostPort(mb.Addr)
-	if err != nil {
-		return "", fmt.Errorf("host %s: gossip address %q: %w", id, mb.Addr, err)
-	}
-	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
+	return memberAddr(mb, port)
 }
 
 // ServerAddr is raft's ServerAddressProvider: a voter's current address.
@@ -159,3 +155,18 @@ func (m *members) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 func (m *members) apiAddr(id string) (string, error) { return m.addr(id, m.ports.API) }
 
 func hasRole(mb host.Member, role string) bool { return slices.Contains(mb.Roles, role) }
+
+// IsControllerHost reports whether mb is an alive member with the
+// controller role: a host that runs, or may run, a voter.
+func IsControllerHost(mb host.Member) bool {
+	return mb.Status == host.StatusAlive && hasRole(mb, RoleController)
+}
+
+// memberAddr is mb's advertised gossip IP with port.
+func memberAddr(mb host.Member, port int) (string, error) {
+	ip, _, err := net.SplitHostPort(mb.Addr)
+	if err != nil {
+		return "", fmt.Errorf("host %s: gossip address %q: %w", mb.ID, mb.Addr, err)
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
+}

@@ -47,17 +47,17 @@ func checkReport(host string, in []Instance) error {
 func applyReport(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 	// A report that arrives after its host was declared down (late, or
 	// from a host cut off from gossip) cannot make its instances healthy.
-	down := ""
+	downWhy := ""
 	if raw, err := txn.First("hosts", "id", c.Key); err == nil && raw != nil {
-		if s := raw.(*Host).Status; s == HostFailed || s == HostLeft {
-			down = "host " + s
+		if s := raw.(*Host).Status; down(s) {
+			downWhy = "host " + s
 		}
 	}
 	touched := map[string]bool{}
 	want := map[string]Instance{}
 	for _, i := range c.Instances {
-		if down != "" {
-			i.Healthy, i.Output = false, down
+		if downWhy != "" {
+			i.Healthy, i.Output = false, downWhy
 		}
 		want[i.ID] = i
 	}

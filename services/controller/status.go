@@ -90,17 +90,9 @@ func (c *Controller) localStatus() Status {
 	return st
 }
 
-func stateName(s raft.RaftState) string {
-	switch s {
-	case raft.Leader:
-		return "leader"
-	case raft.Follower:
-		return "follower"
-	case raft.Candidate:
-		return "candidate"
-	}
-	return "shutdown"
-}
+// stateName is raft's name of s in lower case: leader, follower,
+// candidate or shutdown.
+func stateName(s raft.RaftState) string { return strings.ToLower(s.String()) }
 
 // serveStatus answers the local view; unless ?local=true it also asks
 // every voter for its own (1 s each, in parallel) to report its health.

@@ -129,13 +129,10 @@ func put(txn *memdb.Txn, table string, obj object, index uint64, cas *uint64) er
 	if err != nil {
 		return err
 	}
-	m := obj.meta()
-	switch {
-	case cas != nil && old == nil && *cas != 0:
-		return fmt.Errorf("%w: %s %s does not exist (compare-and-set index %d)", ErrConflict, table, obj.key(), *cas)
-	case cas != nil && old != nil && old.(object).meta().ModifyIndex != *cas:
-		return fmt.Errorf("%w: %s %s is at index %d, not %d: read it again and retry", ErrConflict, table, obj.key(), old.(object).meta().ModifyIndex, *cas)
+	if err := checkCAS(table, obj.key(), old, cas); err != nil {
+		return err
 	}
+	m := obj.meta()
 	m.CreateIndex, m.ModifyIndex = index, index
 	if old != nil {
 		m.CreateIndex = old.(object).meta().CreateIndex
@@ -153,19 +150,30 @@ func remove(txn *memdb.Txn, table, key string, index uint64, cas *uint64) error 
 	if err != nil {
 		return err
 	}
-	if old == nil {
-		if cas != nil && *cas != 0 {
-			return fmt.Errorf("%w: %s %s does not exist", ErrConflict, table, key)
-		}
-		return fmt.Errorf("%w: %s %s", ErrNotFound, table, key)
+	if err := checkCAS(table, key, old, cas); err != nil {
+		return err
 	}
-	if cas != nil && old.(object).meta().ModifyIndex != *cas {
-		return fmt.Errorf("%w: %s %s is at index %d, not %d: read it again and retry", ErrConflict, table, key, old.(object).meta().ModifyIndex, *cas)
+	if old == nil {
+		return fmt.Errorf("%w: %s %s", ErrNotFound, table, key)
 	}
 	if err := txn.Delete(table, old); err != nil {
 		return err
 	}
 	return touch(txn, table, index)
+}
+
+// checkCAS is the compare-and-set rule of every write: with cas, the
+// object (old, nil when absent) must be at ModifyIndex *cas, or absent
+// when *cas is 0.
+func checkCAS(table, key string, old any, cas *uint64) error {
+	switch {
+	case cas == nil:
+	case old == nil && *cas != 0:
+		return fmt.Errorf("%w: %s %s does not exist (compare-and-set index %d)", ErrConflict, table, key, *cas)
+	case old != nil && old.(object).meta().ModifyIndex != *cas:
+		return fmt.Errorf("%w: %s %s is at index %d, not %d: read it again and retry", ErrConflict, table, key, old.(object).meta().ModifyIndex, *cas)
+	}
+	return nil
 }
 
 func touch(txn *memdb.Txn, table string, index uint64) error {
