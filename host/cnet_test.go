@@ -125,7 +125,7 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 	}
 
 	// The published port, from h2's namespace to h1's address.
-	ns, err := netns.GetFromName(hosts[1].ns)
+	ns, err := netns.GetFromName(hosts[1].NS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,9 +144,7 @@ func TestContainerNetworkAcrossHosts(t *testing.T) {
 	// h2 moves to another address (as after a new DHCP lease): the
 	// overlay follows on both sides.
 	h2 := hosts[1]
-	run(t, "ip", "-n", h2.ns, "addr", "del", h2.addr+"/24", "dev", "eth0")
-	run(t, "ip", "-n", h2.ns, "addr", "add", "10.77.0.102/24", "dev", "eth0")
-	h2.addr = "10.77.0.102"
+	s.MoveHost(h2.Host, 102)
 	c2 = s.client(h2, creds)
 	for {
 		ms, err := c1.Members(ctx)
@@ -256,7 +254,7 @@ func TestJobsSurviveHostdKill(t *testing.T) {
 	if len(lines) < 12 {
 		t.Errorf("%d lines in 1.5s of a job printing every 0.1s", len(lines))
 	}
-	ns, err := netns.GetFromName(h.ns)
+	ns, err := netns.GetFromName(h.NS)
 	if err != nil {
 		t.Fatal(err)
 	}

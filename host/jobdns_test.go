@@ -45,7 +45,7 @@ func TestJobDNS(t *testing.T) {
 	}
 	s.start(h)
 	c := s.client(h, creds)
-	asked := serveDNS(t, h.ns, "probe.plinth.", [4]byte{10, 1, 2, 3})
+	asked := serveDNS(t, h.NS, "probe.plinth.", [4]byte{10, 1, 2, 3})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -20,11 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/plinth-os/plinth/host/bundle"
-	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/container"
+	"github.com/plinth-os/plinth/internal/netnstest"
 )
 
 // These tests run real hostd processes (this test binary re-executed under
@@ -84,23 +81,20 @@ func runHelper(path string) int {
 	return 0
 }
 
-// segment is a test LAN: a bridge in its own namespace and hosts attached
-// to it, each host in a namespace of its own.
+// segment is a test LAN (internal/netnstest) whose hosts run hostd.
 type segment struct {
-	t      *testing.T
-	prefix string // namespace and link name prefix
-	bridge string // namespace holding the bridge
-	dir    string
-	hosts  []*netnsHost
+	*netnstest.Segment
+	t     *testing.T
+	dir   string
+	hosts []*netnsHost
 }
 
 type netnsHost struct {
-	name, ns, link string
-	addr           string // current IPv4
-	hc             helperConfig
-	cmd            *exec.Cmd
-	done           chan struct{}
-	id             string
+	*netnstest.Host
+	hc   helperConfig
+	cmd  *exec.Cmd
+	done chan struct{}
+	id   string
 }
 
 func run(t *testing.T, args ...string) {
@@ -111,36 +105,13 @@ func run(t *testing.T, args ...string) {
 }
 
 func newSegment(t *testing.T) *segment {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
-	s := &segment{t: t, prefix: fmt.Sprintf("plhd%d", os.Getpid()%100000), dir: t.TempDir()}
-	s.bridge = s.prefix + "-br"
-	s.addNS(s.bridge)
-	run(t, "ip", "-n", s.bridge, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", s.bridge, "link", "set", "br0", "up")
-	return s
-}
-
-func (s *segment) addNS(name string) {
-	run(s.t, "ip", "netns", "add", name)
-	s.t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	return &segment{Segment: netnstest.New(t, "plhd", "10.77.0"), t: t, dir: t.TempDir()}
 }
 
 // addHost makes a namespace on the segment with address 10.77.0.<n>/24.
 func (s *segment) addHost(n int, bundlePath string) *netnsHost {
-	t := s.t
-	h := &netnsHost{
-		name: fmt.Sprintf("h%d", n), ns: fmt.Sprintf("%s-h%d", s.prefix, n),
-		link: fmt.Sprintf("%sh%d", s.prefix, n), addr: fmt.Sprintf("10.77.0.%d", n),
-	}
-	s.addNS(h.ns)
-	run(t, "ip", "link", "add", "eth0", "netns", h.ns, "type", "veth", "peer", "name", h.link, "netns", s.bridge)
-	run(t, "ip", "-n", s.bridge, "link", "set", h.link, "master", "br0", "up")
-	run(t, "ip", "-n", h.ns, "link", "set", "lo", "up")
-	run(t, "ip", "-n", h.ns, "addr", "add", h.addr+"/24", "dev", "eth0")
-	run(t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
-	h.hc = helperConfig{StateDir: filepath.Join(s.dir, h.name), Hostname: h.name, BundlePath: bundlePath}
+	h := &netnsHost{Host: s.AddHost(n)}
+	h.hc = helperConfig{StateDir: filepath.Join(s.dir, h.Name), Hostname: h.Name, BundlePath: bundlePath}
 	s.hosts = append(s.hosts, h)
 	return h
 }
@@ -150,16 +121,14 @@ func (s *segment) start(h *netnsHost) {
 	t := s.t
 	t.Helper()
 	data, _ := json.Marshal(h.hc)
-	path := filepath.Join(s.dir, h.name+".json")
+	path := filepath.Join(s.dir, h.Name+".json")
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	exe, _ := os.Executable()
-	// nsenter, not ip netns exec: that also remounts /sys for the
-	// namespace, hiding the cgroup mounts that jobs need.
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+h.ns, exe)
+	cmd := s.Command(h.Host, exe)
 	cmd.Env = append(os.Environ(), helperEnv+"="+path)
-	log, err := os.OpenFile(filepath.Join(s.dir, h.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	log, err := os.OpenFile(filepath.Join(s.dir, h.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,24 +167,19 @@ func (s *segment) client(h *netnsHost, creds *bundle.Credentials) *Client {
 }
 
 func (s *segment) clientTLS(h *netnsHost, conf *tls.Config) *Client {
-	ns, err := netns.GetFromName(h.ns)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() { ns.Close() })
-	return NewClientTransport(h.addr, &http.Transport{TLSClientConfig: conf, DialContext: cnet.DialContextIn(ns, &net.Dialer{Timeout: 5 * time.Second})})
+	return NewClientTransport(h.Addr, &http.Transport{TLSClientConfig: conf, DialContext: s.DialContext(h.Host)})
 }
 
 // logs returns every host's log, for failure messages.
 func (s *segment) logs() string {
 	var b strings.Builder
 	for _, h := range s.hosts {
-		data, _ := os.ReadFile(filepath.Join(s.dir, h.name+".log"))
+		data, _ := os.ReadFile(filepath.Join(s.dir, h.Name+".log"))
 		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 		if len(lines) > 15 {
 			lines = lines[len(lines)-15:]
 		}
-		fmt.Fprintf(&b, "--- %s (last lines)\n%s\n", h.name, strings.Join(lines, "\n"))
+		fmt.Fprintf(&b, "--- %s (last lines)\n%s\n", h.Name, strings.Join(lines, "\n"))
 	}
 	return b.String()
 }
@@ -298,7 +262,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 		for h, c := range clients {
 			ms, err := membersOf(c)
 			if err != nil {
-				return fmt.Errorf("%s: %w", h.name, err)
+				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 			alive := 0
 			for _, m := range ms {
@@ -307,7 +271,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 				}
 			}
 			if alive != 5 {
-				return fmt.Errorf("%s sees %s", h.name, summary(ms))
+				return fmt.Errorf("%s sees %s", h.Name, summary(ms))
 			}
 			if h.id == "" {
 				info, err := c.Host(context.Background())
@@ -351,7 +315,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 				}
 				if e.Type == "member-failed" && e.Member.ID == victim.id {
 					mu.Lock()
-					detect[h.name] = time.Since(killed)
+					detect[h.Name] = time.Since(killed)
 					mu.Unlock()
 					return
 				}
@@ -368,9 +332,9 @@ func TestFiveHostsOnABridge(t *testing.T) {
 		}
 		<-waitDone
 	}
-	t.Logf("failure of %s reported after %v", victim.name, detect)
+	t.Logf("failure of %s reported after %v", victim.Name, detect)
 	if len(detect) != len(others) {
-		t.Fatalf("only %v reported %s failed within 10s\n%s", detect, victim.name, s.logs())
+		t.Fatalf("only %v reported %s failed within 10s\n%s", detect, victim.Name, s.logs())
 	}
 	for name, d := range detect {
 		if d > 3*time.Second {
@@ -386,18 +350,15 @@ func TestFiveHostsOnABridge(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if err := wantStatus(ms, victim.id, StatusAlive, victim.addr); err != nil {
-				return fmt.Errorf("%s: %w", h.name, err)
+			if err := wantStatus(ms, victim.id, StatusAlive, victim.Addr); err != nil {
+				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 		}
 		return nil
 	})
 
 	// A new address (as from DHCP): the same member, at the new address.
-	moved := "10.77.0.105"
-	run(t, "ip", "-n", victim.ns, "addr", "del", victim.addr+"/24", "dev", "eth0")
-	run(t, "ip", "-n", victim.ns, "addr", "add", moved+"/24", "dev", "eth0")
-	victim.addr = moved
+	s.MoveHost(victim.Host, 105)
 	clients[victim] = s.client(victim, creds)
 	movedAt := time.Now()
 	check("moved host seen at its new address", 20*time.Second, func() error {
@@ -407,10 +368,10 @@ func TestFiveHostsOnABridge(t *testing.T) {
 				return err
 			}
 			if len(ms) != 5 {
-				return fmt.Errorf("%s sees %s", h.name, summary(ms))
+				return fmt.Errorf("%s sees %s", h.Name, summary(ms))
 			}
-			if err := wantStatus(ms, victim.id, StatusAlive, moved); err != nil {
-				return fmt.Errorf("%s: %w", h.name, err)
+			if err := wantStatus(ms, victim.id, StatusAlive, victim.Addr); err != nil {
+				return fmt.Errorf("%s: %w", h.Name, err)
 			}
 		}
 		return nil
@@ -420,7 +381,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 	// A partition: one host's link down long enough to be declared failed,
 	// then up again. Serf's reconnects heal it with no help.
 	cut := s.hosts[3]
-	run(t, "ip", "-n", cut.ns, "link", "set", "eth0", "down")
+	run(t, "ip", "-n", cut.NS, "link", "set", "eth0", "down")
 	check("partitioned host failed", 10*time.Second, func() error {
 		ms, err := membersOf(clients[s.hosts[0]])
 		if err != nil {
@@ -428,7 +389,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 		}
 		return wantStatus(ms, cut.id, StatusFailed, "")
 	})
-	run(t, "ip", "-n", cut.ns, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", cut.NS, "link", "set", "eth0", "up")
 	healedAt := time.Now()
 	check("partition healed", 30*time.Second, func() error {
 		for _, h := range s.hosts {
@@ -438,7 +399,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 			}
 			for _, m := range ms {
 				if m.Status != StatusAlive {
-					return fmt.Errorf("%s sees %s", h.name, summary(ms))
+					return fmt.Errorf("%s sees %s", h.Name, summary(ms))
 				}
 			}
 		}
@@ -452,7 +413,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 	stranger.hc.Join = seeds
 	s.start(stranger)
 	check("the stranger reports its failed join", 15*time.Second, func() error {
-		data, _ := os.ReadFile(filepath.Join(s.dir, stranger.name+".log"))
+		data, _ := os.ReadFile(filepath.Join(s.dir, stranger.Name+".log"))
 		if !strings.Contains(string(data), "join cluster: no seed answered") {
 			return errors.New("no failed join in its log yet")
 		}
@@ -464,7 +425,7 @@ func TestFiveHostsOnABridge(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(ms) != 5 {
-			t.Errorf("%s sees %s after a host with the wrong key tried to join", h.name, summary(ms))
+			t.Errorf("%s sees %s after a host with the wrong key tried to join", h.Name, summary(ms))
 		}
 	}
 
