@@ -22,6 +22,7 @@ import (
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/internal/netnstest"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // These tests run real hostd processes (this test binary re-executed under
@@ -241,19 +242,15 @@ func TestFiveHostsOnABridge(t *testing.T) {
 		s.start(h)
 		clients[h] = s.client(h, creds)
 	}
+	// The hosts' logs explain a condition that never held.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.logs())
+		}
+	})
 	check := func(what string, timeout time.Duration, cond func() error) {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			err := cond()
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within %v: %v\n%s", what, timeout, err, s.logs())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		testwait.For(t, what, timeout, cond)
 	}
 
 	// Every host sees all five alive.
