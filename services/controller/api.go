@@ -45,6 +45,9 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("PUT /v1/hosts/{id}/instances", c.write(c.serveReport))
 	mux.HandleFunc("POST /v1/hosts/{id}/cordon", c.write(c.serveCordon(true)))
 	mux.HandleFunc("POST /v1/hosts/{id}/uncordon", c.write(c.serveCordon(false)))
+	mux.HandleFunc("POST /v1/hosts/{id}/drain", c.write(c.serveDrain))
+	mux.HandleFunc("PUT /v1/leases/{name}", c.write(c.serveLease))
+	mux.HandleFunc("POST /v1/schedule", c.write(c.serveSchedule))
 	mux.HandleFunc("GET /v1/{kind}", c.serveList)
 	mux.HandleFunc("GET /v1/{kind}/{key...}", c.serveGet)
 	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
@@ -282,6 +285,8 @@ func setKey(obj object, key string) {
 	switch o := obj.(type) {
 	case *Setting:
 		o.Key = key
+	case *Formation:
+		o.Name = key
 	}
 }
 
@@ -324,20 +329,59 @@ func (c *Controller) serveReport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Controller) serveCordon(cordon bool) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		cas, err := casParam(r)
-		if err != nil {
-			writeError(w, 0, err)
-			return
-		}
-		id := r.PathValue("id")
-		index, err := c.propose(&command{Op: opCordon, Key: id, Cordoned: cordon, CAS: cas})
-		if err != nil {
-			writeError(w, 0, err)
-			return
-		}
-		c.writeObject(w, "hosts", id, index)
+	return func(w http.ResponseWriter, r *http.Request) { c.setCordon(w, r, cordon, false) }
+}
+
+func (c *Controller) serveDrain(w http.ResponseWriter, r *http.Request) {
+	c.setCordon(w, r, true, true)
+}
+
+func (c *Controller) setCordon(w http.ResponseWriter, r *http.Request, cordon, drain bool) {
+	cas, err := casParam(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
 	}
+	id := r.PathValue("id")
+	index, err := c.propose(&command{Op: opCordon, Key: id, Cordoned: cordon, Draining: drain, CAS: cas})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, "hosts", id, index)
+}
+
+func (c *Controller) serveLease(w http.ResponseWriter, r *http.Request) {
+	var req LeaseRequest
+	name := r.PathValue("name")
+	err := decodeBody(r, &req)
+	if err == nil {
+		err = checkLeaseRequest(name, &req)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opLease, Key: name, Lease: &req})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, "leases", name, index)
+}
+
+func (c *Controller) serveSchedule(w http.ResponseWriter, r *http.Request) {
+	var s Schedule
+	err := decodeBody(r, &s)
+	if err == nil {
+		err = checkSchedule(&s)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opSchedule, Schedule: &s})
+	answer(w, index, map[string]uint64{"index": index}, err)
 }
 
 // decodeBody reads a JSON body strictly: unknown fields, wrong types

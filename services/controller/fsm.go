@@ -15,11 +15,13 @@ import (
 // Raft log operations: every change of the state is one of these,
 // applied by the FSM in one switch.
 const (
-	opPut    = "put"    // Kind, Object, CAS
-	opDelete = "delete" // Kind, Key, CAS
-	opReport = "report" // Key (host), Instances
-	opHosts  = "hosts"  // Hosts (the leader's view of Serf)
-	opCordon = "cordon" // Key (host), Cordoned, CAS
+	opPut      = "put"      // Kind, Object, CAS
+	opDelete   = "delete"   // Kind, Key, CAS
+	opReport   = "report"   // Key (host), Instances
+	opHosts    = "hosts"    // Hosts (the leader's view of Serf)
+	opCordon   = "cordon"   // Key (host), Cordoned, Draining, CAS
+	opLease    = "lease"    // Key (lease), Lease
+	opSchedule = "schedule" // Schedule
 )
 
 // command is one raft log entry.
@@ -33,6 +35,9 @@ type command struct {
 	Instances []Instance      `json:"instances,omitempty"`
 	Hosts     []Host          `json:"hosts,omitempty"`
 	Cordoned  bool            `json:"cordoned,omitempty"`
+	Draining  bool            `json:"draining,omitempty"`
+	Lease     *LeaseRequest   `json:"lease,omitempty"`
+	Schedule  *Schedule       `json:"schedule,omitempty"`
 	// Time is the leader's clock when it proposed the write, so that
 	// every replica records the same event times.
 	Time time.Time `json:"time"`
@@ -85,6 +90,10 @@ func (c *command) table() string {
 		return "instances"
 	case opHosts, opCordon:
 		return "hosts"
+	case opLease:
+		return "leases"
+	case opSchedule:
+		return "placements"
 	}
 	return c.Kind
 }
@@ -103,6 +112,13 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		if err := json.Unmarshal(c.Object, obj); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrInvalid, c.Kind, err)
 		}
+		if k.keep != nil {
+			if old, err := txn.First(c.Kind, "id", obj.key()); err != nil {
+				return err
+			} else if old != nil {
+				k.keep(old.(object), obj)
+			}
+		}
 		return put(txn, c.Kind, obj, index, c.CAS)
 	case opDelete:
 		if _, ok := kinds[c.Kind]; !ok {
@@ -115,6 +131,10 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		return applyHosts(txn, index, c, events)
 	case opCordon:
 		return applyCordon(txn, index, c, events)
+	case opLease:
+		return applyLease(txn, index, c, events)
+	case opSchedule:
+		return applySchedule(txn, index, c, events)
 	}
 	// Skipping it would leave this replica's state unlike the others'
 	// for good; stopping makes the job restart loudly until it is

@@ -39,7 +39,7 @@ func applyHosts(txn *memdb.Txn, index uint64, c *command, events *eventLog) erro
 		}
 		if raw != nil {
 			old := raw.(*Host)
-			h.Cordoned = old.Cordoned
+			h.Cordoned, h.Draining = old.Cordoned, old.Draining
 			if old.sameSerf(&h) {
 				continue
 			}
@@ -57,12 +57,16 @@ func applyHosts(txn *memdb.Txn, index uint64, c *command, events *eventLog) erro
 			if err := hostDown(txn, index, h.ID, "host "+h.Status, events, c); err != nil {
 				return err
 			}
+			if err := releaseHostLeases(txn, index, h.ID, events, c); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// applyCordon sets a host's cordoned flag.
+// applyCordon sets a host's cordoned and draining flags: draining
+// implies cordoned, and uncordoning ends a drain.
 func applyCordon(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 	raw, err := txn.First("hosts", "id", c.Key)
 	if err != nil {
@@ -75,12 +79,16 @@ func applyCordon(txn *memdb.Txn, index uint64, c *command, events *eventLog) err
 		return err
 	}
 	h := *raw.(*Host)
-	if h.Cordoned == c.Cordoned {
+	drain := c.Draining && c.Cordoned
+	if h.Cordoned == c.Cordoned && h.Draining == drain {
 		return nil
 	}
-	h.Cordoned = c.Cordoned
+	h.Cordoned, h.Draining = c.Cordoned, drain
 	what := "cordoned"
-	if !c.Cordoned {
+	switch {
+	case drain:
+		what = "draining"
+	case !c.Cordoned:
 		what = "uncordoned"
 	}
 	events.add(txn, index, c.Time, "host-"+what, h.ID, fmt.Sprintf("host %s (%s) %s", h.ID, h.Hostname, what))

@@ -44,6 +44,9 @@ type kind struct {
 	writable bool
 	// check validates an object the API is asked to write.
 	check func(object) error
+	// keep, when set, carries fields of the stored object (old) that the
+	// API's writer does not own over to the new one.
+	keep func(old, obj object)
 }
 
 var kinds = map[string]*kind{
@@ -52,6 +55,10 @@ var kinds = map[string]*kind{
 	"instances": {name: "instances", field: "ID", new: func() object { return new(Instance) }, indexes: map[string]string{"host": "Host", "service": "Service"}},
 	"settings":  {name: "settings", field: "Key", new: func() object { return new(Setting) }, writable: true, check: checkSetting},
 	"events":    {name: "events", new: func() object { return new(Event) }},
+	"formations": {name: "formations", field: "Name", new: func() object { return new(Formation) }, writable: true,
+		check: checkFormation, keep: keepFormationStatus},
+	"placements": {name: "placements", field: "ID", new: func() object { return new(Placement) }, indexes: map[string]string{"host": "Host", "formation": "Formation"}},
+	"leases":     {name: "leases", field: "Name", new: func() object { return new(Lease) }},
 }
 
 // indexTable records, per collection, the raft index of its last change:

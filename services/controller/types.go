@@ -1,6 +1,10 @@
 package controller
 
-import "time"
+import (
+	"time"
+
+	"github.com/plinth-os/plinth/host/job"
+)
 
 // Meta versions an object: the raft indexes of the write that created it
 // and of the last one that changed it. A write may name the ModifyIndex
@@ -24,6 +28,9 @@ type Host struct {
 	Roles    []string `json:"roles"`
 	// Cordoned hosts get no new placements (the scheduler's rule).
 	Cordoned bool `json:"cordoned"`
+	// Draining hosts are cordoned and the scheduler moves their jobs
+	// away, one at a time.
+	Draining bool `json:"draining,omitempty"`
 	Meta
 }
 
@@ -72,4 +79,68 @@ type Event struct {
 	Type    string    `json:"type"`
 	Subject string    `json:"subject,omitempty"`
 	Message string    `json:"message"`
+}
+
+// Formation is desired state for one workload and process type: how many
+// copies of a job to keep running, and where. The scheduler owns its
+// placements; Status is what the scheduler last found.
+type Formation struct {
+	// Name is 1 to 48 of a-z, 0-9, '.', '-', starting with a letter or
+	// digit.
+	Name string `json:"name"`
+	// Count is how many instances to run, spread across hosts; with Omni
+	// it must be 0.
+	Count int `json:"count,omitempty"`
+	// Omni runs one instance on every eligible host.
+	Omni bool `json:"omni,omitempty"`
+	// Constraints limit the hosts: "role" matches any of a host's roles,
+	// any other key a host's Serf tag of that name.
+	Constraints map[string]string `json:"constraints,omitempty"`
+	// Job is what each instance runs. Its ID is the job's ID on each host
+	// for omni formations and the prefix of "<id>-<n>" otherwise; empty,
+	// it is the formation's name. Its memory limit and CPU quota are what
+	// each instance reserves on its host.
+	Job    job.Spec        `json:"job"`
+	Status FormationStatus `json:"status,omitzero"`
+	Meta
+}
+
+// FormationStatus is the scheduler's last word on a formation; the API's
+// writes of a formation keep it.
+type FormationStatus struct {
+	Desired int `json:"desired"`
+	Running int `json:"running"`
+	// Reason says why fewer than Desired are placed.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Placement is the scheduler's decision that one instance of a formation
+// runs on a host. The scheduler writes it before it starts the job, so a
+// new scheduler knows every job an old one may have started.
+type Placement struct {
+	// ID is "<host>/<job>".
+	ID        string `json:"id"`
+	Formation string `json:"formation"`
+	Host      string `json:"host"`
+	Job       string `json:"job"`
+	// MemoryBytes and CPUs are what it reserves on its host.
+	MemoryBytes int64   `json:"memory_bytes,omitempty"`
+	CPUs        float64 `json:"cpus,omitempty"`
+	// Replaces is the ID of the placement this one takes over from
+	// during a drain.
+	Replaces string `json:"replaces,omitempty"`
+	Meta
+}
+
+// Lease makes one holder of a name the only active one (the active
+// scheduler). Token, the raft index at which the holder took it, fences
+// its writes: a deposed holder's token no longer matches.
+type Lease struct {
+	Name   string `json:"name"`
+	Holder string `json:"holder"`
+	// Host is the holder's host: the lease ends when Serf says it failed.
+	Host    string    `json:"host"`
+	Token   uint64    `json:"token"`
+	Expires time.Time `json:"expires"`
+	Meta
 }
