@@ -20,6 +20,11 @@ type HostInfo struct {
 	API       string    `json:"api"`
 	Roles     []string  `json:"roles"`
 	StartedAt time.Time `json:"started_at"`
+	// MemoryBytes and CPUs are what the machine has, for placements;
+	// MemoryAvailableBytes is what the kernel says is available now.
+	MemoryBytes          int64 `json:"memory_bytes"`
+	MemoryAvailableBytes int64 `json:"memory_available_bytes"`
+	CPUs                 int   `json:"cpus"`
 }
 
 // apiError is the body of every error response.

@@ -13,7 +13,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -175,10 +177,35 @@ func (d *Daemon) serverTLS(cert tls.Certificate) *tls.Config {
 // may be called once Run has reported ready.
 func (d *Daemon) Info() HostInfo {
 	local := d.members.Local()
+	total, avail := memInfo()
 	return HostInfo{
 		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: version.Version,
 		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, StartedAt: d.started,
+		MemoryBytes: total, MemoryAvailableBytes: avail, CPUs: runtime.NumCPU(),
 	}
+}
+
+// memInfo reads the machine's total and available memory from
+// /proc/meminfo; zeros when it cannot.
+func memInfo() (total, avail int64) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, 0
+	}
+	for line := range strings.Lines(string(data)) {
+		var name string
+		var kb int64
+		if _, err := fmt.Sscanf(line, "%s %d", &name, &kb); err != nil {
+			continue
+		}
+		switch name {
+		case "MemTotal:":
+			total = kb << 10
+		case "MemAvailable:":
+			avail = kb << 10
+		}
+	}
+	return total, avail
 }
 
 // Members lists the members this host knows.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -68,6 +69,9 @@ func TestAPIServesHostAndMembers(t *testing.T) {
 	}
 	if !strings.HasPrefix(info.Addr, "127.0.0.1:") || info.API != a.APIAddr().String() {
 		t.Errorf("host info addresses = %s, %s; want gossip on 127.0.0.1 and API %s", info.Addr, info.API, a.APIAddr())
+	}
+	if info.MemoryBytes <= 0 || info.MemoryAvailableBytes <= 0 || info.MemoryAvailableBytes > info.MemoryBytes || info.CPUs != runtime.NumCPU() {
+		t.Errorf("host info resources: memory %d, available %d, cpus %d; want what /proc/meminfo and NumCPU say", info.MemoryBytes, info.MemoryAvailableBytes, info.CPUs)
 	}
 
 	events, err := c.Events(ctx)
