@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/job"
 )
 
 // Config says how one hostd runs. Build it from DefaultConfig.
@@ -59,6 +60,10 @@ type Config struct {
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").
 	Roles []string
+	// StartJobs are created once the API serves, each unless a job with
+	// its ID exists (running or not): a machine config's one-time jobs,
+	// such as the cluster's bootstrap.
+	StartJobs []job.Spec
 	// Bundle holds the cluster's CA and gossip key. Nil makes hostd load or
 	// create a single-host bundle in StateDir; such a host cannot join
 	// others.

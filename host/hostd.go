@@ -208,6 +208,31 @@ func memInfo() (total, avail int64) {
 	return total, avail
 }
 
+// startJobs creates the configured StartJobs that do not exist. A job
+// that needs the container network waits for it (ErrUnavailable).
+func (d *Daemon) startJobs(ctx context.Context) {
+	for _, spec := range d.cfg.StartJobs {
+		for ctx.Err() == nil {
+			if _, err := d.jobs.Get(spec.ID); err == nil {
+				break
+			}
+			_, err := d.jobs.Create(spec)
+			if err == nil {
+				d.log.Info("started configured job", "job", spec.ID)
+				break
+			}
+			if !errors.Is(err, job.ErrUnavailable) {
+				d.log.Error("start configured job", "job", spec.ID, "err", err)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
 // Members lists the members this host knows.
 func (d *Daemon) Members() []Member { return d.members.Members() }
 
@@ -319,6 +344,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.ContainerNetwork {
 		go d.setUpNetwork(runCtx, adv)
 	}
+	go d.startJobs(runCtx)
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("host API stopped", "err", err)

@@ -114,6 +114,9 @@ func fromMachineConfig(cfg *host.Config, m config.Machine, flagSet func(string) 
 	// On a plinth machine the discovery agent serves DNS on every host,
 	// so jobs get it as their resolver.
 	set("job-dns", func() { cfg.JobDNS = true })
+	if c.BootstrapExpect > 0 {
+		cfg.StartJobs = append(cfg.StartJobs, bootstrapJobSpec(c.BootstrapExpect))
+	}
 }
 
 // defaultCredentials is where `plinth members` looks for client

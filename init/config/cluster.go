@@ -45,6 +45,11 @@ type Cluster struct {
 	// lowercase letters, digits and '-', 1 to 32 characters. At most 16, no
 	// duplicates.
 	Roles []string
+	// BootstrapExpect, when not 0, has this host bootstrap the platform
+	// by itself (`plinth cluster bootstrap --auto`) once that many hosts
+	// are alive, if it is the controller host with the lowest node ID and
+	// the cluster is not bootstrapped yet. Give every host the same value.
+	BootstrapExpect int
 }
 
 // BundleFWCfg as Cluster.Bundle reads the bundle from QEMU's firmware config
@@ -57,6 +62,9 @@ const (
 	maxSeeds    = 64
 	maxRoles    = 16
 	maxRoleName = 32
+	// maxBootstrapExpect bounds how many hosts a bootstrap waits for:
+	// more is a typo, and the rest join later anyway.
+	maxBootstrapExpect = 1000
 )
 
 // clusterField is the [cluster] section. Once its keys decode without
@@ -102,6 +110,7 @@ func clusterFields(c *Cluster) []field {
 		intField("gossip_port", &c.GossipPort, 1, 65535),
 		intField("api_port", &c.APIPort, 1, 65535),
 		setField("roles", &c.Roles, plainString(checkRole), maxRoles),
+		intField("bootstrap_expect", &c.BootstrapExpect, 1, maxBootstrapExpect),
 	}
 }
 

@@ -26,6 +26,6 @@ func JobSpec(binary string, expect int, dataDir string) job.Spec {
 		Resurrect:   true,
 		Credentials: true,
 		Volumes:     []job.Volume{{Source: dataDir, Target: dir}},
-		Tags:        map[string]string{"platform": "controller"},
+		Tags:        map[string]string{FormationTag: "controller"},
 	}
 }

@@ -52,9 +52,10 @@ func (c *Controller) lead(ctx context.Context) {
 	if err := c.raft.Barrier(c.cfg.ApplyTimeout).Error(); err != nil {
 		c.log.Warn("leader barrier", "err", err)
 	}
+	since := time.Now()
 	for ctx.Err() == nil {
 		list, changed := c.members.snapshot()
-		if err := c.syncHosts(list); err != nil {
+		if err := c.syncHosts(list, time.Since(since) >= unknownGrace); err != nil {
 			c.log.Warn("record hosts", "err", err)
 		}
 		c.reconcileVoters(list)
@@ -67,8 +68,15 @@ func (c *Controller) lead(ctx context.Context) {
 	}
 }
 
-// syncHosts writes the hosts whose Serf view differs from the store.
-func (c *Controller) syncHosts(members []host.Member) error {
+// unknownGrace is how long a new leader waits before it records hosts
+// that Serf does not know as gone: after a cold start, hosts join Serf
+// one by one, and the scheduler must not move the jobs of a host that
+// is still booting.
+const unknownGrace = 30 * time.Second
+
+// syncHosts writes the hosts whose Serf view differs from the store;
+// with markUnknown, also the hosts Serf does not know, as left.
+func (c *Controller) syncHosts(members []host.Member, markUnknown bool) error {
 	txn := c.fsm.store.current().Txn(false)
 	var changed []Host
 	known := map[string]bool{}
@@ -87,7 +95,7 @@ func (c *Controller) syncHosts(members []host.Member) error {
 	// other hosts) are recorded as gone.
 	all, _ := list[*Host](txn, "hosts")
 	for _, h := range all {
-		if !known[h.ID] && h.Status != HostLeft {
+		if markUnknown && !known[h.ID] && h.Status != HostLeft {
 			g := *h
 			g.Status = HostLeft
 			changed = append(changed, g)

@@ -1,6 +1,9 @@
 package discovery
 
-import "github.com/plinth-os/plinth/host/job"
+import (
+	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/services/controller"
+)
 
 // JobID is the ID of the discovery agent's job on every host.
 const JobID = "plinth-discovery"
@@ -21,6 +24,6 @@ func JobSpec(binary string) job.Spec {
 		Restart:     job.Restart{Policy: job.RestartAlways},
 		Resurrect:   true,
 		Credentials: true,
-		Tags:        map[string]string{"platform": "discovery"},
+		Tags:        map[string]string{controller.FormationTag: "discovery"},
 	}
 }

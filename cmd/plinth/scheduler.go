@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/scheduler"
+)
+
+func schedulerCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "scheduler", Short: "The scheduler: keeps the formations placed on the hosts"}
+	cmd.AddCommand(schedulerRunCommand())
+	return cmd
+}
+
+func schedulerRunCommand() *cobra.Command {
+	cfg := scheduler.DefaultConfig()
+	var credsPath, hostAPI string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a scheduler (what the scheduler job runs)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			creds, err := bundle.LoadCredentials(credsPath)
+			if err != nil {
+				return fmt.Errorf("%w (the scheduler job gets it from hostd: job spec credentials = true)", err)
+			}
+			hc := host.NewClient(hostAPI, creds.TLS())
+			cfg.Host = hc
+			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
+			cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			s, err := scheduler.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
+	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "how long the active scheduler's lease lasts unrenewed")
+	return cmd
+}

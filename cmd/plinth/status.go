@@ -1,0 +1,271 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/scheduler"
+)
+
+// platformStatus is `plinth status`: the whole platform on one screen.
+type platformStatus struct {
+	Healthy bool `json:"healthy"`
+	// Problems make the platform unhealthy; Warnings do not.
+	Problems   []string           `json:"problems"`
+	Warnings   []string           `json:"warnings"`
+	Controller controllerSummary  `json:"controller"`
+	Scheduler  *controller.Lease  `json:"scheduler"`
+	Hosts      []hostSummary      `json:"hosts"`
+	Formations []formationSummary `json:"formations"`
+}
+
+type controllerSummary struct {
+	Leader string             `json:"leader"`
+	Term   uint64             `json:"term"`
+	Voters []controller.Voter `json:"voters"`
+}
+
+type hostSummary struct {
+	controller.Host
+	Jobs int `json:"jobs"`
+	// MemoryAvailableBytes is what the host said; 0 when it did not answer.
+	MemoryAvailableBytes int64  `json:"memory_available_bytes"`
+	Error                string `json:"error,omitempty"`
+}
+
+type formationSummary struct {
+	Name    string `json:"name"`
+	Omni    bool   `json:"omni"`
+	Desired int    `json:"desired"`
+	Running int    `json:"running"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// errUnhealthy makes `plinth status` exit 1 after printing.
+var errUnhealthy = errors.New("the platform is not healthy")
+
+func statusCommand() *cobra.Command {
+	f := &clusterFlags{}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "The platform on one screen; exits 1 when it is not healthy",
+		Long: "status shows the controller's leader and voters, the active scheduler, every host\n" +
+			"(address, Serf status, cordon, jobs, available memory) and every formation (desired\n" +
+			"and running instances), problems first. The platform is healthy when the controller\n" +
+			"has a leader, a scheduler is active and every formation runs in full; a failed host\n" +
+			"or voter alone is a warning. Exit status 1 means not healthy, so scripts can wait on it.",
+		Args:          cobra.NoArgs,
+		SilenceErrors: true,
+		RunE: func(*cobra.Command, []string) error {
+			var st platformStatus
+			err := withTimeout(20*time.Second, func(ctx context.Context) error {
+				creds, err := f.credentials()
+				if err != nil {
+					return err
+				}
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				st = gatherStatus(ctx, c, creds.TLS())
+				return nil
+			})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "plinth status:", err)
+				return err
+			}
+			if f.asJSON {
+				if err := printJSON(st); err != nil {
+					return err
+				}
+			} else {
+				printPlatformStatus(st)
+			}
+			if !st.Healthy {
+				return errUnhealthy
+			}
+			return nil
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
+// gatherStatus reads everything status shows; what it cannot read is a
+// problem in the result, not an error.
+func gatherStatus(ctx context.Context, c *controller.Client, tlsConfig *tls.Config) platformStatus {
+	st := platformStatus{Problems: []string{}, Warnings: []string{}, Hosts: []hostSummary{}, Formations: []formationSummary{}}
+	problem := func(format string, args ...any) { st.Problems = append(st.Problems, fmt.Sprintf(format, args...)) }
+	warn := func(format string, args ...any) { st.Warnings = append(st.Warnings, fmt.Sprintf(format, args...)) }
+
+	cs, err := c.Status(ctx)
+	if err != nil {
+		problem("controller: %v", err)
+		st.Healthy = false
+		return st
+	}
+	st.Controller = controllerSummary{Leader: cs.Leader, Term: cs.Term, Voters: cs.Voters}
+	if cs.Leader == "" {
+		problem("controller: no leader (quorum lost, or an election under way)")
+	}
+	for _, v := range cs.Voters {
+		if !v.Healthy {
+			warn("controller voter %s (%s) is not healthy: %s", v.ID, v.Hostname, cmp.Or(v.Error, v.Serf))
+		}
+	}
+	if cs.Leader == "" {
+		return st
+	}
+
+	leases, _, err := c.Leases(ctx, controller.QueryOptions{})
+	if err != nil {
+		problem("read leases: %v", err)
+	}
+	for _, l := range leases {
+		if l.Name == scheduler.LeaseName {
+			st.Scheduler = &l
+		}
+	}
+	if err == nil && st.Scheduler == nil {
+		problem("scheduler: none is active")
+	}
+
+	hosts, _, err := c.Hosts(ctx, controller.QueryOptions{})
+	if err != nil {
+		problem("read hosts: %v", err)
+	}
+	placements, _, err := c.Placements(ctx, controller.QueryOptions{})
+	if err != nil {
+		problem("read placements: %v", err)
+	}
+	jobs := map[string]int{}
+	for _, p := range placements {
+		jobs[p.Host]++
+	}
+	st.Hosts = make([]hostSummary, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		st.Hosts[i] = hostSummary{Host: h, Jobs: jobs[h.ID]}
+		if h.Status != controller.HostAlive {
+			continue
+		}
+		wg.Go(func() {
+			hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			info, err := host.NewClient(h.API, tlsConfig).Host(hctx)
+			if err != nil {
+				st.Hosts[i].Error = err.Error()
+				return
+			}
+			st.Hosts[i].MemoryAvailableBytes = info.MemoryAvailableBytes
+		})
+	}
+	wg.Wait()
+	for _, h := range st.Hosts {
+		switch {
+		case h.Status != controller.HostAlive && h.Status != controller.HostLeft:
+			warn("host %s (%s) is %s", h.ID, h.Hostname, h.Status)
+		case h.Error != "":
+			warn("host %s (%s) does not answer: %s", h.ID, h.Hostname, h.Error)
+		}
+	}
+
+	fs, _, err := c.Formations(ctx, controller.QueryOptions{})
+	if err != nil {
+		problem("read formations: %v", err)
+	}
+	for _, f := range fs {
+		s := formationSummary{Name: f.Name, Omni: f.Omni, Desired: f.Status.Desired, Running: f.Status.Running, Reason: f.Status.Reason}
+		if !f.Omni {
+			s.Desired = f.Count
+		}
+		st.Formations = append(st.Formations, s)
+		if s.Running < s.Desired || s.Reason != "" {
+			problem("formation %s: %d of %d running%s", f.Name, s.Running, s.Desired, reasonSuffix(s.Reason))
+		}
+	}
+	// Unhealthy first, then by name.
+	slices.SortStableFunc(st.Formations, func(a, b formationSummary) int {
+		return cmp.Or(cmp.Compare(b.Desired-b.Running, a.Desired-a.Running), strings.Compare(a.Name, b.Name))
+	})
+	slices.SortStableFunc(st.Hosts, func(a, b hostSummary) int {
+		return cmp.Or(cmp.Compare(hostRank(a), hostRank(b)), strings.Compare(a.Hostname, b.Hostname), strings.Compare(a.ID, b.ID))
+	})
+	st.Healthy = len(st.Problems) == 0
+	return st
+}
+
+func reasonSuffix(r string) string {
+	if r == "" {
+		return ""
+	}
+	return ": " + r
+}
+
+// hostRank sorts hosts with trouble first, and gone ones last.
+func hostRank(h hostSummary) int {
+	switch {
+	case h.Status == controller.HostLeft:
+		return 3
+	case h.Status != controller.HostAlive || h.Error != "":
+		return 0
+	case h.Cordoned:
+		return 1
+	}
+	return 2
+}
+
+func printPlatformStatus(st platformStatus) {
+	if st.Healthy {
+		fmt.Println("platform: healthy")
+	} else {
+		fmt.Println("platform: NOT HEALTHY")
+	}
+	for _, p := range st.Problems {
+		fmt.Println("  problem:", p)
+	}
+	for _, w := range st.Warnings {
+		fmt.Println("  warning:", w)
+	}
+	fmt.Printf("\ncontroller: leader %s, term %d, %d voters\n", cmp.Or(st.Controller.Leader, "none"), st.Controller.Term, len(st.Controller.Voters))
+	if st.Scheduler != nil {
+		fmt.Printf("scheduler:  active %s (token %d)\n", st.Scheduler.Holder, st.Scheduler.Token)
+	} else {
+		fmt.Println("scheduler:  none active")
+	}
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "HOST\tNAME\tADDRESS\tSTATUS\tSCHEDULING\tJOBS\tMEM AVAIL")
+	for _, h := range st.Hosts {
+		mem := "-"
+		if h.MemoryAvailableBytes > 0 {
+			mem = fmt.Sprintf("%.1f GiB", float64(h.MemoryAvailableBytes)/(1<<30))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", h.ID, h.Hostname, h.API, h.Status, hostFlags(h.Host), h.Jobs, mem)
+	}
+	w.Flush()
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "FORMATION\tKIND\tRUNNING\tREASON")
+	for _, f := range st.Formations {
+		kind := "count"
+		if f.Omni {
+			kind = "omni"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\n", f.Name, kind, f.Running, f.Desired, f.Reason)
+	}
+	w.Flush()
+}

@@ -1,0 +1,120 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/services/controller"
+)
+
+// act makes the reachable hosts run what was recorded: it stops the
+// removed placements' and the orphans' jobs, then starts the jobs of
+// placements that have none, host by host in parallel. Hosts that did
+// not answer this step are left alone: their jobs may be running.
+func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched controller.Schedule, final []controller.Placement, orphans []controller.Placement) {
+	byHost := map[string]*hostWork{}
+	work := func(id string) *hostWork {
+		if byHost[id] == nil {
+			byHost[id] = &hostWork{}
+		}
+		return byHost[id]
+	}
+	for _, r := range sched.Remove {
+		hostID, jobID, _ := strings.Cut(r.ID, "/")
+		if _, ok := obs.jobs[hostID][jobID]; ok {
+			work(hostID).stop = append(work(hostID).stop, jobID)
+		}
+	}
+	for _, o := range orphans {
+		s.log.Info("stopping orphan job", "host", o.Host, "job", o.Job, "formation", o.Formation)
+		work(o.Host).stop = append(work(o.Host).stop, o.Job)
+	}
+	for _, p := range final {
+		jobs, reachable := obs.jobs[p.Host]
+		if !reachable {
+			continue
+		}
+		j, ok := jobs[p.Job]
+		switch {
+		case !ok:
+		case j.Status.State == job.StateStopped || j.Status.State == job.StateExited:
+			// Stopped by hand, or given up: the formation wants it running.
+			work(p.Host).stop = append(work(p.Host).stop, p.Job)
+		default:
+			continue
+		}
+		f, ok := st.formations[p.Formation]
+		if !ok {
+			continue
+		}
+		work(p.Host).start = append(work(p.Host).start, instanceSpec(f, p.Job))
+	}
+	hosts := map[string]controller.Host{}
+	for _, h := range st.hosts {
+		hosts[h.ID] = h
+	}
+	var wg sync.WaitGroup
+	for id, w := range byHost {
+		h, ok := hosts[id]
+		if !ok {
+			continue
+		}
+		wg.Go(func() { s.work(ctx, h, w) })
+	}
+	wg.Wait()
+}
+
+type hostWork struct {
+	stop  []string
+	start []job.Spec
+}
+
+func (s *Scheduler) work(ctx context.Context, h controller.Host, w *hostWork) {
+	c := s.hosts.client(h)
+	for _, id := range w.stop {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.StopGrace+s.cfg.CallTimeout)
+		if _, err := c.StopJob(cctx, id, s.cfg.StopGrace); err != nil && !isStatus(err, http.StatusNotFound) {
+			s.log.Warn("stop job", "host", h.ID, "job", id, "err", err)
+		}
+		if err := c.RemoveJob(cctx, id, true); err != nil && !isStatus(err, http.StatusNotFound) {
+			s.log.Warn("remove job", "host", h.ID, "job", id, "err", err)
+		}
+		cancel()
+	}
+	for _, spec := range w.start {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		_, err := c.CreateJob(cctx, spec)
+		cancel()
+		if err != nil {
+			s.log.Warn("start job", "host", h.ID, "job", spec.ID, "err", err)
+			continue
+		}
+		s.log.Info("started job", "host", h.ID, "job", spec.ID)
+	}
+}
+
+// instanceSpec is the job of one instance of f: the formation's job with
+// its ID, its formation's tag, and resurrection at boot (a host that
+// comes back runs its instances before the scheduler does anything).
+func instanceSpec(f controller.Formation, id string) job.Spec {
+	spec := f.Job
+	spec.ID = id
+	spec.Tags = maps.Clone(spec.Tags)
+	if spec.Tags == nil {
+		spec.Tags = map[string]string{}
+	}
+	spec.Tags[controller.FormationTag] = f.Name
+	spec.Resurrect = true
+	return spec
+}
+
+func isStatus(err error, code int) bool {
+	var e *host.APIError
+	return errors.As(err, &e) && e.StatusCode == code
+}

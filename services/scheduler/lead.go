@@ -1,0 +1,113 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/plinth-os/plinth/services/controller"
+)
+
+// errDeposed: the controller refused a write under the lease; another
+// scheduler is active.
+var errDeposed = errors.New("deposed: the lease moved to another scheduler")
+
+// lead schedules while the lease with token is this scheduler's: until
+// ctx ends, a renewal is refused, or renewals fail for longer than the
+// lease lasts (it may be another's by then).
+func (s *Scheduler) lead(ctx context.Context, token uint64) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.renew(ctx, cancel)
+	changed := make(chan struct{}, 1)
+	for _, watch := range []func(context.Context, controller.QueryOptions) (uint64, error){
+		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+			_, m, err := s.cfg.Controller.Formations(ctx, q)
+			return m.Index, err
+		},
+		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+			_, m, err := s.cfg.Controller.Hosts(ctx, q)
+			return m.Index, err
+		},
+		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+			_, m, err := s.cfg.Controller.Instances(ctx, q)
+			return m.Index, err
+		},
+	} {
+		go s.follow(ctx, watch, changed)
+	}
+	fence := controller.Fence{Lease: LeaseName, Holder: s.holder, Token: token}
+	for {
+		err := s.step(ctx, fence)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errDeposed):
+			s.log.Warn("scheduler deposed", "err", err)
+			return
+		case err != nil:
+			s.log.Warn("scheduling step", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(s.cfg.Resync):
+		}
+	}
+}
+
+// renew keeps the lease until it is refused or may have run out.
+func (s *Scheduler) renew(ctx context.Context, stop context.CancelFunc) {
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.cfg.LeaseTTL / 5):
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL/2)
+		_, err := s.cfg.Controller.Lease(rctx, LeaseName, s.holder, s.hostID, s.cfg.LeaseTTL)
+		cancel()
+		switch {
+		case err == nil:
+			last = time.Now()
+		case ctx.Err() != nil:
+			return
+		case controller.IsConflict(err):
+			s.log.Warn("lease renewal refused", "err", err)
+			stop()
+			return
+		case time.Since(last) > s.cfg.LeaseTTL*4/5:
+			// The lease may be another's already: stop acting. (The
+			// fence refuses a late write anyway; this stops work sooner.)
+			s.log.Warn("lease not renewed in time", "err", err)
+			stop()
+			return
+		default:
+			s.log.Debug("renew the lease", "err", err)
+		}
+	}
+}
+
+// follow signals changed each time a collection's index moves.
+func (s *Scheduler) follow(ctx context.Context, read func(context.Context, controller.QueryOptions) (uint64, error), changed chan<- struct{}) {
+	var index uint64
+	for ctx.Err() == nil {
+		next, err := read(ctx, controller.QueryOptions{Index: index, Wait: s.cfg.WatchWait})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(s.cfg.Retry):
+			}
+			continue
+		}
+		if next != index && index != 0 {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+		index = next
+	}
+}
