@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"strings"
 	"time"
 
@@ -60,6 +61,9 @@ type Config struct {
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").
 	Roles []string
+	// CgroupParent is the cgroup the jobs' cgroups go under; default
+	// /plinth. Give each hostd of one machine its own.
+	CgroupParent string
 	// StartJobs are created once the API serves, each unless a job with
 	// its ID exists (running or not): a machine config's one-time jobs,
 	// such as the cluster's bootstrap.
@@ -174,6 +178,9 @@ func DefaultConfig() Config {
 func (c *Config) check() error {
 	if c.StateDir == "" {
 		return fmt.Errorf("hostd: no state directory")
+	}
+	if c.CgroupParent != "" && (!strings.HasPrefix(c.CgroupParent, "/") || path.Clean(c.CgroupParent) != c.CgroupParent || c.CgroupParent == "/") {
+		return fmt.Errorf("hostd: cgroup parent %q: give a clean absolute cgroup path such as /plinth-h1", c.CgroupParent)
 	}
 	if net.ParseIP(c.BindAddr) == nil {
 		return fmt.Errorf("hostd: bind address %q is not an IP", c.BindAddr)

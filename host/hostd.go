@@ -279,6 +279,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	jobs, err := job.New(job.Config{
 		StateDir:       filepath.Join(d.cfg.StateDir, "jobs"),
 		RunDir:         filepath.Join(d.cfg.RunDir, "containers"),
+		CgroupParent:   d.cfg.CgroupParent,
 		Init:           d.cfg.Init,
 		Images:         images,
 		Credentials:    d.jobCredentials,

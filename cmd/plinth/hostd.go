@@ -91,6 +91,7 @@ func hostdCommand() *cobra.Command {
 	f.BoolVar(&cfg.JobDNS, "job-dns", cfg.JobDNS, "give jobs with a network an /etc/resolv.conf naming this host first (127.0.0.1, or the bridge's gateway),\nwhere a DNS server run with the host's network answers, then the host's own resolvers")
 	f.StringVar(&cfg.Init, "init", cfg.Init, "static init run as every job's PID 1 (tini-static); empty runs commands as PID 1")
 	f.StringSliceVar(&cfg.Roles, "roles", nil, "roles to advertise, comma-separated")
+	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the jobs' cgroups go under (default /plinth); one per hostd sharing a machine")
 	f.StringVar(&cfg.Hostname, "hostname", "", "hostname to advertise (default: the kernel's)")
 	return cmd
 }

@@ -246,9 +246,9 @@ func TestInitReapsOrphans(t *testing.T) {
 // on a unified host, the v1 one (in the controller's hierarchy) otherwise.
 func cgroupFile(t *testing.T, id, v2, v1ctl, v1 string) string {
 	t.Helper()
-	path := filepath.Join("/sys/fs/cgroup", cgroupParent, id, v2)
+	path := filepath.Join("/sys/fs/cgroup", DefaultCgroupParent, id, v2)
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
-		path = filepath.Join("/sys/fs/cgroup", v1ctl, cgroupParent, id, v1)
+		path = filepath.Join("/sys/fs/cgroup", v1ctl, DefaultCgroupParent, id, v1)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

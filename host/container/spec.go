@@ -25,6 +25,9 @@ type Spec struct {
 	// ID names the container: 1 to 64 of a-z, 0-9, '_', '.', '-',
 	// starting with a letter or digit. It is also its cgroup's name.
 	ID string
+	// CgroupParent is the cgroup the container's goes under; default
+	// DefaultCgroupParent.
+	CgroupParent string
 	// Rootfs is the root directory, an absolute path.
 	Rootfs string
 	// Args is the command; Args[0] is looked up in the container's PATH.
@@ -165,9 +168,9 @@ func (s *Spec) Check() error {
 // DefaultPath is the PATH of a container whose Spec.Env sets none.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// cgroupParent groups every container's cgroup, so the jobs of a host can
-// be accounted and limited together.
-const cgroupParent = "/plinth"
+// DefaultCgroupParent groups every container's cgroup, so the jobs of a
+// host can be accounted and limited together.
+const DefaultCgroupParent = "/plinth"
 
 // ociSpec turns s into the OCI runtime spec libcontainer converts.
 func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
@@ -212,7 +215,7 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
 		},
 		Linux: &specs.Linux{
-			CgroupsPath: cgroupParent + "/" + s.ID,
+			CgroupsPath: cmp.Or(s.CgroupParent, DefaultCgroupParent) + "/" + s.ID,
 			Namespaces:  nss,
 			MaskedPaths: []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"},

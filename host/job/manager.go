@@ -91,6 +91,10 @@ type Config struct {
 	// StateDir holds jobs.db and logs/<id>/; on the data partition, so
 	// records and logs survive reboots.
 	StateDir string
+	// CgroupParent is the cgroup the jobs' go under; default
+	// container.DefaultCgroupParent. Hosts that share a machine (tests)
+	// need one each, as job IDs are unique only per host.
+	CgroupParent string
 	// RunDir holds the containers' runtime state; a tmpfs such as /run,
 	// because it describes processes, which do not survive reboots.
 	RunDir string
@@ -437,6 +441,7 @@ func (m *Manager) start(e *entry) error {
 		return err
 	}
 	cs := e.job.Spec.container(m.cfg.Init, rootfs)
+	cs.CgroupParent = m.cfg.CgroupParent
 	if err := e.job.Spec.makeVolumes(); err != nil {
 		return fmt.Errorf("job %s: %w", e.job.Spec.ID, err)
 	}
