@@ -56,6 +56,7 @@ func clusterBootstrapCommand() *cobra.Command {
 		statePath    string
 		manifestPath string
 		auto         bool
+		binary       string
 	)
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
@@ -107,7 +108,7 @@ func clusterBootstrapCommand() *cobra.Command {
 					return err
 				}
 			}
-			p := &bootstrap.Platform{Seed: seed, TLS: creds.TLS(), Binary: platformBinary, By: by}
+			p := &bootstrap.Platform{Seed: seed, TLS: creds.TLS(), Binary: binary, By: by}
 			r := &bootstrap.Runner{
 				Actions: p.Actions(),
 				Vars:    map[string]string{"expect": strconv.Itoa(expect), "timeout": timeout.String()},
@@ -130,6 +131,7 @@ func clusterBootstrapCommand() *cobra.Command {
 	fl.StringSliceVar(&steps, "steps", nil, "run only these steps (IDs from the manifest)")
 	fl.StringVar(&statePath, "state", defaultBootstrapState(), "file that keeps each step's outputs")
 	fl.StringVar(&manifestPath, "manifest", "", "manifest file (default: the built-in platform.toml)")
+	fl.StringVar(&binary, "binary", platformBinary, "the plinth binary's path on the hosts' system rootfs")
 	fl.BoolVar(&auto, "auto", false, "run only on the lowest-ID controller host (what bootstrap_expect runs)")
 	return cmd
 }

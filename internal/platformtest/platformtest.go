@@ -7,12 +7,16 @@ package platformtest
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,14 +87,12 @@ type Platform struct {
 	Bin    string
 	dir    string
 	bundle string
-	// Creds are admin credentials of the cluster.
-	Creds *bundle.Credentials
+	// Creds are admin credentials of the cluster, in CredsFile too.
+	Creds     *bundle.Credentials
+	CredsFile string
 	// Client is a namespace on the segment for the test's own clients.
 	Client *netnstest.Host
 	Hosts  []*Host
-
-	mu   sync.Mutex
-	jobs []string // IDs of every job the test made, for the cleanup
 }
 
 // Host is one host of the platform.
@@ -102,9 +104,10 @@ type Host struct {
 	done chan struct{}
 	// ID is the node ID.
 	ID string
-	// ControllerJob and DiscoveryJob are the IDs of its platform jobs:
-	// unique on this machine, since every host's jobs share one cgroup
-	// tree.
+	// Cgroup is the cgroup its jobs' cgroups go under, its own, so job
+	// IDs need be unique only per host as on machines.
+	Cgroup string
+	// ControllerJob and DiscoveryJob are the IDs of its platform jobs.
 	ControllerJob, DiscoveryJob string
 }
 
@@ -127,14 +130,19 @@ func New(t *testing.T, tag, subnet string, n int) *Platform {
 		t.Fatal(err)
 	}
 	p.Client = seg.AddHost(99)
+	p.CredsFile = filepath.Join(p.dir, "client.toml")
+	if data, err := p.Creds.Marshal(); err != nil {
+		t.Fatal(err)
+	} else if err := bundle.WriteFile(p.CredsFile, data); err != nil {
+		t.Fatal(err)
+	}
 	var seeds []string
 	for i := 1; i <= n; i++ {
 		seeds = append(seeds, fmt.Sprintf("%s.%d", subnet, i))
 	}
 	for i := 1; i <= n; i++ {
-		h := &Host{NS: seg.AddHost(i), Dir: filepath.Join(p.dir, fmt.Sprintf("h%d", i))}
-		h.ControllerJob = fmt.Sprintf("plinth-controller-h%d-%d", i, os.Getpid())
-		h.DiscoveryJob = fmt.Sprintf("plinth-discovery-h%d-%d", i, os.Getpid())
+		h := &Host{NS: seg.AddHost(i), Dir: filepath.Join(p.dir, fmt.Sprintf("h%d", i)),
+			Cgroup: fmt.Sprintf("/plinth-test-%s-h%d", tag, i), ControllerJob: controller.JobID, DiscoveryJob: discovery.JobID}
 		p.Hosts = append(p.Hosts, h)
 	}
 	for _, h := range p.Hosts {
@@ -154,7 +162,7 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	t.Helper()
 	cmd := p.Seg.Command(h.NS, p.Bin, "hostd", "--state-dir", filepath.Join(h.Dir, "host"), "--run-dir", filepath.Join(h.Dir, "run"),
 		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
-		"--container-network=false", "--job-dns")
+		"--container-network=false", "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"))
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -223,17 +231,9 @@ func (p *Platform) StartDiscovery(h *Host) {
 	p.CreateJob(h, spec)
 }
 
-// track records a job ID for the cleanup.
-func (p *Platform) track(id string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.jobs = append(p.jobs, id)
-}
-
 // CreateJob creates a job on h, failing the test if it cannot.
 func (p *Platform) CreateJob(h *Host, spec job.Spec) job.Job {
 	p.t.Helper()
-	p.track(spec.ID)
 	j, err := p.HostClient(h).CreateJob(testwait.Ctx(p.t, 30*time.Second), spec)
 	if err != nil {
 		p.t.Fatalf("%s: create job %s: %v", h.NS.Name, spec.ID, err)
@@ -295,29 +295,39 @@ func (p *Platform) cleanup() {
 	p.unmountAll()
 }
 
-// killJobs kills what is left in the cgroups of the test's jobs (hostd
+// killJobs kills what is left in the cgroups of the hosts' jobs (hostd
 // leaves running containers behind when it stops, to adopt them when it
 // starts again; a host the test could not reach kept its jobs) and
-// removes those cgroups.
+// removes those cgroups, deepest first.
 func (p *Platform) killJobs() {
-	for _, id := range p.jobs {
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/plinth/" + id)
-		if st, err := os.Stat("/sys/fs/cgroup/plinth/" + id); err == nil && st.IsDir() {
-			dirs = append(dirs, "/sys/fs/cgroup/plinth/"+id)
+	for _, h := range p.Hosts {
+		roots, _ := filepath.Glob("/sys/fs/cgroup/*" + h.Cgroup)
+		if st, err := os.Stat("/sys/fs/cgroup" + h.Cgroup); err == nil && st.IsDir() {
+			roots = append(roots, "/sys/fs/cgroup"+h.Cgroup)
 		}
-		for _, dir := range dirs {
-			for range 50 {
-				data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-				pids := strings.Fields(string(data))
-				for _, pid := range pids {
-					if n, err := strconv.Atoi(pid); err == nil {
-						syscall.Kill(n, syscall.SIGKILL)
+		for _, root := range roots {
+			var dirs []string
+			filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && d.IsDir() {
+					dirs = append(dirs, path)
+				}
+				return nil
+			})
+			slices.Reverse(dirs)
+			for _, dir := range dirs {
+				for range 50 {
+					data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+					pids := strings.Fields(string(data))
+					for _, pid := range pids {
+						if n, err := strconv.Atoi(pid); err == nil {
+							syscall.Kill(n, syscall.SIGKILL)
+						}
 					}
+					if len(pids) == 0 && syscall.Rmdir(dir) == nil {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
 				}
-				if len(pids) == 0 && syscall.Rmdir(dir) == nil {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
 			}
 		}
 	}
@@ -407,3 +417,106 @@ func (p *Platform) ByID(id string) *Host {
 	p.t.Fatalf("no host %s", id)
 	return nil
 }
+
+// CLI runs the plinth CLI in the client namespace with the admin
+// credentials and --host of the first host that runs, and returns its
+// output (stdout and stderr) and error.
+func (p *Platform) CLI(ctx context.Context, args ...string) (string, error) {
+	seed := p.Hosts[0]
+	for _, h := range p.Hosts {
+		if h.cmd != nil {
+			seed = h
+			break
+		}
+	}
+	args = append(args, "--credentials", p.CredsFile, "--host", seed.NS.Addr)
+	cmd := p.Seg.Command(p.Client, p.Bin, args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+		return out.String(), ctx.Err()
+	}
+}
+
+// Bootstrap runs `plinth cluster bootstrap` for every host, as an
+// operator would, with the test's binary as the platform's.
+func (p *Platform) Bootstrap(timeout time.Duration) string {
+	p.t.Helper()
+	out, err := p.CLI(testwait.Ctx(p.t, timeout), "cluster", "bootstrap", "--expect", strconv.Itoa(len(p.Hosts)),
+		"--binary", p.Bin, "--state", filepath.Join(p.dir, "bootstrap.json"), "--timeout", timeout.String())
+	if err != nil {
+		p.t.Fatalf("plinth cluster bootstrap: %v\n%s\n%s", err, out, p.Logs())
+	}
+	return out
+}
+
+// Status is what `plinth status --json` says, with its exit error.
+type Status struct {
+	Healthy    bool     `json:"healthy"`
+	Problems   []string `json:"problems"`
+	Warnings   []string `json:"warnings"`
+	Controller struct {
+		Leader string `json:"leader"`
+	} `json:"controller"`
+	Scheduler *controller.Lease `json:"scheduler"`
+	Hosts     []struct {
+		controller.Host
+		Jobs int `json:"jobs"`
+	} `json:"hosts"`
+	Formations []struct {
+		Name    string `json:"name"`
+		Desired int    `json:"desired"`
+		Running int    `json:"running"`
+		Reason  string `json:"reason"`
+	} `json:"formations"`
+}
+
+// PlatformStatus runs `plinth status --json`.
+func (p *Platform) PlatformStatus() (Status, error) {
+	var st Status
+	out, err := p.CLI(testwait.Ctx(p.t, 30*time.Second), "status", "--json")
+	if jerr := json.Unmarshal([]byte(out), &st); jerr != nil {
+		return st, fmt.Errorf("plinth status --json: %v: %w\n%s", err, jerr, out)
+	}
+	if err != nil && st.Healthy {
+		return st, fmt.Errorf("plinth status said healthy but failed: %w", err)
+	}
+	if !st.Healthy && err == nil {
+		return st, errors.New("plinth status said not healthy but exited 0")
+	}
+	if !st.Healthy {
+		return st, fmt.Errorf("not healthy: %s", strings.Join(st.Problems, "; "))
+	}
+	return st, nil
+}
+
+// WaitHealthy waits until `plinth status` says healthy and check (when
+// given) accepts the status.
+func (p *Platform) WaitHealthy(timeout time.Duration, check func(Status) error) Status {
+	p.t.Helper()
+	var st Status
+	testwait.For(p.t, "plinth status healthy", timeout, func() error {
+		var err error
+		if st, err = p.PlatformStatus(); err != nil {
+			return err
+		}
+		if check != nil {
+			return check(st)
+		}
+		return nil
+	})
+	return st
+}
+
+// Running reports whether h's hostd runs (not powered off by the test).
+func (p *Platform) Running(h *Host) bool { return h.cmd != nil }
