@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler lint clean
 
 all: image
 
@@ -71,7 +71,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -93,6 +93,13 @@ bench-runtime: deps
 # follower, memory with 10,000 settings; alternating rounds.
 bench-controller: deps
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkController -benchtime 1x -timeout 20m ./services/controller/
+
+# One placement plan for 1,000 hosts and 10,000 instances from nothing,
+# and one after 100 of those hosts failed, against 1 s and 100 ms. Only
+# the two bench lines are printed, everything when a check fails.
+bench-scheduler:
+	@out=$$($(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./services/scheduler/placement/ 2>&1) || { echo "$$out"; exit 1; }; \
+	echo "$$out" | grep '^bench '
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
