@@ -146,7 +146,9 @@ func (p *Platform) waitHosts(ctx context.Context, in map[string]string, log func
 	slices.Sort(all)
 	slices.Sort(voters)
 	log("%d hosts alive, %d with the %s role", len(all), len(voters), controller.RoleController)
-	return Result{Outputs: map[string]string{"hosts": strings.Join(all, ","), "controller_hosts": strings.Join(voters, ",")}}, nil
+	// Waits and checks report "done": they change nothing, but they did
+	// their job now.
+	return Result{Outputs: map[string]string{"hosts": strings.Join(all, ","), "controller_hosts": strings.Join(voters, ",")}, Changed: true}, nil
 }
 
 // checkVoters refuses a number of controller hosts raft cannot use well.
@@ -159,7 +161,7 @@ func checkVoters(_ context.Context, in map[string]string, _ func(string, ...any)
 	default:
 		return Result{}, fmt.Errorf("%d hosts have the %q role: use 1, 3 or 5 (an even number of voters tolerates no more failures than one fewer)", n, controller.RoleController)
 	}
-	return Result{Outputs: map[string]string{"expect": strconv.Itoa(n)}}, nil
+	return Result{Outputs: map[string]string{"expect": strconv.Itoa(n)}, Changed: true}, nil
 }
 
 // platformJob is the spec of a platform job by name: what bootstrap
@@ -249,7 +251,7 @@ func (p *Platform) waitController(ctx context.Context, in map[string]string, log
 		return Result{}, err
 	}
 	log("leader %s", leader)
-	return Result{Outputs: map[string]string{"leader": leader}}, nil
+	return Result{Outputs: map[string]string{"leader": leader}, Changed: true}, nil
 }
 
 // registerFormation writes an omni formation for a platform job (on the
@@ -295,7 +297,7 @@ func (p *Platform) waitFormations(ctx context.Context, in map[string]string, log
 			if !ok {
 				return false, "", fmt.Errorf("formation %s does not exist", n)
 			}
-			if f.Status.Desired == 0 || f.Status.Running < f.Status.Desired {
+			if f.Status.Desired == 0 || f.Status.Running < f.Status.Desired || f.Status.Token == 0 {
 				return false, fmt.Sprintf("formation %s: %d of %d running %s", n, f.Status.Running, f.Status.Desired, f.Status.Reason), nil
 			}
 			placed += f.Status.Running
@@ -306,7 +308,7 @@ func (p *Platform) waitFormations(ctx context.Context, in map[string]string, log
 		return Result{}, err
 	}
 	log("%d instances of %s running", placed, strings.Join(names, ", "))
-	return Result{Outputs: map[string]string{"placements": strconv.Itoa(placed)}}, nil
+	return Result{Outputs: map[string]string{"placements": strconv.Itoa(placed)}, Changed: true}, nil
 }
 
 // Bootstrapped returns the setting of a bootstrapped cluster.

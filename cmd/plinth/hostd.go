@@ -92,6 +92,7 @@ func hostdCommand() *cobra.Command {
 	f.StringVar(&cfg.Init, "init", cfg.Init, "static init run as every job's PID 1 (tini-static); empty runs commands as PID 1")
 	f.StringSliceVar(&cfg.Roles, "roles", nil, "roles to advertise, comma-separated")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the jobs' cgroups go under (default /plinth); one per hostd sharing a machine")
+	f.StringVar(&cfg.VolumeRoot, "volume-root", "", "directory the jobs' volume sources are under (default /); one per hostd sharing a machine")
 	f.StringVar(&cfg.Hostname, "hostname", "", "hostname to advertise (default: the kernel's)")
 	return cmd
 }

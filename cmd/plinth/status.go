@@ -54,6 +54,11 @@ type formationSummary struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
+// clockSlack is how far the controller leader's clock, which dates the
+// scheduler's lease, may be from this one's before a lease that ran out
+// counts as gone.
+const clockSlack = 5 * time.Second
+
 // errUnhealthy makes `plinth status` exit 1 after printing.
 var errUnhealthy = errors.New("the platform is not healthy")
 
@@ -139,8 +144,13 @@ func gatherStatus(ctx context.Context, c *controller.Client, tlsConfig *tls.Conf
 			st.Scheduler = &l
 		}
 	}
-	if err == nil && st.Scheduler == nil {
+	switch {
+	case err != nil:
+	case st.Scheduler == nil:
 		problem("scheduler: none is active")
+	case time.Since(st.Scheduler.Expires) > clockSlack:
+		problem("scheduler: %s's lease ran out at %s and nobody took it", st.Scheduler.Holder, st.Scheduler.Expires.Local().Format(time.TimeOnly))
+		st.Scheduler = nil
 	}
 
 	hosts, _, err := c.Hosts(ctx, controller.QueryOptions{})
@@ -193,7 +203,11 @@ func gatherStatus(ctx context.Context, c *controller.Client, tlsConfig *tls.Conf
 			s.Desired = f.Count
 		}
 		st.Formations = append(st.Formations, s)
-		if s.Running < s.Desired || s.Reason != "" {
+		switch {
+		case st.Scheduler == nil:
+		case f.Status.Token != st.Scheduler.Token:
+			problem("formation %s: not checked yet by the active scheduler", f.Name)
+		case s.Running < s.Desired || s.Reason != "":
 			problem("formation %s: %d of %d running%s", f.Name, s.Running, s.Desired, reasonSuffix(s.Reason))
 		}
 	}

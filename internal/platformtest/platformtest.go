@@ -369,14 +369,12 @@ func (p *Platform) Logs() string {
 		}
 		fmt.Fprintf(&b, "--- %s %s (last lines)\n%s\n", h.NS.Name, h.ID, strings.Join(lines, "\n"))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		for _, id := range []string{h.ControllerJob, h.DiscoveryJob} {
-			if h.cmd == nil {
-				break
-			}
-			j, err := p.HostClient(h).Job(ctx, id)
-			if err != nil {
-				continue
-			}
+		var jobs []job.Job
+		if h.cmd != nil {
+			jobs, _ = p.HostClient(h).Jobs(ctx)
+		}
+		for _, j := range jobs {
+			id := j.Spec.ID
 			fmt.Fprintf(&b, "  job %s: %s pid %d restarts %d exit %+v %s\n", id, j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
 			p.HostClient(h).JobLogs(ctx, id, job.LogOptions{Tail: 15}, func(l job.LogLine) error {
 				fmt.Fprintf(&b, "    %s\n", l.Text)

@@ -15,7 +15,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host"
 )
@@ -48,7 +51,7 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 	return &http.Transport{
 		TLSClientConfig:     tlsConfig,
 		TLSHandshakeTimeout: 10 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAliveConfig: deadPeer}).DialContext,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAliveConfig: deadPeer, Control: unackedTimeout}).DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
@@ -60,6 +63,20 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 // its wait or TCP's two hours, and the client moves on. A probe is one
 // small packet a second per idle connection.
 var deadPeer = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 2}
+
+// unackedTimeout covers what keepalive does not: a request written to a
+// connection whose peer lost power stays unacknowledged, and TCP would
+// retransmit it for some 15 minutes; TCP_USER_TIMEOUT ends it after 5 s.
+func unackedTimeout(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 5000)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
 
 func withPorts(addrs []string) []string {
 	var norm []string

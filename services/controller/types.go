@@ -112,6 +112,9 @@ type FormationStatus struct {
 	Running int `json:"running"`
 	// Reason says why fewer than Desired are placed.
 	Reason string `json:"reason,omitempty"`
+	// Token is the scheduler lease's token it was written under: a
+	// status from an earlier scheduler is not current.
+	Token uint64 `json:"token,omitempty"`
 }
 
 // Placement is the scheduler's decision that one instance of a formation

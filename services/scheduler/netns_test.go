@@ -149,7 +149,9 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		return webRuns(2)(s)
 	})
 
-	// Every host's power cut at once, then all back.
+	// Every host's power cut at once, then all back: healthy once a new
+	// scheduler (a new lease) has checked every formation.
+	before := p.WaitHealthy(time.Minute, nil).Scheduler.Token
 	for _, h := range p.Hosts {
 		p.PowerCut(h)
 	}
@@ -157,7 +159,12 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		p.PowerOn(h)
 	}
 	start = time.Now()
-	p.WaitHealthy(2*time.Minute, webRuns(2))
+	p.WaitHealthy(2*time.Minute, func(s platformtest.Status) error {
+		if s.Scheduler.Token == before {
+			return fmt.Errorf("the scheduler of before the power cut still holds the lease")
+		}
+		return webRuns(2)(s)
+	})
 	t.Logf("healthy %s after a cold start", time.Since(start).Round(time.Millisecond))
 	s, _, err := p.Controllers().Setting(testwait.Ctx(t, 5*time.Second), "kept", controller.QueryOptions{})
 	if err != nil || s.Value != "across power cuts" {

@@ -152,8 +152,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.hostID = info.ID
 	s.holder = info.ID + "/" + nonce()
 	s.log.Info("scheduler started", "holder", s.holder)
+	var lastErr string
 	for {
-		l, err := s.cfg.Controller.Lease(ctx, LeaseName, s.holder, s.hostID, s.cfg.LeaseTTL)
+		lctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
+		l, err := s.cfg.Controller.Lease(lctx, LeaseName, s.holder, s.hostID, s.cfg.LeaseTTL)
+		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -165,8 +168,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			s.log.Info("scheduler is standing by")
-		case !controller.IsConflict(err):
-			s.log.Debug("ask for the lease", "err", err)
+		case controller.IsConflict(err):
+			lastErr = ""
+		case err.Error() != lastErr:
+			// Once per new error: a standby that cannot reach the
+			// controller must say so, without a line a second.
+			s.log.Warn("ask for the lease", "err", err)
+			lastErr = err.Error()
 		}
 		select {
 		case <-ctx.Done():

@@ -33,7 +33,9 @@ type observed struct {
 
 // step is one round: read, observe, adopt, plan, record, act.
 func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
-	st, err := s.read(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
+	st, err := s.read(rctx)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -53,12 +55,15 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
 	final := applyDecision(all, sched)
 	for name, f := range st.formations {
 		status := formationStatus(f, final, obs, d.Shortfalls)
+		status.Token = fence.Token
 		if status != f.Status {
 			sched.Status[name] = status
 		}
 	}
 	if len(sched.Place) > 0 || len(sched.Remove) > 0 || len(sched.Status) > 0 {
-		index, err := s.cfg.Controller.Schedule(ctx, sched)
+		wctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
+		index, err := s.cfg.Controller.Schedule(wctx, sched)
+		cancel()
 		if controller.IsConflict(err) {
 			return fmt.Errorf("%w: %v", errDeposed, err)
 		}
