@@ -345,4 +345,3 @@ func split(list string) []string {
 	}
 	return out
 }
-
