@@ -280,6 +280,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		StateDir:       filepath.Join(d.cfg.StateDir, "jobs"),
 		RunDir:         filepath.Join(d.cfg.RunDir, "containers"),
 		CgroupParent:   d.cfg.CgroupParent,
+		VolumeRoot:     d.cfg.VolumeRoot,
 		Init:           d.cfg.Init,
 		Images:         images,
 		Credentials:    d.jobCredentials,
@@ -346,6 +347,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		go d.setUpNetwork(runCtx, adv)
 	}
 	go d.startJobs(runCtx)
+	go d.announceJobs(runCtx)
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("host API stopped", "err", err)

@@ -518,3 +518,9 @@ func (p *Platform) WaitHealthy(timeout time.Duration, check func(Status) error) 
 
 // Running reports whether h's hostd runs (not powered off by the test).
 func (p *Platform) Running(h *Host) bool { return h.cmd != nil }
+
+// HostLog returns h's hostd log.
+func (p *Platform) HostLog(h *Host) string {
+	data, _ := os.ReadFile(filepath.Join(p.dir, h.NS.Name+".log"))
+	return string(data)
+}

@@ -58,7 +58,8 @@ func count(m map[string][]string) int {
 // bootstrap started, same PIDs), a second bootstrap refused, a formation
 // placed, a host's power cut (its job runs elsewhere, and is not doubled
 // when the host comes back), then every host's power cut at once and
-// restored (healthy again, state intact, no duplicates).
+// restored, one of them at another address (healthy again, state
+// intact, no duplicates).
 func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 	p := platformtest.New(t, "plsc", "10.78.0", 3)
 	out := p.Bootstrap(3 * time.Minute)
@@ -155,6 +156,9 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 	for _, h := range p.Hosts {
 		p.PowerCut(h)
 	}
+	// One host comes back with another address, as after a new DHCP lease.
+	moved := p.Hosts[2]
+	p.Seg.MoveHost(moved.NS, 13)
 	for _, h := range p.Hosts {
 		p.PowerOn(h)
 	}
@@ -166,6 +170,11 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		return webRuns(2)(s)
 	})
 	t.Logf("healthy %s after a cold start", time.Since(start).Round(time.Millisecond))
+	for _, h := range p.Hosts {
+		if !strings.Contains(p.HostLog(h), `msg="platform jobs up" count=`) {
+			t.Errorf("%s's log has no \"platform jobs up\" line", h.NS.Name)
+		}
+	}
 	s, _, err := p.Controllers().Setting(testwait.Ctx(t, 5*time.Second), "kept", controller.QueryOptions{})
 	if err != nil || s.Value != "across power cuts" {
 		t.Fatalf("setting after the cold start: %+v %v", s, err)
