@@ -6,15 +6,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
-	boot "github.com/plinth-os/plinth/init"
 )
 
 // TestHostdClusterOfThree: three VMs share a cluster bundle (fw_cfg) and
@@ -146,28 +143,15 @@ func TestJobInImage(t *testing.T) {
 	}
 }
 
-// dataDisk makes an ext4 image labelled PLINTH-DATA holding testroot/, a
-// busybox root filesystem for jobs (the system image has no shell).
+// dataDisk makes a data disk for a test (see DataDisk).
 func dataDisk(t *testing.T) string {
 	t.Helper()
-	stage := t.TempDir()
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skipf("needs busybox-static: %v", err)
 	}
-	bin := filepath.Join(stage, "testroot", "bin")
-	os.MkdirAll(bin, 0o755)
-	if err := os.WriteFile(filepath.Join(bin, "busybox"), bb, 0o755); err != nil {
+	disk, err := DataDisk(t.TempDir(), 128<<20)
+	if err != nil {
 		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "cat", "sleep", "echo"} {
-		os.Symlink("busybox", filepath.Join(bin, a))
-	}
-	disk := filepath.Join(t.TempDir(), "data.img")
-	for _, cmd := range [][]string{{"truncate", "-s", "128M", disk}, {"mkfs.ext4", "-q", "-L", boot.DataLabel, "-d", stage, disk}} {
-		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v\n%s", cmd, err, out)
-		}
 	}
 	return disk
 }
