@@ -141,7 +141,7 @@ func WaitHealthy(ctx context.Context, hosts []*host.Client, check func(PlatformS
 		select {
 		case <-ctx.Done():
 			return st, fmt.Errorf("platform not healthy: %w", last)
-		case <-time.After(time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }

@@ -104,7 +104,7 @@ func waitDrained(ctx context.Context, c *controller.Client, hostID string) error
 			}
 		}
 		if n != left {
-			fmt.Printf("  %d jobs left to move\n", n)
+			fmt.Printf("  %d %s left to move\n", n, plural(n, "job", "jobs"))
 			left = n
 		}
 		if n == 0 {
@@ -113,4 +113,11 @@ func waitDrained(ctx context.Context, c *controller.Client, hostID string) error
 		}
 		index = meta.Index
 	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

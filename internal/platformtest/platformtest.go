@@ -417,7 +417,8 @@ func (p *Platform) ByID(id string) *Host {
 }
 
 // CLI runs the plinth CLI in the client namespace with the admin
-// credentials and --host of the first host that runs, and returns its
+// credentials and (unless args give one) --host of the first host that
+// runs, and returns its
 // output (stdout and stderr) and error.
 func (p *Platform) CLI(ctx context.Context, args ...string) (string, error) {
 	seed := p.Hosts[0]
@@ -427,7 +428,10 @@ func (p *Platform) CLI(ctx context.Context, args ...string) (string, error) {
 			break
 		}
 	}
-	args = append(args, "--credentials", p.CredsFile, "--host", seed.NS.Addr)
+	args = append(args, "--credentials", p.CredsFile)
+	if !slices.Contains(args, "--host") {
+		args = append(args, "--host", seed.NS.Addr)
+	}
 	cmd := p.Seg.Command(p.Client, p.Bin, args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -16,8 +16,9 @@ import (
 // act makes the reachable hosts run what was recorded: it stops the
 // removed placements' and the orphans' jobs, then starts the jobs of
 // placements that have none, host by host in parallel. Hosts that did
-// not answer this step are left alone: their jobs may be running.
-func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched controller.Schedule, final []controller.Placement, orphans []controller.Placement) {
+// not answer this step are left alone: their jobs may be running. It
+// reports whether there was anything to do.
+func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched controller.Schedule, final []controller.Placement, orphans []controller.Placement) bool {
 	byHost := map[string]*hostWork{}
 	work := func(id string) *hostWork {
 		if byHost[id] == nil {
@@ -50,7 +51,7 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 			continue
 		}
 		f, ok := st.formations[p.Formation]
-		if !ok {
+		if !ok || !s.failures.due(p.ID) {
 			continue
 		}
 		work(p.Host).start = append(work(p.Host).start, instanceSpec(f, p.Job))
@@ -68,6 +69,7 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 		wg.Go(func() { s.work(ctx, h, w) })
 	}
 	wg.Wait()
+	return len(byHost) > 0
 }
 
 type hostWork struct {
@@ -91,10 +93,13 @@ func (s *Scheduler) work(ctx context.Context, h controller.Host, w *hostWork) {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 		_, err := c.CreateJob(cctx, spec)
 		cancel()
+		id := controller.PlacementID(h.ID, spec.ID)
 		if err != nil {
-			s.log.Warn("start job", "host", h.ID, "job", spec.ID, "err", err)
+			wait := s.failures.failed(id, err)
+			s.log.Warn("start job", "host", h.ID, "job", spec.ID, "err", err, "retry_in", wait)
 			continue
 		}
+		s.failures.started(id)
 		s.log.Info("started job", "host", h.ID, "job", spec.ID)
 	}
 }

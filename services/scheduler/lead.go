@@ -12,6 +12,10 @@ import (
 // scheduler is active.
 var errDeposed = errors.New("deposed: the lease moved to another scheduler")
 
+// errHostsChanged: the hosts changed while a step was reading them; the
+// next step starts at once.
+var errHostsChanged = errors.New("the hosts changed")
+
 // lead schedules while the lease with token is this scheduler's: until
 // ctx ends, a renewal is refused, or renewals fail for longer than the
 // lease lasts (it may be another's by then).
@@ -19,40 +23,48 @@ func (s *Scheduler) lead(ctx context.Context, token uint64) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.renew(ctx, cancel)
+	// Formations and instances start a step; a change of the hosts also
+	// ends the reading of the current one, which may be waiting on a
+	// host that just died.
 	changed := make(chan struct{}, 1)
-	for _, watch := range []func(context.Context, controller.QueryOptions) (uint64, error){
-		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
-			_, m, err := s.cfg.Controller.Formations(ctx, q)
-			return m.Index, err
-		},
-		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
-			_, m, err := s.cfg.Controller.Hosts(ctx, q)
-			return m.Index, err
-		},
-		func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
-			_, m, err := s.cfg.Controller.Instances(ctx, q)
-			return m.Index, err
-		},
-	} {
-		go s.follow(ctx, watch, changed)
-	}
+	hostsChanged := make(chan struct{}, 1)
+	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+		_, m, err := s.cfg.Controller.Formations(ctx, q)
+		return m.Index, err
+	}, changed)
+	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+		_, m, err := s.cfg.Controller.Instances(ctx, q)
+		return m.Index, err
+	}, changed)
+	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+		_, m, err := s.cfg.Controller.Hosts(ctx, q)
+		return m.Index, err
+	}, hostsChanged)
 	fence := controller.Fence{Lease: LeaseName, Holder: s.holder, Token: token}
 	for {
-		err := s.step(ctx, fence)
+		acted, err := s.step(ctx, fence, hostsChanged)
+		wait := s.cfg.Resync
 		switch {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, errDeposed):
 			s.log.Warn("scheduler deposed", "err", err)
 			return
+		case errors.Is(err, errHostsChanged):
+			continue
 		case err != nil:
 			s.log.Warn("scheduling step", "err", err)
+		case acted:
+			// Look again soon: the jobs just started or stopped change
+			// the formations' status, and no watch says so.
+			wait = s.cfg.Retry / 2
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-time.After(s.cfg.Resync):
+		case <-hostsChanged:
+		case <-time.After(wait):
 		}
 	}
 }

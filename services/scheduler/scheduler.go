@@ -111,6 +111,9 @@ type Scheduler struct {
 	hostID string
 	holder string
 	hosts  *hostCache
+	// failures are the placements whose job did not start, and when to
+	// try again.
+	failures *startFailures
 	// lastWrite is the index of this scheduler's last schedule: its next
 	// step reads placements at least that recent.
 	lastWrite uint64
@@ -138,7 +141,7 @@ func New(cfg Config) (*Scheduler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Scheduler{cfg: cfg, log: log, hosts: newHostCache(cfg.Dial)}, nil
+	return &Scheduler{cfg: cfg, log: log, hosts: newHostCache(cfg.Dial), failures: newStartFailures()}, nil
 }
 
 // Run waits for the lease, schedules while it holds it, and waits again

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
@@ -31,15 +32,34 @@ type observed struct {
 	info map[string]host.HostInfo
 }
 
-// step is one round: read, observe, adopt, plan, record, act.
-func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
+// step is one round: read, observe, adopt, plan, record, act. It
+// reports whether it started or stopped jobs. A signal on hostsChanged
+// while it reads ends it with errHostsChanged.
+func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChanged <-chan struct{}) (acted bool, _ error) {
 	rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
+	read := make(chan struct{})
+	var interrupted atomic.Bool
+	go func() {
+		select {
+		case <-hostsChanged:
+			interrupted.Store(true)
+			cancel()
+		case <-read:
+		}
+	}()
 	st, err := s.read(rctx)
-	cancel()
-	if err != nil {
-		return err
+	var obs *observed
+	if err == nil {
+		obs = s.observe(rctx, st.hosts)
 	}
-	obs := s.observe(ctx, st.hosts)
+	close(read)
+	cancel()
+	switch {
+	case interrupted.Load():
+		return false, errHostsChanged
+	case err != nil:
+		return false, err
+	}
 	adopted, orphans := adopt(st, obs)
 	all := append(slices.Clone(st.placements), adopted...)
 	d := placement.Plan(planFormations(st.formations), planHosts(st.hosts, obs), planPlacements(all, st, obs))
@@ -53,8 +73,22 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
 		sched.Remove = append(sched.Remove, controller.Removal{ID: r.Placement.Key(), Reason: r.Reason})
 	}
 	final := applyDecision(all, sched)
+	keep := map[string]bool{}
+	for _, p := range final {
+		keep[p.ID] = true
+	}
+	s.failures.forget(keep)
 	for name, f := range st.formations {
 		status := formationStatus(f, final, obs, d.Shortfalls)
+		if status.Reason == "" && status.Running < status.Desired {
+			var ids []string
+			for _, p := range final {
+				if p.Formation == name {
+					ids = append(ids, p.ID)
+				}
+			}
+			status.Reason = s.failures.reason(ids)
+		}
 		status.Token = fence.Token
 		if status != f.Status {
 			sched.Status[name] = status
@@ -65,10 +99,10 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
 		index, err := s.cfg.Controller.Schedule(wctx, sched)
 		cancel()
 		if controller.IsConflict(err) {
-			return fmt.Errorf("%w: %v", errDeposed, err)
+			return false, fmt.Errorf("%w: %v", errDeposed, err)
 		}
 		if err != nil {
-			return fmt.Errorf("record the schedule: %w", err)
+			return false, fmt.Errorf("record the schedule: %w", err)
 		}
 		s.lastWrite = index
 		for _, p := range adopted {
@@ -84,8 +118,7 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence) error {
 			s.log.Warn("formation short", "formation", sf.Formation, "missing", sf.Missing, "reason", sf.Reason)
 		}
 	}
-	s.act(ctx, st, obs, sched, final, orphans)
-	return nil
+	return s.act(ctx, st, obs, sched, final, orphans), nil
 }
 
 // read reads the controller's state; placements at least as recent as
