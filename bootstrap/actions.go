@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
@@ -183,7 +184,8 @@ func (p *Platform) platformJob(name, expect string) (job.Spec, error) {
 }
 
 // startJobs starts a platform job on each of the hosts (node IDs) that
-// does not have it yet.
+// does not have it yet, on all of them at once: a container start takes
+// seconds on a slow machine.
 func (p *Platform) startJobs(ctx context.Context, in map[string]string, log func(string, ...any)) (Result, error) {
 	spec, err := p.platformJob(in["job"], in["expect"])
 	if err != nil {
@@ -197,29 +199,43 @@ func (p *Platform) startJobs(ctx context.Context, in map[string]string, log func
 	for _, m := range ms {
 		byID[m.ID] = m
 	}
-	changed := false
+	ids := split(in["hosts"])
 	var jobs []string
-	for _, id := range split(in["hosts"]) {
-		m, ok := byID[id]
-		if !ok || m.Status != host.StatusAlive {
+	for _, id := range ids {
+		if m, ok := byID[id]; !ok || m.Status != host.StatusAlive {
 			return Result{}, fmt.Errorf("host %s is not an alive member: see plinth members", id)
 		}
-		c := p.dial(m.API)
 		jobs = append(jobs, controller.PlacementID(id, spec.ID))
-		if j, err := c.Job(ctx, spec.ID); err == nil {
-			log("%s (%s): %s already there (pid %d)", id, m.Hostname, spec.ID, j.Status.Pid)
-			continue
-		} else if e := (*host.APIError)(nil); !errors.As(err, &e) || e.StatusCode != http.StatusNotFound {
-			return Result{}, fmt.Errorf("host %s (%s): %w", id, m.Hostname, err)
-		}
-		j, err := c.CreateJob(ctx, spec)
-		if err != nil {
-			return Result{}, fmt.Errorf("host %s (%s): start %s: %w", id, m.Hostname, spec.ID, err)
-		}
-		log("%s (%s): started %s (pid %d)", id, m.Hostname, spec.ID, j.Status.Pid)
-		changed = true
 	}
-	return Result{Outputs: map[string]string{"jobs": strings.Join(jobs, ",")}, Changed: changed}, nil
+	started := make([]bool, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		m := byID[id]
+		wg.Go(func() { started[i], errs[i] = p.startJob(ctx, m, spec, log) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return Result{}, err
+	}
+	return Result{Outputs: map[string]string{"jobs": strings.Join(jobs, ",")}, Changed: slices.Contains(started, true)}, nil
+}
+
+// startJob starts spec on m unless it has it; it reports whether it did.
+func (p *Platform) startJob(ctx context.Context, m host.Member, spec job.Spec, log func(string, ...any)) (bool, error) {
+	c := p.dial(m.API)
+	if j, err := c.Job(ctx, spec.ID); err == nil {
+		log("%s (%s): %s already there (pid %d)", m.ID, m.Hostname, spec.ID, j.Status.Pid)
+		return false, nil
+	} else if e := (*host.APIError)(nil); !errors.As(err, &e) || e.StatusCode != http.StatusNotFound {
+		return false, fmt.Errorf("host %s (%s): %w", m.ID, m.Hostname, err)
+	}
+	j, err := c.CreateJob(ctx, spec)
+	if err != nil {
+		return false, fmt.Errorf("host %s (%s): start %s: %w", m.ID, m.Hostname, spec.ID, err)
+	}
+	log("%s (%s): started %s (pid %d)", m.ID, m.Hostname, spec.ID, j.Status.Pid)
+	return true, nil
 }
 
 // waitController waits until the controller has a leader and expect

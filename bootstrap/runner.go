@@ -19,6 +19,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -31,7 +32,8 @@ type Action interface {
 	Outputs() []string
 	// Run does the step, idempotently: when what it would do is already
 	// done, it returns the same outputs with Changed false. log reports
-	// progress of a step that takes a while.
+	// progress of a step that takes a while; it may be called from
+	// several goroutines.
 	Run(ctx context.Context, in map[string]string, log func(format string, args ...any)) (Result, error)
 }
 
@@ -197,7 +199,11 @@ func (r *Runner) runStep(ctx context.Context, s *plannedStep, data map[string]ma
 		}
 		in[name] = b.String()
 	}
+	// Actions may log from several goroutines at once.
+	var mu sync.Mutex
 	log := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
 		fmt.Fprintf(out, "step %s: %s\n", s.ID, strings.TrimSuffix(fmt.Sprintf(format, args...), "\n"))
 	}
 	res, err := s.action.Run(ctx, in, log)

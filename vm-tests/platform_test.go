@@ -174,9 +174,15 @@ func (p *platformVMs) runsOnce(ctx context.Context, want int) func(PlatformStatu
 	}
 }
 
+// webFormation is two busybox web servers on the hosts' network, each
+// with a TCP health check every second.
 func webFormation() controller.Formation {
+	second := job.Duration{Duration: time.Second}
 	return controller.Formation{Name: "web", Count: 2, Job: job.Spec{
-		Rootfs: "/var/testroot", Cmd: []string{"sleep", "3600"},
+		Rootfs: "/var/testroot", Network: job.NetworkHost,
+		Cmd: []string{"httpd", "-f", "-p", "8080", "-h", "/"},
+		Services: []job.Service{{Name: "web", Port: 8080, Check: &job.Check{
+			Type: job.CheckTCP, Interval: second, Timeout: job.Duration{Duration: 500 * time.Millisecond}}}},
 	}}
 }
 
