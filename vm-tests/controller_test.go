@@ -52,7 +52,7 @@ func TestControllerOnThreeVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids[info.ID] = true
-		// What `plinth controller start-jobs` creates on each controller host.
+		// What bootstrap starts on each controller host.
 		spec := controller.JobSpec("/usr/bin/plinth", 3, controller.DefaultConfig().DataDir)
 		if _, err := createJobRetrying(ctx, hc, spec); err != nil {
 			t.Fatalf("%s: create the controller job: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))

@@ -137,7 +137,10 @@ func WaitHealthy(ctx context.Context, hosts []*host.Client, check func(PlatformS
 		if err == nil {
 			return st, nil
 		}
-		last = err
+		if last == nil || ctx.Err() == nil {
+			// A try cut short by the deadline says less than the one before.
+			last = err
+		}
 		select {
 		case <-ctx.Done():
 			return st, fmt.Errorf("platform not healthy: %w", last)

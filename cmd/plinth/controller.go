@@ -19,7 +19,6 @@ import (
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
-	"github.com/plinth-os/plinth/services/discovery"
 )
 
 // jobCredentials is where hostd puts a platform job's certificate.
@@ -96,7 +95,7 @@ func controllerCommand() *cobra.Command {
 	var f clusterFlags
 	cmd := &cobra.Command{Use: "controller", Short: "Run and manage the cluster's controller (its control plane)"}
 	f.register(cmd, true)
-	cmd.AddCommand(controllerRunCommand(), controllerStartJobsCommand(&f), controllerStatusCommand(&f), controllerVotersCommand(&f))
+	cmd.AddCommand(controllerRunCommand(), controllerStatusCommand(&f), controllerVotersCommand(&f))
 	return cmd
 }
 
@@ -134,70 +133,6 @@ func controllerRunCommand() *cobra.Command {
 	fl.IntVar(&cfg.Ports.Raft, "raft-port", cfg.Ports.Raft, "raft port (the same on every controller)")
 	fl.IntVar(&cfg.Expect, "expect", cfg.Expect, "voters a first start waits for before bootstrapping (1, 3 or 5)")
 	return cmd
-}
-
-func controllerStartJobsCommand(f *clusterFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "start-jobs",
-		Short: "Start the controller on the controller hosts and the discovery agent on every host",
-		Long: "start-jobs creates, through each host's API, the controller job (" + controller.JobID + ") on\n" +
-			"every alive host whose machine config has the role \"controller\", and the discovery\n" +
-			"agent's job (" + discovery.JobID + ") on every alive host. Jobs that exist are left alone.\n" +
-			"The voters bootstrap once all of them have started.",
-		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return withTimeout(time.Minute, func(ctx context.Context) error {
-				hc, err := f.hostClient()
-				if err != nil {
-					return err
-				}
-				creds, _ := f.credentials()
-				members, err := hc.Members(ctx)
-				if err != nil {
-					return err
-				}
-				var alive, voters []host.Member
-				for _, m := range members {
-					if m.Status == host.StatusAlive {
-						alive = append(alive, m)
-					}
-					if controller.IsControllerHost(m) {
-						voters = append(voters, m)
-					}
-				}
-				switch len(voters) {
-				case 1, 3, 5:
-				case 0:
-					return fmt.Errorf("no alive host has the %q role: add roles = [\"controller\"] to 1, 3 or 5 machine configs", controller.RoleController)
-				default:
-					return fmt.Errorf("%d hosts have the %q role: use 1, 3 or 5 (an even number of voters tolerates no more failures than one fewer)", len(voters), controller.RoleController)
-				}
-				start := func(m host.Member, spec job.Spec) error {
-					c := host.NewClient(m.API, creds.TLS())
-					if _, err := c.Job(ctx, spec.ID); err == nil {
-						fmt.Printf("%s (%s): already runs %s\n", m.ID, m.Hostname, spec.ID)
-						return nil
-					}
-					if _, err := c.CreateJob(ctx, spec); err != nil {
-						return fmt.Errorf("host %s (%s): %s: %w", m.ID, m.Hostname, spec.ID, err)
-					}
-					fmt.Printf("%s (%s): started %s\n", m.ID, m.Hostname, spec.ID)
-					return nil
-				}
-				for _, m := range voters {
-					if err := start(m, controller.JobSpec(platformBinary, len(voters), controller.DefaultConfig().DataDir)); err != nil {
-						return err
-					}
-				}
-				for _, m := range alive {
-					if err := start(m, discovery.JobSpec(platformBinary)); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		},
-	}
 }
 
 func controllerStatusCommand(f *clusterFlags) *cobra.Command {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/plinth-os/plinth/bootstrap"
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
@@ -135,6 +136,13 @@ func gatherStatus(ctx context.Context, c *controller.Client, tlsConfig *tls.Conf
 		return st
 	}
 
+	// A platform whose bootstrap has not finished is not healthy yet,
+	// however well its first formations run.
+	if _, _, err := c.Setting(ctx, bootstrap.BootstrappedKey, controller.QueryOptions{}); controller.IsNotFound(err) {
+		problem("bootstrap has not finished (see plinth cluster bootstrap, or the plinth-bootstrap job's logs)")
+	} else if err != nil {
+		problem("read the bootstrap setting: %v", err)
+	}
 	leases, _, err := c.Leases(ctx, controller.QueryOptions{})
 	if err != nil {
 		problem("read leases: %v", err)
