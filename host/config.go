@@ -64,6 +64,10 @@ type Config struct {
 	// CgroupParent is the cgroup the jobs' cgroups go under; default
 	// /plinth. Give each hostd of one machine its own.
 	CgroupParent string
+	// VolumeRoot, when set, holds the jobs' volume sources: a volume of
+	// /var/lib/x binds VolumeRoot/var/lib/x. Give each hostd of one
+	// machine its own.
+	VolumeRoot string
 	// StartJobs are created once the API serves, each unless a job with
 	// its ID exists (running or not): a machine config's one-time jobs,
 	// such as the cluster's bootstrap.
@@ -181,6 +185,9 @@ func (c *Config) check() error {
 	}
 	if c.CgroupParent != "" && (!strings.HasPrefix(c.CgroupParent, "/") || path.Clean(c.CgroupParent) != c.CgroupParent || c.CgroupParent == "/") {
 		return fmt.Errorf("hostd: cgroup parent %q: give a clean absolute cgroup path such as /plinth-h1", c.CgroupParent)
+	}
+	if c.VolumeRoot != "" && !path.IsAbs(c.VolumeRoot) {
+		return fmt.Errorf("hostd: volume root %q: give an absolute path", c.VolumeRoot)
 	}
 	if net.ParseIP(c.BindAddr) == nil {
 		return fmt.Errorf("hostd: bind address %q is not an IP", c.BindAddr)

@@ -54,15 +54,6 @@ func (f *clusterFlags) credentials() (*bundle.Credentials, error) {
 	return creds, nil
 }
 
-// hostClient is the host API client of --host.
-func (f *clusterFlags) hostClient() (*host.Client, error) {
-	creds, err := f.credentials()
-	if err != nil {
-		return nil, err
-	}
-	return host.NewClient(f.hostAddr, creds.TLS()), nil
-}
-
 // controllerClient returns a client of --controller, else of the
 // controllers that --host's members name.
 func (f *clusterFlags) controllerClient(ctx context.Context) (*controller.Client, error) {

@@ -91,6 +91,10 @@ type Config struct {
 	// StateDir holds jobs.db and logs/<id>/; on the data partition, so
 	// records and logs survive reboots.
 	StateDir string
+	// VolumeRoot, when set, is where volume sources are found: a volume
+	// of /var/lib/x binds VolumeRoot/var/lib/x. Hosts that share a
+	// machine (tests) need one each.
+	VolumeRoot string
 	// CgroupParent is the cgroup the jobs' go under; default
 	// container.DefaultCgroupParent. Hosts that share a machine (tests)
 	// need one each, as job IDs are unique only per host.
@@ -434,15 +438,28 @@ func (m *Manager) imageDir(id string) string { return filepath.Join(m.cfg.StateD
 
 func (m *Manager) logDir(id string) string { return filepath.Join(m.cfg.StateDir, "logs", id) }
 
+// rootVolumes returns s with its volumes' sources under VolumeRoot.
+func (m *Manager) rootVolumes(s Spec) Spec {
+	if m.cfg.VolumeRoot == "" || len(s.Volumes) == 0 {
+		return s
+	}
+	s.Volumes = slices.Clone(s.Volumes)
+	for i := range s.Volumes {
+		s.Volumes[i].Source = filepath.Join(m.cfg.VolumeRoot, s.Volumes[i].Source)
+	}
+	return s
+}
+
 // start starts e's container with its output piped into its log.
 func (m *Manager) start(e *entry) error {
 	rootfs, err := m.rootfs(e.job.Spec)
 	if err != nil {
 		return err
 	}
-	cs := e.job.Spec.container(m.cfg.Init, rootfs)
+	spec := m.rootVolumes(e.job.Spec)
+	cs := spec.container(m.cfg.Init, rootfs)
 	cs.CgroupParent = m.cfg.CgroupParent
-	if err := e.job.Spec.makeVolumes(); err != nil {
+	if err := spec.makeVolumes(); err != nil {
 		return fmt.Errorf("job %s: %w", e.job.Spec.ID, err)
 	}
 	files, err := m.jobFiles(e.job.Spec)

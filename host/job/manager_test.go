@@ -411,6 +411,32 @@ func TestSystemRootfsVolumesAndCredentials(t *testing.T) {
 	}
 }
 
+// With VolumeRoot, a volume's source is found under it: two hostds on
+// one machine keep apart what their jobs write to the same path.
+func TestVolumeRoot(t *testing.T) {
+	root := busyboxRoot(t)
+	cfg := testConfig(t)
+	cfg.VolumeRoot = t.TempDir()
+	m := newManager(t, cfg)
+	s := spec(root, "sh", "-c", "echo here > /data/file")
+	s.Volumes = []Volume{{Source: "/var/lib/plinth/x", Target: "/data"}}
+	if _, err := m.Create(s); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := m.Wait(context.Background(), s.ID); j.Status.Exit == nil || j.Status.Exit.Code != 0 {
+		t.Fatalf("job: %+v", j.Status)
+	}
+	if b, err := os.ReadFile(filepath.Join(cfg.VolumeRoot, "var/lib/plinth/x/file")); err != nil || string(b) != "here\n" {
+		t.Errorf("file under the volume root: %q, %v", b, err)
+	}
+	if _, err := os.Stat("/var/lib/plinth/x"); err == nil {
+		t.Errorf("/var/lib/plinth/x exists on the machine: the volume was not rooted")
+	}
+	if j, _ := m.Get(s.ID); j.Spec.Volumes[0].Source != "/var/lib/plinth/x" {
+		t.Errorf("the stored spec's volume became %q; the root is hostd's, not the job's", j.Spec.Volumes[0].Source)
+	}
+}
+
 // Jobs without a network each get an empty namespace of their own:
 // never the host's, never another job's.
 func TestNoNetworkJobsAreApart(t *testing.T) {

@@ -213,8 +213,8 @@ func (p *Platform) Controllers(hosts ...*Host) *controller.Client {
 	return controller.NewClientTransport(addrs, &http.Transport{TLSClientConfig: p.Creds.TLS(), DialContext: p.Seg.DialContext(p.Client)})
 }
 
-// StartController creates h's controller job, as `plinth controller
-// start-jobs` does.
+// StartController creates h's controller job, as bootstrap's controller
+// step does, for tests of the controller alone.
 func (p *Platform) StartController(h *Host) {
 	p.t.Helper()
 	spec := controller.JobSpec(p.Bin, len(p.Hosts), filepath.Join(h.Dir, "controller"))
@@ -222,8 +222,8 @@ func (p *Platform) StartController(h *Host) {
 	p.CreateJob(h, spec)
 }
 
-// StartDiscovery creates h's discovery agent job, as `plinth controller
-// start-jobs` does.
+// StartDiscovery creates h's discovery agent job, as bootstrap's
+// discovery step does.
 func (p *Platform) StartDiscovery(h *Host) {
 	p.t.Helper()
 	spec := discovery.JobSpec(p.Bin)

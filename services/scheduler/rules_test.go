@@ -1,7 +1,10 @@
 package scheduler_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -37,9 +40,16 @@ func TestSchedulerRules(t *testing.T) {
 	if out := cli("hosts", "cordon", h3.ID); !strings.Contains(out, "cordoned") {
 		t.Fatalf("cordon: %s", out)
 	}
-	if _, err := cl.PutFormation(testwait.Ctx(t, 5*time.Second), webFormation(3), nil); err != nil {
+	spec, err := json.Marshal(webFormation(2))
+	if err != nil {
 		t.Fatal(err)
 	}
+	file := filepath.Join(t.TempDir(), "web.json")
+	if err := os.WriteFile(file, spec, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cli("formations", "apply", file)
+	cli("formations", "scale", "web", "3")
 	p.WaitHealthy(time.Minute, func(platformtest.Status) error {
 		jobs := formationJobs(t, p, "web")
 		if count(jobs) != 3 || len(jobs[h3.ID]) != 0 {
@@ -117,10 +127,11 @@ func TestSchedulerRules(t *testing.T) {
 			t.Errorf("%s: scheduler %s, restarts %d (%v): want it running, never restarted", h.NS.Name, j.Status.State, j.Status.Restarts, err)
 		}
 	}
+	if out := cli("formations"); !strings.Contains(out, "huge") || !strings.Contains(out, "0/1") {
+		t.Errorf("plinth formations:\n%s", out)
+	}
 	for _, name := range []string{"huge", "broken"} {
-		if err := cl.DeleteFormation(testwait.Ctx(t, 5*time.Second), name, nil); err != nil {
-			t.Fatal(err)
-		}
+		cli("formations", "delete", name)
 	}
 	p.WaitHealthy(time.Minute, nil)
 
