@@ -98,7 +98,7 @@ func formationsCommand() *cobra.Command {
 				// Read, change, write with compare-and-set: a concurrent
 				// change of the formation is not overwritten.
 				for {
-					fm, err := c.Formation(ctx, args[0])
+					fm, err := c.Formation(ctx, args[0], controller.QueryOptions{Consistent: true})
 					if err != nil {
 						return err
 					}

@@ -45,7 +45,8 @@ type Cluster struct {
 	// lowercase letters, digits and '-', 1 to 32 characters. At most 16, no
 	// duplicates.
 	Roles []string
-	// BootstrapExpect, when not 0, has this host bootstrap the platform
+	// BootstrapExpect, when not 0 (the default), has this host bootstrap
+	// the platform
 	// by itself (`plinth cluster bootstrap --auto`) once that many hosts
 	// are alive, if it is the controller host with the lowest node ID and
 	// the cluster is not bootstrapped yet. Give every host the same value.
@@ -110,7 +111,7 @@ func clusterFields(c *Cluster) []field {
 		intField("gossip_port", &c.GossipPort, 1, 65535),
 		intField("api_port", &c.APIPort, 1, 65535),
 		setField("roles", &c.Roles, plainString(checkRole), maxRoles),
-		intField("bootstrap_expect", &c.BootstrapExpect, 1, maxBootstrapExpect),
+		intField("bootstrap_expect", &c.BootstrapExpect, 0, maxBootstrapExpect),
 	}
 }
 

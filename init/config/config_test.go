@@ -503,7 +503,10 @@ func TestBootstrapExpect(t *testing.T) {
 	if err != nil || m.Cluster.BootstrapExpect != 3 {
 		t.Fatalf("bootstrap_expect = 3: %v, got %d", err, m.Cluster.BootstrapExpect)
 	}
-	for _, v := range []string{"0", "-1", "1001", "\"3\""} {
+	if m, err := config.Parse("b.toml", []byte("[cluster]\nbootstrap_expect = 0\n")); err != nil || m.Cluster.BootstrapExpect != 0 {
+		t.Fatalf("bootstrap_expect = 0 (off): %v, got %d", err, m.Cluster.BootstrapExpect)
+	}
+	for _, v := range []string{"-1", "1001", "\"3\""} {
 		_, err := config.Parse("b.toml", []byte("[cluster]\nbootstrap_expect = "+v+"\n"))
 		if err == nil || !strings.Contains(err.Error(), "b.toml:2") || !strings.Contains(err.Error(), "bootstrap_expect") {
 			t.Errorf("bootstrap_expect = %s: %v, want an error at b.toml:2 naming the key", v, err)

@@ -48,8 +48,8 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("POST /v1/hosts/{id}/drain", c.write(c.serveDrain))
 	mux.HandleFunc("PUT /v1/leases/{name}", c.write(c.serveLease))
 	mux.HandleFunc("POST /v1/schedule", c.write(c.serveSchedule))
-	mux.HandleFunc("GET /v1/{kind}", c.serveList)
-	mux.HandleFunc("GET /v1/{kind}/{key...}", c.serveGet)
+	mux.HandleFunc("GET /v1/{kind}", c.consistent(c.serveList))
+	mux.HandleFunc("GET /v1/{kind}/{key...}", c.consistent(c.serveGet))
 	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
 	mux.HandleFunc("DELETE /v1/{kind}/{key...}", c.write(c.serveDelete))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -83,6 +83,25 @@ func (c *Controller) write(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		c.proxy.ServeHTTP(w, withTarget(r, addr))
+	}
+}
+
+// consistent wraps a read: with ?consistent=true it is served by the
+// leader, once raft confirms it still leads, as writes are.
+func (c *Controller) consistent(h http.HandlerFunc) http.HandlerFunc {
+	leader := c.write(func(w http.ResponseWriter, r *http.Request) {
+		if err := c.raft.VerifyLeader().Error(); err != nil {
+			writeError(w, 0, err)
+			return
+		}
+		h(w, r)
+	})
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("consistent") == "true" {
+			leader(w, r)
+			return
+		}
+		h(w, r)
 	}
 }
 

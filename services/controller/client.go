@@ -279,12 +279,18 @@ func (c *Client) call(ctx context.Context, method, path string, v, out any) (Que
 }
 
 func queryPath(path string, q QueryOptions) string {
-	if q.Index == 0 {
-		return path
+	v := url.Values{}
+	if q.Index > 0 {
+		v.Set("index", strconv.FormatUint(q.Index, 10))
+		if q.Wait > 0 {
+			v.Set("wait", q.Wait.String())
+		}
 	}
-	v := url.Values{"index": {strconv.FormatUint(q.Index, 10)}}
-	if q.Wait > 0 {
-		v.Set("wait", q.Wait.String())
+	if q.Consistent {
+		v.Set("consistent", "true")
+	}
+	if len(v) == 0 {
+		return path
 	}
 	return path + "?" + v.Encode()
 }

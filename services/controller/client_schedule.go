@@ -15,9 +15,9 @@ func (c *Client) Formations(ctx context.Context, q QueryOptions) ([]Formation, Q
 }
 
 // Formation returns one formation.
-func (c *Client) Formation(ctx context.Context, name string) (Formation, error) {
+func (c *Client) Formation(ctx context.Context, name string, q QueryOptions) (Formation, error) {
 	var f Formation
-	_, err := c.call(ctx, http.MethodGet, "/v1/formations/"+url.PathEscape(name), nil, &f)
+	_, err := c.call(ctx, http.MethodGet, queryPath("/v1/formations/"+url.PathEscape(name), q), nil, &f)
 	return f, err
 }
 

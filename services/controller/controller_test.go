@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/testwait"
 )
 
@@ -257,6 +258,32 @@ func TestLeaderLossKeepsAcknowledgedWrites(t *testing.T) {
 	for _, i := range acked {
 		if !have[fmt.Sprintf("counter-%05d", i)] {
 			t.Errorf("acknowledged write %d lost", i)
+		}
+	}
+}
+
+// A consistent read on a follower is served by the leader: it sees every
+// write acknowledged before it, which a follower's own state may not
+// have applied yet.
+func TestConsistentReadOnAFollower(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.leader(20 * time.Second)
+	var follower *testNode
+	for _, n := range c.nodes {
+		if n != lead {
+			follower = n
+			break
+		}
+	}
+	writer, reader := c.client(lead), c.client(follower)
+	for i := range 20 {
+		f := Formation{Name: fmt.Sprintf("f%d", i), Count: i, Job: job.Spec{Rootfs: job.SystemRootfs, Cmd: []string{"/bin/true"}}}
+		if _, err := writer.PutFormation(testwait.Ctx(t, 5*time.Second), f, nil); err != nil {
+			t.Fatal(err)
+		}
+		got, err := reader.Formation(testwait.Ctx(t, 5*time.Second), f.Name, QueryOptions{Consistent: true})
+		if err != nil || got.Count != i {
+			t.Fatalf("consistent read of %s right after its write: %+v, %v", f.Name, got, err)
 		}
 	}
 }

@@ -192,6 +192,11 @@ func touch(txn *memdb.Txn, table string, index uint64) error {
 type QueryOptions struct {
 	Index uint64
 	Wait  time.Duration
+	// Consistent reads from the leader, once it has confirmed it still
+	// leads: the read sees every write acknowledged before it, wherever
+	// that write was made (a read, change and compare-and-set write
+	// needs it).
+	Consistent bool
 }
 
 // QueryMeta is the collection's index at the time of a read: the Index

@@ -117,7 +117,7 @@ func TestSchedulerRules(t *testing.T) {
 		}
 		return nil
 	})
-	f, err := cl.Formation(testwait.Ctx(t, 5*time.Second), "huge")
+	f, err := cl.Formation(testwait.Ctx(t, 5*time.Second), "huge", controller.QueryOptions{})
 	if err != nil || !strings.Contains(f.Status.Reason, "memory") {
 		t.Fatalf("huge's stored status: %+v %v", f.Status, err)
 	}
