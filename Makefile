@@ -42,9 +42,10 @@ check-static: $(OUT)/plinth
 image: binary
 	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
 
-# Three VMs with one cluster bundle: members listed, an example app deployed,
-# the controller started on every node, one VM killed, its failure reported
-# by the others and the controller still taking writes, the rest powered off.
+# Three VMs with data disks bootstrap the platform by themselves
+# (bootstrap_expect): plinth status healthy, an example app deployed, a web
+# formation placed, a VM running one of its jobs killed and the job run
+# elsewhere, every VM killed at once and booted again, healthy once more.
 demo: image
 	$(OUT)/plinth vm cluster --nodes 3 --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img
 
@@ -62,8 +63,8 @@ VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-* | 
 test-vm: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
 
-# Longer VM suites read PLINTH_VM_ALL; none is longer than test-vm's yet,
-# so today this runs the same tests.
+# Longer VM suites read PLINTH_VM_ALL: the platform's cold starts run 10
+# cycles instead of 3.
 test-vm-all: image
 	$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
 

@@ -69,8 +69,8 @@ type Config struct {
 	// machine its own.
 	VolumeRoot string
 	// StartJobs are created once the API serves, each unless a job with
-	// its ID exists (running or not): a machine config's one-time jobs,
-	// such as the cluster's bootstrap.
+	// its ID exists, and created again while it ended without succeeding:
+	// a machine config's one-time jobs, such as the cluster's bootstrap.
 	StartJobs []job.Spec
 	// Bundle holds the cluster's CA and gossip key. Nil makes hostd load or
 	// create a single-host bundle in StateDir; such a host cannot join

@@ -21,6 +21,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/cnet"
+	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/version"
@@ -208,14 +209,23 @@ func memInfo() (total, avail int64) {
 	return total, avail
 }
 
-// startJobs creates the configured StartJobs that do not exist. A job
+// startJobs creates the configured StartJobs that do not exist, and
+// creates again those that ended without succeeding (a reboot cut them
+// short, say): a one-time job runs until it has succeeded once. A job
 // that needs the container network waits for it (ErrUnavailable).
 func (d *Daemon) startJobs(ctx context.Context) {
 	for _, spec := range d.cfg.StartJobs {
-		for ctx.Err() == nil {
-			if _, err := d.jobs.Get(spec.ID); err == nil {
-				break
+		if j, err := d.jobs.Get(spec.ID); err == nil {
+			if j.Status.State != job.StateExited || succeeded(j.Status.Exit) {
+				continue
 			}
+			d.log.Info("configured job ended without succeeding; starting it again", "job", spec.ID, "exit", j.Status.Exit, "error", j.Status.Error)
+			if err := d.jobs.Remove(ctx, spec.ID, true); err != nil {
+				d.log.Error("remove configured job", "job", spec.ID, "err", err)
+				continue
+			}
+		}
+		for ctx.Err() == nil {
 			_, err := d.jobs.Create(spec)
 			if err == nil {
 				d.log.Info("started configured job", "job", spec.ID)
@@ -231,6 +241,10 @@ func (d *Daemon) startJobs(ctx context.Context) {
 			}
 		}
 	}
+}
+
+func succeeded(e *container.Exit) bool {
+	return e != nil && e.Code == 0 && e.Signal == "" && !e.Unknown
 }
 
 // Members lists the members this host knows.

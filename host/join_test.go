@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -35,7 +36,7 @@ func runHost(t testing.TB, cfg Config) *Daemon {
 // runHostStop runs cfg's hostd until the test ends or stop is called.
 func runHostStop(t testing.TB, cfg Config) (d *Daemon, stop func()) {
 	t.Helper()
-	d, err := New(cfg, Options{})
+	d, err := New(cfg, Options{Log: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,9 @@ func clusterBootstrapCommand() *cobra.Command {
 			if expect < 1 {
 				return fmt.Errorf("give --expect N: how many hosts to wait for (all of those booting now)")
 			}
+			if len(f.controllers) > 0 {
+				return fmt.Errorf("--controller does not apply: bootstrap starts the controllers, and finds them through --host")
+			}
 			creds, err := f.credentials()
 			if err != nil {
 				return err

@@ -168,7 +168,10 @@ type entry struct {
 	copying sync.WaitGroup
 	gone    chan struct{} // closed when removed, ending log followers
 	ports   []io.Closer   // the published ports' proxies, while the job exists
-	done    chan struct{} // closed when the supervisor returns
+	done    chan struct{} // closed when the supervisor returns, or at once when none runs
+	// supervised: a supervisor was started for the entry (and will close
+	// done); a restored job that runs no more has none.
+	supervised bool
 }
 
 // Log pipes: a job's output goes through pipes that hostd reads; the job
@@ -525,6 +528,7 @@ func (m *Manager) readOutput(e *entry, stdout, stderr *os.File) {
 // supervise waits for e's runs to end and applies the restart policy.
 // adopted says the running container was started by an earlier hostd.
 func (m *Manager) supervise(e *entry, adopted bool) {
+	e.supervised = true
 	m.wg.Go(func() {
 		defer close(e.done)
 		backoff := firstBackoff

@@ -86,6 +86,11 @@ func (m *Manager) restoreOne(e *entry, live []string) {
 	case !sameBoot && (j.Status.State == StateRunning || j.Status.State == StateBackoff):
 		m.afterReboot(e)
 	}
+	if !e.supervised {
+		// Nothing runs it: Stop and Remove must not wait for a
+		// supervisor to end.
+		close(e.done)
+	}
 }
 
 func orUnknown(e *container.Exit) *container.Exit {

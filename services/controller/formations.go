@@ -2,6 +2,8 @@ package controller
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/job"
@@ -12,6 +14,10 @@ func (f *Formation) key() string { return f.Name }
 // FormationTag is the job tag naming the formation a job belongs to: how
 // a scheduler recognises, and adopts, the jobs it finds on hosts.
 const FormationTag = "plinth.formation"
+
+// ConstraintKeys are what a formation's constraints may match: a host's
+// roles, and what it advertises.
+var ConstraintKeys = []string{"role", "hostname", "id", "version"}
 
 // maxJobPrefix leaves room for "-<n>" in a count formation's job IDs.
 const maxJobPrefix = 58
@@ -28,8 +34,11 @@ func checkFormation(o object) error {
 		return fmt.Errorf("%w: formation %s: give count or omni, not both", ErrInvalid, f.Name)
 	}
 	for k, v := range f.Constraints {
-		if k == "" || v == "" {
+		switch {
+		case k == "" || v == "":
 			return fmt.Errorf("%w: formation %s: constraint %q=%q: give a tag and a value, such as role=controller", ErrInvalid, f.Name, k, v)
+		case !slices.Contains(ConstraintKeys, k):
+			return fmt.Errorf("%w: formation %s: constraint %q: hosts are matched by %s", ErrInvalid, f.Name, k, strings.Join(ConstraintKeys, ", "))
 		}
 	}
 	if f.Job.ID == "" {

@@ -190,6 +190,7 @@ func TestFormationChecks(t *testing.T) {
 		{Formation{Name: "web", Count: -1, Job: spec}, "negative"},
 		{Formation{Name: "web", Count: 1, Omni: true, Job: spec}, "not both"},
 		{Formation{Name: "web", Constraints: map[string]string{"role": ""}, Job: spec}, "give a tag and a value"},
+		{Formation{Name: "web", Constraints: map[string]string{"rack": "a"}, Job: spec}, "hosts are matched by role, hostname, id, version"},
 		{Formation{Name: "web", Job: job.Spec{Rootfs: job.SystemRootfs, Cmd: []string{"/bin/x"}, Restart: job.Restart{Policy: job.RestartNever}}}, "keeps its jobs running"},
 		{Formation{Name: "web", Job: job.Spec{Rootfs: job.SystemRootfs}}, "cmd is empty"},
 	} {

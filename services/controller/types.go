@@ -93,8 +93,9 @@ type Formation struct {
 	Count int `json:"count,omitempty"`
 	// Omni runs one instance on every eligible host.
 	Omni bool `json:"omni,omitempty"`
-	// Constraints limit the hosts: "role" matches any of a host's roles,
-	// any other key a host's Serf tag of that name.
+	// Constraints limit the hosts: "role" matches any of a host's roles;
+	// "hostname", "id" and "version" match what the host advertises
+	// (ConstraintKeys; other keys are refused).
 	Constraints map[string]string `json:"constraints,omitempty"`
 	// Job is what each instance runs. Its ID is the job's ID on each host
 	// for omni formations and the prefix of "<id>-<n>" otherwise; empty,

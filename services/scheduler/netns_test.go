@@ -56,10 +56,11 @@ func count(m map[string][]string) int {
 // TestPlatformBootstrapFailoverAndColdStart is the platform's life on
 // three hosts: bootstrap by inception (the scheduler adopts the jobs
 // bootstrap started, same PIDs), a second bootstrap refused, a formation
-// placed, a host's power cut (its job runs elsewhere, and is not doubled
-// when the host comes back), then every host's power cut at once and
-// restored, one of them at another address (healthy again, state
-// intact, no duplicates).
+// placed, the power cut of the active scheduler's host (another
+// scheduler takes over and the host's job runs elsewhere, and is not
+// doubled when the host comes back), then every host's power cut at
+// once and restored, one of them at another address (healthy again,
+// state intact, no duplicates).
 func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 	p := platformtest.New(t, "plsc", "10.78.0", 3)
 	out := p.Bootstrap(3 * time.Minute)
@@ -98,38 +99,40 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 
 	// A formation, and a setting to check the state across the cold start.
 	cl := p.Controllers()
-	if _, err := cl.PutFormation(testwait.Ctx(t, 5*time.Second), webFormation(2), nil); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := cl.PutSetting(testwait.Ctx(t, 5*time.Second), "kept", "across power cuts", nil); err != nil {
 		t.Fatal(err)
 	}
-	webRuns := func(want int) func(platformtest.Status) error {
+	// webRuns checks that web runs want jobs on the hosts that run, at
+	// most perHost on one.
+	webRuns := func(want, perHost int) func(platformtest.Status) error {
 		return func(platformtest.Status) error {
 			jobs := formationJobs(t, p, "web")
 			if count(jobs) != want {
 				return fmt.Errorf("web runs %d jobs, want %d: %v", count(jobs), want, jobs)
 			}
 			for h, ids := range jobs {
-				if len(ids) > 1 {
+				if len(ids) > perHost {
 					return fmt.Errorf("web has %d jobs on %s, want them spread", len(ids), h)
 				}
 			}
 			return nil
 		}
 	}
-	p.WaitHealthy(time.Minute, webRuns(2))
-
-	// One host's power cut: its web job runs on another host.
-	var victim *platformtest.Host
-	for h := range formationJobs(t, p, "web") {
-		victim = p.ByID(h)
-		break
+	if _, err := cl.PutFormation(testwait.Ctx(t, 5*time.Second), webFormation(3), nil); err != nil {
+		t.Fatal(err)
 	}
+	st = p.WaitHealthy(time.Minute, webRuns(3, 1))
+
+	// The power cut of the active scheduler's host: another scheduler
+	// takes over, and the host's web job runs on another host.
+	victim := p.ByID(st.Scheduler.Host)
 	start := time.Now()
 	p.PowerCut(victim)
-	p.WaitHealthy(time.Minute, func(s platformtest.Status) error {
-		if err := webRuns(2)(s); err != nil {
+	st = p.WaitHealthy(time.Minute, func(s platformtest.Status) error {
+		if s.Scheduler.Host == victim.ID {
+			return fmt.Errorf("the dead host's scheduler still holds the lease")
+		}
+		if err := webRuns(3, 2)(s); err != nil {
 			return err
 		}
 		if _, ok := formationJobs(t, p, "web")[victim.ID]; ok {
@@ -137,7 +140,7 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("web rescheduled %s after the power cut of %s", time.Since(start).Round(time.Millisecond), victim.NS.Name)
+	t.Logf("scheduler moved to %s and web rescheduled %s after the power cut of %s", st.Scheduler.Host, time.Since(start).Round(time.Millisecond), victim.NS.Name)
 
 	// It comes back with its resurrected web job: the extra is stopped.
 	p.PowerOn(victim)
@@ -147,7 +150,7 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 				return fmt.Errorf("host %s is %s", h.ID, h.Status)
 			}
 		}
-		return webRuns(2)(s)
+		return webRuns(3, 1)(s)
 	})
 
 	// Every host's power cut at once, then all back: healthy once a new
@@ -167,7 +170,7 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		if s.Scheduler.Token == before {
 			return fmt.Errorf("the scheduler of before the power cut still holds the lease")
 		}
-		return webRuns(2)(s)
+		return webRuns(3, 1)(s)
 	})
 	t.Logf("healthy %s after a cold start", time.Since(start).Round(time.Millisecond))
 	for _, h := range p.Hosts {

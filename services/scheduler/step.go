@@ -88,6 +88,9 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChang
 				}
 			}
 			status.Reason = s.failures.reason(ids)
+			if status.Reason == "" {
+				status.Reason = crashReason(final, name, obs)
+			}
 		}
 		status.Token = fence.Token
 		if status != f.Status {
@@ -335,4 +338,24 @@ func planPlacements(all []controller.Placement, st *state, obs *observed) []plac
 			MemoryBytes: p.MemoryBytes, CPUs: p.CPUs, Healthy: healthy, Replaces: p.Replaces})
 	}
 	return out
+}
+
+// crashReason says which of a formation's jobs keeps exiting (restarted
+// by hostd with its backoff: a wrong command, a port another job has),
+// from the first such placement by ID; "" when none does.
+func crashReason(final []controller.Placement, formation string, obs *observed) string {
+	for _, p := range final {
+		j, ok := obs.jobs[p.Host][p.Job]
+		if p.Formation != formation || !ok || j.Status.State != job.StateBackoff {
+			continue
+		}
+		exit := "unknown"
+		if e := j.Status.Exit; e != nil && e.Signal != "" {
+			exit = "signal " + e.Signal
+		} else if e != nil {
+			exit = fmt.Sprintf("code %d", e.Code)
+		}
+		return fmt.Sprintf("job %s on host %s keeps exiting (%d restarts, last exit %s): see its logs", p.Job, p.Host, j.Status.Restarts, exit)
+	}
+	return ""
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 )
@@ -167,5 +168,25 @@ func TestFailedHostsJobsAreReplaced(t *testing.T) {
 	}
 	if !slices.Equal(c.created, []string{s.Place[0].Job}) || len(a.created) > 0 {
 		t.Errorf("jobs started: a %v, c %v; want %s on c", a.created, c.created, s.Place[0].Job)
+	}
+}
+
+// A job that hostd keeps restarting makes its formation's reason.
+func TestCrashLoopIsTheReason(t *testing.T) {
+	ctl, a, b, c := webCluster(controller.HostAlive)
+	crashing := running("web", "web-2")
+	crashing.Status = job.Status{State: job.StateBackoff, Restarts: 4, Exit: &container.Exit{Code: 1}}
+	b.jobs["web-2"] = crashing
+	oneStep(t, ctl, a, b, c)
+	if len(ctl.written) != 1 {
+		t.Fatalf("%d schedules written, want 1", len(ctl.written))
+	}
+	want := controller.FormationStatus{Desired: 2, Running: 1, Token: 1,
+		Reason: "job web-2 on host b keeps exiting (4 restarts, last exit code 1): see its logs"}
+	if got := ctl.written[0].Status["web"]; got != want {
+		t.Errorf("status %+v, want %+v", got, want)
+	}
+	if len(ctl.written[0].Place)+len(ctl.written[0].Remove) > 0 || len(b.created) > 0 {
+		t.Errorf("schedule %+v, jobs created on b %v: a job in backoff is hostd's to restart", ctl.written[0], b.created)
 	}
 }
