@@ -108,12 +108,35 @@ func (p *platformVMs) healthy(ctx context.Context, what string, check func(Platf
 	p.t.Helper()
 	st, err := WaitHealthy(ctx, p.alive(), check)
 	if err != nil {
-		for _, vm := range p.vms {
+		for i, vm := range p.vms {
 			p.t.Logf("%s console:\n%s", vm.Name(), vm.ConsoleTail(40))
+			p.logJobs(vm.Name(), p.hosts[i])
 		}
 		p.t.Fatalf("%s: %v", what, err)
 	}
 	return st
+}
+
+// logJobs logs the state and last lines of a host's platform jobs, for a
+// failure: the console shows hostd's lines only.
+func (p *platformVMs) logJobs(name string, c *host.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	jobs, err := c.Jobs(ctx)
+	if err != nil {
+		p.t.Logf("%s: jobs: %v", name, err)
+		return
+	}
+	for _, j := range jobs {
+		p.t.Logf("%s: job %s %s pid %d restarts %d exit %+v %s", name, j.Spec.ID, j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
+		if !strings.HasPrefix(j.Spec.ID, "plinth-") {
+			continue
+		}
+		c.JobLogs(ctx, j.Spec.ID, job.LogOptions{Tail: 20}, func(l job.LogLine) error {
+			p.t.Logf("%s %s: %s", name, j.Spec.ID, l.Text)
+			return nil
+		})
+	}
 }
 
 // formationJobs counts, per host ID, the running jobs of a formation on
