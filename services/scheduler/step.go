@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -64,7 +65,7 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChang
 	all := append(slices.Clone(st.placements), adopted...)
 	d := placement.Plan(planFormations(st.formations), planHosts(st.hosts, obs), planPlacements(all, st, obs))
 
-	sched := controller.Schedule{Fence: fence, Place: adopted, Status: map[string]controller.FormationStatus{}}
+	sched := controller.Schedule{Fence: fence, Place: adopted}
 	for _, p := range d.Place {
 		sched.Place = append(sched.Place, controller.Placement{
 			Formation: p.Formation, Host: p.Host, Job: p.Job, MemoryBytes: p.MemoryBytes, CPUs: p.CPUs, Replaces: p.Replaces})
@@ -73,13 +74,27 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChang
 		sched.Remove = append(sched.Remove, controller.Removal{ID: r.Placement.Key(), Reason: r.Reason})
 	}
 	final := applyDecision(all, sched)
+	sched.Status = s.statuses(st, obs, final, d.Shortfalls, fence.Token)
+	if len(sched.Place) > 0 || len(sched.Remove) > 0 || len(sched.Status) > 0 {
+		if err := s.record(ctx, sched, adopted, d); err != nil {
+			return false, err
+		}
+	}
+	return s.act(ctx, st, obs, sched, final, orphans), nil
+}
+
+// statuses are the formations' statuses that changed: how many run, and
+// why not all (a shortfall, a job that does not start, one that keeps
+// exiting), under the lease's token.
+func (s *Scheduler) statuses(st *state, obs *observed, final []controller.Placement, short []placement.Shortfall, token uint64) map[string]controller.FormationStatus {
 	keep := map[string]bool{}
 	for _, p := range final {
 		keep[p.ID] = true
 	}
 	s.failures.forget(keep)
+	out := map[string]controller.FormationStatus{}
 	for name, f := range st.formations {
-		status := formationStatus(f, final, obs, d.Shortfalls)
+		status := formationStatus(f, final, obs, short)
 		if status.Reason == "" && status.Running < status.Desired {
 			var ids []string
 			for _, p := range final {
@@ -87,41 +102,42 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChang
 					ids = append(ids, p.ID)
 				}
 			}
-			status.Reason = s.failures.reason(ids)
-			if status.Reason == "" {
-				status.Reason = crashReason(final, name, obs)
-			}
+			status.Reason = cmp.Or(s.failures.reason(ids), crashReason(final, name, obs))
 		}
-		status.Token = fence.Token
+		status.Token = token
 		if status != f.Status {
-			sched.Status[name] = status
+			out[name] = status
 		}
 	}
-	if len(sched.Place) > 0 || len(sched.Remove) > 0 || len(sched.Status) > 0 {
-		wctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
-		index, err := s.cfg.Controller.Schedule(wctx, sched)
-		cancel()
-		if controller.IsConflict(err) {
-			return false, fmt.Errorf("%w: %v", errDeposed, err)
-		}
-		if err != nil {
-			return false, fmt.Errorf("record the schedule: %w", err)
-		}
-		s.lastWrite = index
-		for _, p := range adopted {
-			s.log.Info("adopted job", "formation", p.Formation, "host", p.Host, "job", p.Job)
-		}
-		for _, r := range sched.Remove {
-			s.log.Info("placement removed", "placement", r.ID, "reason", r.Reason)
-		}
-		for _, p := range d.Place {
-			s.log.Info("placement added", "formation", p.Formation, "host", p.Host, "job", p.Job)
-		}
-		for _, sf := range d.Shortfalls {
-			s.log.Warn("formation short", "formation", sf.Formation, "missing", sf.Missing, "reason", sf.Reason)
-		}
+	return out
+}
+
+// record writes the step under its fence; a refusal means this
+// scheduler was deposed.
+func (s *Scheduler) record(ctx context.Context, sched controller.Schedule, adopted []controller.Placement, d placement.Decision) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
+	defer cancel()
+	index, err := s.cfg.Controller.Schedule(ctx, sched)
+	if controller.IsConflict(err) {
+		return fmt.Errorf("%w: %v", errDeposed, err)
 	}
-	return s.act(ctx, st, obs, sched, final, orphans), nil
+	if err != nil {
+		return fmt.Errorf("record the schedule: %w", err)
+	}
+	s.lastWrite = index
+	for _, p := range adopted {
+		s.log.Info("adopted job", "formation", p.Formation, "host", p.Host, "job", p.Job)
+	}
+	for _, r := range sched.Remove {
+		s.log.Info("placement removed", "placement", r.ID, "reason", r.Reason)
+	}
+	for _, p := range d.Place {
+		s.log.Info("placement added", "formation", p.Formation, "host", p.Host, "job", p.Job)
+	}
+	for _, sf := range d.Shortfalls {
+		s.log.Warn("formation short", "formation", sf.Formation, "missing", sf.Missing, "reason", sf.Reason)
+	}
+	return nil
 }
 
 // read reads the controller's state; placements at least as recent as
