@@ -142,7 +142,8 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 	})
 	t.Logf("scheduler moved to %s and web rescheduled %s after the power cut of %s", st.Scheduler.Host, time.Since(start).Round(time.Millisecond), victim.NS.Name)
 
-	// It comes back with its resurrected web job: the extra is stopped.
+	// It comes back with its resurrected web job: the extra is stopped
+	// (the others keep the replacement: no rebalancing).
 	p.PowerOn(victim)
 	p.WaitHealthy(time.Minute, func(s platformtest.Status) error {
 		for _, h := range s.Hosts {
@@ -150,7 +151,7 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 				return fmt.Errorf("host %s is %s", h.ID, h.Status)
 			}
 		}
-		return webRuns(3, 1)(s)
+		return webRuns(3, 2)(s)
 	})
 
 	// Every host's power cut at once, then all back: healthy once a new
@@ -170,7 +171,7 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		if s.Scheduler.Token == before {
 			return fmt.Errorf("the scheduler of before the power cut still holds the lease")
 		}
-		return webRuns(3, 1)(s)
+		return webRuns(3, 2)(s)
 	})
 	t.Logf("healthy %s after a cold start", time.Since(start).Round(time.Millisecond))
 	for _, h := range p.Hosts {
