@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 )
 
@@ -56,7 +59,19 @@ func hostsCommand() *cobra.Command {
 					return err
 				}
 				fmt.Printf("host %s (%s): draining\n", h.ID, h.Hostname)
-				return waitDrained(ctx, c, h.ID)
+				omni, err := waitDrained(ctx, c, h.ID)
+				if err != nil {
+					return err
+				}
+				creds, err := f.credentials()
+				if err != nil {
+					return err
+				}
+				if err := waitStopped(ctx, host.NewClient(h.API, creds.TLS()), h, omni); err != nil {
+					return err
+				}
+				fmt.Printf("host %s drained; `plinth hosts uncordon %s` takes it back\n", h.ID, h.ID)
+				return nil
 			})
 		},
 	}
@@ -77,20 +92,20 @@ func hostFlags(h controller.Host) string {
 }
 
 // waitDrained follows the placements until no count formation has one
-// on the host, printing each move.
-func waitDrained(ctx context.Context, c *controller.Client, hostID string) error {
+// on the host, printing each move. It returns which formations are omni.
+func waitDrained(ctx context.Context, c *controller.Client, hostID string) (omni map[string]bool, err error) {
 	var index uint64
 	left := -1
 	for {
 		ps, meta, err := c.Placements(ctx, controller.QueryOptions{Index: index, Wait: 30 * time.Second})
 		if err != nil {
-			return fmt.Errorf("follow the drain: %w", err)
+			return nil, fmt.Errorf("follow the drain: %w", err)
 		}
 		fs, _, err := c.Formations(ctx, controller.QueryOptions{})
 		if err != nil {
-			return fmt.Errorf("follow the drain: %w", err)
+			return nil, fmt.Errorf("follow the drain: %w", err)
 		}
-		omni := map[string]bool{}
+		omni = map[string]bool{}
 		for _, f := range fs {
 			omni[f.Name] = f.Omni
 		}
@@ -108,10 +123,47 @@ func waitDrained(ctx context.Context, c *controller.Client, hostID string) error
 			left = n
 		}
 		if n == 0 {
-			fmt.Printf("host %s drained; `plinth hosts uncordon %s` takes it back\n", hostID, hostID)
-			return nil
+			return omni, nil
 		}
 		index = meta.Index
+	}
+}
+
+// waitStopped waits until the drained host runs no job of a count
+// formation: the scheduler forgets a placement before it stops its job.
+// A host that does not answer (a dead host drained) has nothing to wait
+// for.
+func waitStopped(ctx context.Context, hc *host.Client, h controller.Host, omni map[string]bool) error {
+	said := false
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		jobs, err := hc.Jobs(cctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("wait for the jobs on %s to stop: %w", h.ID, ctx.Err())
+			}
+			fmt.Printf("  %s does not answer (%v): its jobs are not waited for\n", h.ID, err)
+			return nil
+		}
+		var running []string
+		for _, j := range jobs {
+			if f := j.Spec.Tags[controller.FormationTag]; f != "" && !omni[f] && j.Status.State == job.StateRunning {
+				running = append(running, j.Spec.ID)
+			}
+		}
+		if len(running) == 0 {
+			return nil
+		}
+		if !said {
+			fmt.Printf("  waiting for %s to stop\n", strings.Join(running, ", "))
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s on %s to stop: %w", strings.Join(running, ", "), h.ID, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }
 

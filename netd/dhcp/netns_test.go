@@ -30,6 +30,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"golang.org/x/net/ipv4"
 )
 
 // helperEnv selects a helper mode of the test binary; helperConfigEnv
@@ -400,8 +401,8 @@ type serverHelperConfig struct {
 	MTU       uint16
 	Domain    string
 	ConfigURL string
-	// IgnoreRenewals drops a bound client's REQUESTs until its T2, so that
-	// only a rebind gets an answer.
+	// IgnoreRenewals drops a bound client's unicast REQUESTs (renewals),
+	// so that only a rebind, which is broadcast, gets an answer.
 	IgnoreRenewals bool
 }
 
@@ -420,11 +421,10 @@ func serverHelper() int {
 	}
 	var mu sync.Mutex
 	leases := map[string]netip.Addr{} // by MAC
-	acked := map[string]time.Time{}   // by MAC
 	next := hc.PoolStart
 	out := json.NewEncoder(os.Stdout)
 
-	handle := func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
+	handle := func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4, broadcast bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		mac := m.ClientHWAddr.String()
@@ -454,15 +454,13 @@ func serverHelper() int {
 			want := requested
 			if !want.IsValid() {
 				want, _ = addrFrom(m.ClientIPAddr) // renewing or rebinding
-				if hc.IgnoreRenewals && time.Since(acked[mac]) < hc.Lease/8*7 {
+				if hc.IgnoreRenewals && !broadcast {
 					return
 				}
 			}
 			reply = dhcpv4.MessageTypeAck
 			if !known || held != want {
 				reply = dhcpv4.MessageTypeNak
-			} else {
-				acked[mac] = time.Now()
 			}
 		case dhcpv4.MessageTypeRelease:
 			if ip, _ := addrFrom(m.ClientIPAddr); known && held == ip {
@@ -501,8 +499,14 @@ func serverHelper() int {
 		}
 	}
 
-	srv, err := server4.NewServer(serverIf, &net.UDPAddr{Port: dhcpv4.ServerPort}, handle)
+	conn, err := server4.NewIPv4UDPConn(serverIf, &net.UDPAddr{Port: dhcpv4.ServerPort})
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "start server:", err)
+		return 1
+	}
+	// The destination address tells a renewal (unicast) from a rebind.
+	pc := ipv4.NewPacketConn(conn)
+	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
 		fmt.Fprintln(os.Stderr, "start server:", err)
 		return 1
 	}
@@ -512,10 +516,24 @@ func serverHelper() int {
 	// The test's end closes stdin.
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
-		srv.Close()
+		conn.Close()
 	}()
-	srv.Serve()
-	return 0
+	buf := make([]byte, 4096)
+	for {
+		n, cm, peer, err := pc.ReadFrom(buf)
+		if err != nil {
+			return 0
+		}
+		m, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil {
+			continue
+		}
+		// A client without an address gets its answer broadcast.
+		if u, ok := peer.(*net.UDPAddr); ok && (u.IP == nil || u.IP.To4().Equal(net.IPv4zero)) {
+			peer = &net.UDPAddr{IP: net.IPv4bcast, Port: u.Port}
+		}
+		handle(conn, peer, m, cm != nil && cm.Dst.Equal(net.IPv4bcast))
+	}
 }
 
 // goServer is the test's side of a server helper.

@@ -144,6 +144,11 @@ func (c *Controller) serveRestore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.log.Info("state restored from a backup", "cluster", h.ClusterID, "index", h.Index, "time", h.Time)
+	if _, err := c.propose(&command{Op: opTouch}); err != nil {
+		// The state is restored; watches wait for each collection's
+		// next change, at most their wait.
+		c.log.Warn("move the indexes above those before the restore", "err", err)
+	}
 	select {
 	case c.kick <- struct{}{}:
 	default:

@@ -22,6 +22,10 @@ const (
 	opCordon   = "cordon"   // Key (host), Cordoned, Draining, CAS
 	opLease    = "lease"    // Key (lease), Lease
 	opSchedule = "schedule" // Schedule
+	// opTouch moves every collection's index to its own, right after a
+	// restore: the restored indexes are lower than those clients
+	// already saw, and their watches would wait for a change.
+	opTouch = "touch"
 )
 
 // command is one raft log entry.
@@ -135,6 +139,13 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		return applyLease(txn, index, c, events)
 	case opSchedule:
 		return applySchedule(txn, index, c, events)
+	case opTouch:
+		for name := range kinds {
+			if err := touch(txn, name, index); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	// Skipping it would leave this replica's state unlike the others'
 	// for good; stopping makes the job restart loudly until it is

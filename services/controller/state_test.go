@@ -250,6 +250,11 @@ func TestBackupRestoresOntoAFreshHost(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a watch did not return after the restore replaced the state")
 	}
+	// So does a watch that starts after it with the index of before.
+	late, _, err := dcl.Settings(testwait.Ctx(t, 10*time.Second), QueryOptions{Index: before.Index, Wait: time.Minute})
+	if err != nil || len(late) != 10 {
+		t.Fatalf("a watch from before the restore, started after it: %d settings, %v; want the backup's 10 at once", len(late), err)
+	}
 	settings, _, err := dcl.Settings(testwait.Ctx(t, 5*time.Second), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
