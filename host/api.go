@@ -17,9 +17,10 @@ type HostInfo struct {
 	// Addr is the advertised gossip address, ip:port.
 	Addr string `json:"addr"`
 	// API is the advertised host API address, ip:port.
-	API       string    `json:"api"`
-	Roles     []string  `json:"roles"`
-	StartedAt time.Time `json:"started_at"`
+	API       string            `json:"api"`
+	Roles     []string          `json:"roles"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	StartedAt time.Time         `json:"started_at"`
 	// MemoryBytes and CPUs are what the machine has, for placements;
 	// MemoryAvailableBytes is what the kernel says is available now.
 	MemoryBytes          int64 `json:"memory_bytes"`

@@ -21,6 +21,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/host/labels"
 )
 
 // Config says how one hostd runs. Build it from DefaultConfig.
@@ -61,6 +62,10 @@ type Config struct {
 	Hostname string
 	// Roles are labels advertised with the host ("controller", "router").
 	Roles []string
+	// Labels are the operator's key=value facts about the host
+	// ("zone": "eu-1"), advertised over gossip for formations'
+	// constraints (package labels has the rules).
+	Labels map[string]string
 	// CgroupParent is the cgroup the jobs' cgroups go under; default
 	// /plinth. Give each hostd of one machine its own.
 	CgroupParent string
@@ -213,6 +218,9 @@ func (c *Config) check() error {
 		if r == "" || strings.Contains(r, ",") {
 			return fmt.Errorf("hostd: role %q: roles are non-empty and hold no ',' (the gossip tag's separator)", r)
 		}
+	}
+	if err := labels.Check(c.Labels); err != nil {
+		return fmt.Errorf("hostd: %w", err)
 	}
 	switch {
 	case c.JoinToken != "" && c.Bundle != nil:

@@ -181,7 +181,7 @@ func (d *Daemon) Info() HostInfo {
 	total, avail := memInfo()
 	return HostInfo{
 		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: version.Version,
-		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, StartedAt: d.started,
+		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, Labels: d.cfg.Labels, StartedAt: d.started,
 		MemoryBytes: total, MemoryAvailableBytes: avail, CPUs: runtime.NumCPU(),
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/plinth-os/plinth/host/fanout"
+	"github.com/plinth-os/plinth/host/labels"
 	"github.com/plinth-os/plinth/version"
 )
 
@@ -37,6 +38,8 @@ type Member struct {
 	Status  string   `json:"status"`
 	Version string   `json:"version"`
 	Roles   []string `json:"roles"`
+	// Labels are the operator's key=value facts about the host.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Subnet is the host's container subnet.
 	Subnet string `json:"subnet,omitempty"`
 }
@@ -66,6 +69,7 @@ const (
 	tagVersion  = "version"
 	tagRoles    = "roles"
 	tagSubnet   = "subnet"
+	tagLabels   = "labels"
 )
 
 // snapshotFile keeps the members Serf last knew, so a restarted hostd
@@ -190,7 +194,7 @@ func (m *membership) tags(adv netip.Addr) map[string]string {
 	if m.cfg.APIPort != 0 {
 		api = net.JoinHostPort(adv.String(), strconv.Itoa(m.cfg.APIPort))
 	}
-	return map[string]string{
+	tags := map[string]string{
 		tagID:       m.id,
 		tagHostname: m.hostname,
 		tagAPI:      api,
@@ -198,6 +202,10 @@ func (m *membership) tags(adv netip.Addr) map[string]string {
 		tagRoles:    strings.Join(m.roles, ","),
 		tagSubnet:   m.subnet,
 	}
+	if len(m.cfg.Labels) > 0 {
+		tags[tagLabels] = labels.Encode(m.cfg.Labels)
+	}
+	return tags
 }
 
 // current returns the running Serf instance.
@@ -242,6 +250,7 @@ func toMember(sm serf.Member) Member {
 		Status:   sm.Status.String(),
 		Version:  sm.Tags[tagVersion],
 		Roles:    roles,
+		Labels:   labels.Decode(sm.Tags[tagLabels]),
 		Subnet:   sm.Tags[tagSubnet],
 	}
 }

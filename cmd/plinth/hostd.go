@@ -19,6 +19,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/labels"
 	boot "github.com/plinth-os/plinth/init"
 	"github.com/plinth-os/plinth/init/config"
 )
@@ -91,6 +92,7 @@ func hostdCommand() *cobra.Command {
 	f.BoolVar(&cfg.JobDNS, "job-dns", cfg.JobDNS, "give jobs with a network an /etc/resolv.conf naming this host first (127.0.0.1, or the bridge's gateway),\nwhere a DNS server run with the host's network answers, then the host's own resolvers")
 	f.StringVar(&cfg.Init, "init", cfg.Init, "static init run as every job's PID 1 (tini-static); empty runs commands as PID 1")
 	f.StringSliceVar(&cfg.Roles, "roles", nil, "roles to advertise, comma-separated")
+	f.StringToStringVar(&cfg.Labels, "labels", nil, "labels to advertise for formations' constraints, as zone=eu-1,disk=ssd")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the jobs' cgroups go under (default /plinth); one per hostd sharing a machine")
 	f.StringVar(&cfg.VolumeRoot, "volume-root", "", "directory the jobs' volume sources are under (default /); one per hostd sharing a machine")
 	f.StringVar(&cfg.Hostname, "hostname", "", "hostname to advertise (default: the kernel's)")
@@ -112,6 +114,8 @@ func fromMachineConfig(cfg *host.Config, m config.Machine, flagSet func(string) 
 	set("gossip-port", func() { cfg.GossipPort = c.GossipPort })
 	set("api-port", func() { cfg.APIPort = c.APIPort })
 	set("roles", func() { cfg.Roles = c.Roles })
+	// The machine config's check parsed them already.
+	set("labels", func() { cfg.Labels, _ = labels.FromList(c.Labels) })
 	set("hostname", func() { cfg.Hostname = m.Hostname })
 	// On a plinth machine the discovery agent serves DNS on every host,
 	// so jobs get it as their resolver.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/plinth-os/plinth/bootstrap"
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/labels"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
@@ -270,13 +271,14 @@ func printPlatformStatus(st platformStatus) {
 	}
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "HOST\tNAME\tADDRESS\tSTATUS\tSCHEDULING\tJOBS\tMEM AVAIL")
+	fmt.Fprintln(w, "HOST\tNAME\tADDRESS\tSTATUS\tSCHEDULING\tJOBS\tMEM AVAIL\tLABELS")
 	for _, h := range st.Hosts {
 		mem := "-"
 		if h.MemoryAvailableBytes > 0 {
 			mem = fmt.Sprintf("%.1f GiB", float64(h.MemoryAvailableBytes)/(1<<30))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", h.ID, h.Hostname, h.API, h.Status, hostFlags(h.Host), h.Jobs, mem)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", h.ID, h.Hostname, h.API, h.Status, hostFlags(h.Host), h.Jobs, mem,
+			cmp.Or(labels.Encode(h.Labels), "-"))
 	}
 	w.Flush()
 	fmt.Println()

@@ -12,6 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/labels"
 	"github.com/plinth-os/plinth/netd"
 )
 
@@ -45,6 +46,11 @@ type Cluster struct {
 	// lowercase letters, digits and '-', 1 to 32 characters. At most 16, no
 	// duplicates.
 	Roles []string
+	// Labels are key=value facts about this host ("zone=eu-1",
+	// "disk=ssd") that formations' constraints match: at most 8, keys of
+	// lowercase letters, digits, '-', '_' and '.', values without ',' or
+	// '=' (package host/labels has the rules).
+	Labels []string
 	// BootstrapExpect, when not 0 (the default), has this host bootstrap
 	// the platform
 	// by itself (`plinth cluster bootstrap --auto`) once that many hosts
@@ -94,6 +100,9 @@ func clusterField(c *Cluster) field {
 				d.keyProblem(at, p, keys, "join", "joining a cluster needs cluster.bundle, which holds the gossip encryption key, or cluster.token; "+
 					"set bundle to the path of the bundle `plinth cluster init` made, or to %q", BundleFWCfg)
 			}
+			if _, err := labels.FromList(c.Labels); err != nil {
+				d.keyProblem(at, p, keys, "labels", "%v", err)
+			}
 			if c.APIPort == c.GossipPort {
 				d.keyProblem(at, p, keys, "api_port", "%d is also gossip_port; give the host API and gossip different ports", c.APIPort)
 			}
@@ -111,6 +120,7 @@ func clusterFields(c *Cluster) []field {
 		intField("gossip_port", &c.GossipPort, 1, 65535),
 		intField("api_port", &c.APIPort, 1, 65535),
 		setField("roles", &c.Roles, plainString(checkRole), maxRoles),
+		setField("labels", &c.Labels, plainString(checkLabel), labels.MaxLabels),
 		intField("bootstrap_expect", &c.BootstrapExpect, 0, maxBootstrapExpect),
 	}
 }
@@ -230,6 +240,12 @@ func checkRole(s string) error {
 		}
 	}
 	return nil
+}
+
+// checkLabel accepts "key=value" (FromList checks the set).
+func checkLabel(s string) error {
+	_, _, err := labels.Parse(s)
+	return err
 }
 
 // setField is an array of at most max distinct values of kind k: a value

@@ -135,6 +135,7 @@ func TestGood(t *testing.T) {
 				GossipPort: 8946,
 				APIPort:    8947,
 				Roles:      []string{"controller", "router", "gpu-2"},
+				Labels:     []string{"zone=eu-1", "disk=ssd", "rack.row=r7/42"},
 			}
 		}),
 		"cluster-fw-cfg.toml": withDefaults(func(m *config.Machine) {

@@ -109,6 +109,9 @@ type Host struct {
 	Cgroup string
 	// ControllerJob and DiscoveryJob are the IDs of its platform jobs.
 	ControllerJob, DiscoveryJob string
+	// Zone is its label zone: "a" for odd host numbers, "b" for even
+	// ones, for tests of constraints on labels.
+	Zone string
 }
 
 // New starts n hosts with the role controller on a segment whose
@@ -142,7 +145,8 @@ func New(t *testing.T, tag, subnet string, n int) *Platform {
 	}
 	for i := 1; i <= n; i++ {
 		h := &Host{NS: seg.AddHost(i), Dir: filepath.Join(p.dir, fmt.Sprintf("h%d", i)),
-			Cgroup: fmt.Sprintf("/plinth-test-%s-h%d", tag, i), ControllerJob: controller.JobID, DiscoveryJob: discovery.JobID}
+			Cgroup: fmt.Sprintf("/plinth-test-%s-h%d", tag, i), ControllerJob: controller.JobID, DiscoveryJob: discovery.JobID,
+			Zone: string(rune('a' + (i+1)%2))}
 		p.Hosts = append(p.Hosts, h)
 	}
 	for _, h := range p.Hosts {
@@ -162,7 +166,8 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	t.Helper()
 	cmd := p.Seg.Command(h.NS, p.Bin, "hostd", "--state-dir", filepath.Join(h.Dir, "host"), "--run-dir", filepath.Join(h.Dir, "run"),
 		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
-		"--container-network=false", "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"))
+		"--container-network=false", "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"),
+		"--labels", "zone="+h.Zone)
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)

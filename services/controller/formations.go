@@ -7,6 +7,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/host/labels"
 )
 
 func (f *Formation) key() string { return f.Name }
@@ -15,9 +16,9 @@ func (f *Formation) key() string { return f.Name }
 // a scheduler recognises, and adopts, the jobs it finds on hosts.
 const FormationTag = "plinth.formation"
 
-// ConstraintKeys are what a formation's constraints may match: a host's
-// roles, and what it advertises.
-var ConstraintKeys = []string{"role", "hostname", "id", "version"}
+// ConstraintKeys are what a formation's constraints match on every host:
+// its roles, and what it advertises. Any other key is a label's.
+var ConstraintKeys = labels.Reserved
 
 // maxJobPrefix leaves room for "-<n>" in a count formation's job IDs.
 const maxJobPrefix = 58
@@ -37,8 +38,14 @@ func checkFormation(o object) error {
 		switch {
 		case k == "" || v == "":
 			return fmt.Errorf("%w: formation %s: constraint %q=%q: give a tag and a value, such as role=controller", ErrInvalid, f.Name, k, v)
-		case !slices.Contains(ConstraintKeys, k):
-			return fmt.Errorf("%w: formation %s: constraint %q: hosts are matched by %s", ErrInvalid, f.Name, k, strings.Join(ConstraintKeys, ", "))
+		case slices.Contains(ConstraintKeys, k):
+		default:
+			if err := labels.CheckKey(k); err != nil {
+				return fmt.Errorf("%w: formation %s: constraint %q matches no host: hosts are matched by %s, or by a label key: %v", ErrInvalid, f.Name, k, strings.Join(ConstraintKeys, ", "), err)
+			}
+			if err := labels.CheckValue(v); err != nil {
+				return fmt.Errorf("%w: formation %s: constraint %s matches no host: %v", ErrInvalid, f.Name, k, err)
+			}
 		}
 	}
 	if f.Job.ID == "" {

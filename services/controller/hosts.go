@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -21,7 +22,7 @@ const (
 // but the operator's flags and the versions).
 func (h *Host) sameSerf(o *Host) bool {
 	return h.Hostname == o.Hostname && h.Addr == o.Addr && h.API == o.API && h.Status == o.Status &&
-		h.Version == o.Version && slices.Equal(h.Roles, o.Roles)
+		h.Version == o.Version && slices.Equal(h.Roles, o.Roles) && maps.Equal(h.Labels, o.Labels)
 }
 
 // down reports whether a host with status is gone (failed or left): its

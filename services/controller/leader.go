@@ -82,7 +82,7 @@ func (c *Controller) syncHosts(members []host.Member, markUnknown bool) error {
 	known := map[string]bool{}
 	for _, mb := range members {
 		known[mb.ID] = true
-		h := Host{ID: mb.ID, Hostname: mb.Hostname, Addr: mb.Addr, API: mb.API, Status: mb.Status, Version: mb.Version, Roles: mb.Roles}
+		h := Host{ID: mb.ID, Hostname: mb.Hostname, Addr: mb.Addr, API: mb.API, Status: mb.Status, Version: mb.Version, Roles: mb.Roles, Labels: mb.Labels}
 		if h.Roles == nil {
 			h.Roles = []string{}
 		}

@@ -190,7 +190,8 @@ func TestFormationChecks(t *testing.T) {
 		{Formation{Name: "web", Count: -1, Job: spec}, "negative"},
 		{Formation{Name: "web", Count: 1, Omni: true, Job: spec}, "not both"},
 		{Formation{Name: "web", Constraints: map[string]string{"role": ""}, Job: spec}, "give a tag and a value"},
-		{Formation{Name: "web", Constraints: map[string]string{"rack": "a"}, Job: spec}, "hosts are matched by role, hostname, id, version"},
+		{Formation{Name: "web", Constraints: map[string]string{"Rack": "a"}, Job: spec}, "hosts are matched by role, hostname, id, version, or by a label key"},
+		{Formation{Name: "web", Constraints: map[string]string{"rack": "a,b"}, Job: spec}, `constraint rack matches no host: label value "a,b"`},
 		{Formation{Name: "web", Job: job.Spec{Rootfs: job.SystemRootfs, Cmd: []string{"/bin/x"}, Restart: job.Restart{Policy: job.RestartNever}}}, "keeps its jobs running"},
 		{Formation{Name: "web", Job: job.Spec{Rootfs: job.SystemRootfs}}, "cmd is empty"},
 	} {
@@ -198,6 +199,10 @@ func TestFormationChecks(t *testing.T) {
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.f, err, tc.want)
 		}
+	}
+	labelled := Formation{Name: "web", Count: 1, Constraints: map[string]string{"role": "controller", "zone": "eu-1"}, Job: spec}
+	if err := checkFormation(&labelled); err != nil {
+		t.Errorf("a constraint on a label: %v", err)
 	}
 	f := Formation{Name: "web", Job: spec}
 	if err := checkFormation(&f); err != nil || f.Job.ID != "web" || f.Job.Restart.Policy != job.RestartAlways {

@@ -26,6 +26,9 @@ type Host struct {
 	Status   string   `json:"status"`
 	Version  string   `json:"version"`
 	Roles    []string `json:"roles"`
+	// Labels are the operator's key=value facts about the host, from
+	// its machine config; formations' constraints match them.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Cordoned hosts get no new placements (the scheduler's rule).
 	Cordoned bool `json:"cordoned"`
 	// Draining hosts are cordoned and the scheduler moves their jobs
@@ -95,7 +98,8 @@ type Formation struct {
 	Omni bool `json:"omni,omitempty"`
 	// Constraints limit the hosts: "role" matches any of a host's roles;
 	// "hostname", "id" and "version" match what the host advertises
-	// (ConstraintKeys; other keys are refused).
+	// (ConstraintKeys); any other key matches the host's label of that
+	// key, and a host without it does not match.
 	Constraints map[string]string `json:"constraints,omitempty"`
 	// Job is what each instance runs. Its ID is the job's ID on each host
 	// for omni formations and the prefix of "<id>-<n>" otherwise; empty,

@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,6 +85,36 @@ func TestSchedulerRules(t *testing.T) {
 		}
 	}
 	cli("hosts", "uncordon", h1.ID)
+
+	// A constraint on an operator's label: only h2 is in zone b, and it
+	// takes both instances.
+	zoned := webFormation(2)
+	zoned.Name, zoned.Job.ID, zoned.Constraints = "zoned", "zoned", map[string]string{"zone": "b"}
+	if _, err := cl.PutFormation(testwait.Ctx(t, 5*time.Second), zoned, nil); err != nil {
+		t.Fatal(err)
+	}
+	h2 := p.Hosts[1]
+	p.WaitHealthy(time.Minute, func(platformtest.Status) error {
+		jobs := formationJobs(t, p, "zoned")
+		if count(jobs) != 2 || len(jobs[h2.ID]) != 2 {
+			return fmt.Errorf("zoned runs %v, want both on %s, the only host in zone b", jobs, h2.NS.Name)
+		}
+		return nil
+	})
+	hosts, _, err := cl.Hosts(testwait.Ctx(t, 5*time.Second), controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts {
+		want := map[string]string{"zone": "a"}
+		if h.ID == h2.ID {
+			want["zone"] = "b"
+		}
+		if !maps.Equal(h.Labels, want) {
+			t.Errorf("host %s's record has labels %v, want %v", h.Hostname, h.Labels, want)
+		}
+	}
+	cli("formations", "delete", "zoned")
 
 	// A formation no host can hold, and one whose job cannot start: the
 	// reason is stored and shown, and nothing restarts in a loop.

@@ -318,8 +318,12 @@ func planFormations(fs map[string]controller.Formation) []placement.Formation {
 func planHosts(hosts []controller.Host, obs *observed) []placement.Host {
 	out := make([]placement.Host, 0, len(hosts))
 	for _, h := range hosts {
-		ph := placement.Host{ID: h.ID, Roles: h.Roles, Cordoned: h.Cordoned, Draining: h.Draining,
-			Tags: map[string]string{"hostname": h.Hostname, "id": h.ID, "version": h.Version}}
+		tags := maps.Clone(h.Labels)
+		if tags == nil {
+			tags = map[string]string{}
+		}
+		tags["hostname"], tags["id"], tags["version"] = h.Hostname, h.ID, h.Version
+		ph := placement.Host{ID: h.ID, Roles: h.Roles, Cordoned: h.Cordoned, Draining: h.Draining, Tags: tags}
 		switch h.Status {
 		case controller.HostFailed, controller.HostLeft:
 			ph.Status = placement.Failed
