@@ -114,6 +114,19 @@ func TestSchedulerRules(t *testing.T) {
 			t.Errorf("host %s's record has labels %v, want %v", h.Hostname, h.Labels, want)
 		}
 	}
+	// Its constraint changes to zone a (h1 and h3): both instances move
+	// there, each replacement running before its old instance goes.
+	zoned.Constraints = map[string]string{"zone": "a"}
+	if _, err := cl.PutFormation(testwait.Ctx(t, 5*time.Second), zoned, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitHealthy(time.Minute, func(platformtest.Status) error {
+		jobs := formationJobs(t, p, "zoned")
+		if count(jobs) != 2 || len(jobs[h1.ID]) != 1 || len(jobs[h3.ID]) != 1 {
+			return fmt.Errorf("zoned runs %v, want one on each of %s and %s, zone a", jobs, h1.NS.Name, h3.NS.Name)
+		}
+		return nil
+	})
 	cli("formations", "delete", "zoned")
 
 	// A formation no host can hold, and one whose job cannot start: the

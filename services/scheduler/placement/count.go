@@ -6,7 +6,7 @@ import (
 )
 
 // instances returns f's placements that count towards Count, by key. A
-// drain move's old placement and its replacement are one instance,
+// move's old placement and its replacement are one instance,
 // counted where the old one is, so that the replacement is not an extra.
 func (f *formation) instances() []*slot {
 	var out []*slot
@@ -18,8 +18,9 @@ func (f *formation) instances() []*slot {
 	return out
 }
 
-// scaleDown removes f's instances beyond Count: from cordoned hosts
-// first, then from the host with the most, then the highest key.
+// scaleDown removes f's instances beyond Count: from cordoned hosts and
+// hosts that no longer match first, then from the host with the most,
+// then the highest key.
 func (p *planner) scaleDown(f *formation) {
 	inst := f.instances()
 	excess := len(inst) - max(f.Count, 0)
@@ -33,7 +34,7 @@ func (p *planner) scaleDown(f *formation) {
 		slots []*slot
 	}
 	q := &queue[*group]{before: func(a, b *group) bool {
-		if ca, cb := a.host.cordoned(), b.host.cordoned(); ca != cb {
+		if ca, cb := a.host.cordoned() || !f.matches[a.host.idx], b.host.cordoned() || !f.matches[b.host.idx]; ca != cb {
 			return ca
 		}
 		if len(a.slots) != len(b.slots) {

@@ -35,6 +35,11 @@ func tag(k, v string) func(*Host) {
 	}
 }
 
+// zoned is a count formation "web" constrained to the label zone.
+func zoned(count int, zone string) Formation {
+	return Formation{Name: "web", Job: "web", Count: count, Constraints: map[string]string{"zone": zone}}
+}
+
 // running is a healthy placement of formation at key "<host>/<job>".
 func running(formation, key string) Placement {
 	host, job, _ := strings.Cut(key, "/")
@@ -381,6 +386,42 @@ func TestPlan(t *testing.T) {
 			want: []string{"- n1/web-1: formation web is scaled to 1", "- n2/web-2: formation web is scaled to 1"},
 		},
 		{
+			name:       "constraints: an instance on a host that no longer matches moves, replacement first",
+			formations: []Formation{zoned(2, "b")},
+			hosts:      []Host{mkHost("n1", tag("zone", "a")), mkHost("n2", tag("zone", "b")), mkHost("n3", tag("zone", "b"))},
+			placements: []Placement{running("web", "n1/web-1"), running("web", "n2/web-2")},
+			want:       []string{"+ web n3/web-3 replaces n1/web-1"},
+		},
+		{
+			name:       "constraints: the old instance goes once its replacement is healthy",
+			formations: []Formation{zoned(2, "b")},
+			hosts:      []Host{mkHost("n1", tag("zone", "a")), mkHost("n2", tag("zone", "b")), mkHost("n3", tag("zone", "b"))},
+			placements: []Placement{running("web", "n1/web-1"), running("web", "n2/web-2"), replacing(running("web", "n3/web-3"), "n1/web-1", true)},
+			want:       []string{"- n1/web-1: moved off host n1, which no longer matches zone=b: replaced by n3/web-3"},
+		},
+		{
+			name:       "constraints: one move at a time per host, each host its own",
+			formations: []Formation{zoned(4, "b")},
+			hosts: []Host{mkHost("n1", tag("zone", "a")), mkHost("n2", tag("zone", "a")),
+				mkHost("n3", tag("zone", "b")), mkHost("n4", tag("zone", "b"))},
+			placements: []Placement{running("web", "n1/web-1"), running("web", "n1/web-2"), running("web", "n2/web-3"), running("web", "n2/web-4")},
+			want:       []string{"+ web n3/web-5 replaces n1/web-1", "+ web n4/web-6 replaces n2/web-3"},
+		},
+		{
+			name:       "constraints: an instance that fits nowhere else keeps running where it is, and says why",
+			formations: []Formation{zoned(1, "b")},
+			hosts:      []Host{mkHost("n1", tag("zone", "a")), mkHost("n2")},
+			placements: []Placement{running("web", "n1/web-1")},
+			want:       []string{"! web missing 1: cannot move n1/web-1 off host n1, which no longer matches zone=b: no alive host matches zone=b"},
+		},
+		{
+			name:       "constraints: scaling down removes the instance on a host that no longer matches first",
+			formations: []Formation{zoned(1, "b")},
+			hosts:      []Host{mkHost("n1", tag("zone", "a")), mkHost("n2", tag("zone", "b"))},
+			placements: []Placement{running("web", "n1/web-1"), running("web", "n2/web-2")},
+			want:       []string{"- n1/web-1: formation web is scaled to 1"},
+		},
+		{
 			name:       "shortfall: no alive host matches",
 			formations: []Formation{{Name: "ml", Job: "ml", Count: 2, Constraints: map[string]string{"role": "gpu"}}},
 			hosts:      []Host{mkHost("n1", roles("web")), mkHost("n2", roles("gpu"), status(Failed))},
@@ -442,11 +483,11 @@ func TestDrain(t *testing.T) {
 		{want: nil}, // the replacement is not healthy yet
 		{
 			observe: func(ps []Placement) { healthy(ps, "n2/web-3") },
-			want:    []string{"+ web n3/web-4 replaces n1/web-2", "- n1/web-1: drained from n1: replaced by n2/web-3"},
+			want:    []string{"+ web n3/web-4 replaces n1/web-2", "- n1/web-1: moved off draining host n1: replaced by n2/web-3"},
 		},
 		{
 			observe: func(ps []Placement) { healthy(ps, "n3/web-4") },
-			want:    []string{"- n1/web-2: drained from n1: replaced by n3/web-4"},
+			want:    []string{"- n1/web-2: moved off draining host n1: replaced by n3/web-4"},
 		},
 		{want: nil}, // only the omni placement is left on n1, and it stays
 	}

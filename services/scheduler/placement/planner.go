@@ -26,7 +26,7 @@ type host struct {
 	milliCPUs int64 // CPUs in thousandths, so that sums are exact
 	memUsed   int64
 	milliUsed int64
-	movable   []*slot // its count-formation placements, by key: what a drain moves
+	movable   []*slot // its count-formation placements, by key: what may move
 }
 
 // formation is a Formation with its placements and where they are.
@@ -49,12 +49,12 @@ type slot struct {
 	host        *host      // nil when the host is unknown
 	form        *formation // nil when the formation was deleted
 	removed     bool
-	replaces    *slot // the placement this one moves off a draining host
-	replacement *slot // the placement that moves this one off its draining host
+	replaces    *slot // the leaving placement this one replaces
+	replacement *slot // the placement that replaces this leaving one
 }
 
 // moving returns the placement that is taking over from s, if s is
-// still there and being moved off a draining host.
+// still there and being moved (see leaving).
 func (s *slot) moving() *slot {
 	if s.removed || s.replacement == nil || s.replacement.removed {
 		return nil
@@ -62,7 +62,7 @@ func (s *slot) moving() *slot {
 	return s.replacement
 }
 
-// standsIn reports whether s is a drain move's replacement whose old
+// standsIn reports whether s is a move's replacement whose old
 // placement is still there: the two are one instance until it finishes.
 func (s *slot) standsIn() bool {
 	return !s.removed && s.replaces != nil && !s.replaces.removed
@@ -139,15 +139,15 @@ func newPlanner(formations []Formation, hosts []Host, placements []Placement) *p
 	return p
 }
 
-// linkMoves pairs each drain move's placements. A move is two placements
-// of one count formation, the old one on a draining host; anything else
+// linkMoves pairs each move's placements. A move is two placements of
+// one count formation, the old one leaving its host; anything else
 // that names a placement it replaces, a chain of moves included, is an
 // ordinary placement.
 func (p *planner) linkMoves(slotByKey map[string]*slot) {
 	for _, s := range p.slots {
 		old := slotByKey[s.Replaces]
 		if old == nil || old == s || s.form == nil || s.form.Omni || old.form != s.form ||
-			old.host == nil || !old.host.Draining ||
+			!old.leaving() ||
 			old.replaces != nil || old.replacement != nil || s.replaces != nil || s.replacement != nil {
 			continue
 		}
