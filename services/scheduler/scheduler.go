@@ -52,6 +52,7 @@ type Controller interface {
 	Hosts(ctx context.Context, q controller.QueryOptions) ([]controller.Host, controller.QueryMeta, error)
 	Instances(ctx context.Context, q controller.QueryOptions) ([]controller.Instance, controller.QueryMeta, error)
 	Lease(ctx context.Context, name, holder, host string, ttl time.Duration) (controller.Lease, error)
+	Leases(ctx context.Context, q controller.QueryOptions) ([]controller.Lease, controller.QueryMeta, error)
 	Schedule(ctx context.Context, s controller.Schedule) (uint64, error)
 }
 
@@ -156,6 +157,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.holder = info.ID + "/" + nonce()
 	s.log.Info("scheduler started", "holder", s.holder)
 	var lastErr string
+	var leases uint64 // the leases' index a standby watches
 	for {
 		lctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 		l, err := s.cfg.Controller.Lease(lctx, LeaseName, s.holder, s.hostID, s.cfg.LeaseTTL)
@@ -172,7 +174,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 			s.log.Info("scheduler is standing by")
 		case controller.IsConflict(err):
+			// Held by another: ask again when the leases change (the
+			// controller frees a failed host's lease at once), at the
+			// latest after Retry (a lease also ends by running out).
 			lastErr = ""
+			if leases = s.awaitLeases(ctx, leases); leases != 0 {
+				continue
+			}
 		case err.Error() != lastErr:
 			// Once per new error: a standby that cannot reach the
 			// controller must say so, without a line a second.
@@ -185,6 +193,19 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		case <-time.After(s.cfg.Retry):
 		}
 	}
+}
+
+// awaitLeases waits until the leases collection moves past index, or
+// Retry, and returns the index to wait on next; 0 when it could not
+// watch (the caller then pauses for Retry).
+func (s *Scheduler) awaitLeases(ctx context.Context, index uint64) uint64 {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.Retry+s.cfg.CallTimeout)
+	defer cancel()
+	_, meta, err := s.cfg.Controller.Leases(wctx, controller.QueryOptions{Index: index, Wait: s.cfg.Retry})
+	if err != nil {
+		return 0
+	}
+	return meta.Index
 }
 
 // localHost waits for the local host's API.

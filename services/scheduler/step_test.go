@@ -39,6 +39,9 @@ func (f *fakeController) Instances(context.Context, controller.QueryOptions) ([]
 func (f *fakeController) Lease(context.Context, string, string, string, time.Duration) (controller.Lease, error) {
 	return controller.Lease{Token: 1}, nil
 }
+func (f *fakeController) Leases(context.Context, controller.QueryOptions) ([]controller.Lease, controller.QueryMeta, error) {
+	return nil, controller.QueryMeta{}, errors.New("not in this test")
+}
 func (f *fakeController) Schedule(_ context.Context, s controller.Schedule) (uint64, error) {
 	f.written = append(f.written, s)
 	return 2, nil
