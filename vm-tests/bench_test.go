@@ -115,8 +115,8 @@ func median(v []float64) float64 {
 //     healthy (the CLI runs in a container: its own start is counted).
 //
 // It prints the bootstrap's step report and what else the killed VM
-// held (the controller's leadership, the scheduler's lease), which
-// explain most of the spread between runs: three TCG guests share this
+// held (the controller's leadership, the scheduler's lease), to show
+// where the time went. Runs spread widely: three TCG guests share this
 // machine's two cores, so every phase is CPU-bound.
 func BenchmarkPlatform(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

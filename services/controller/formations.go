@@ -35,17 +35,18 @@ func checkFormation(o object) error {
 		return fmt.Errorf("%w: formation %s: give count or omni, not both", ErrInvalid, f.Name)
 	}
 	for k, v := range f.Constraints {
-		switch {
-		case k == "" || v == "":
+		if k == "" || v == "" {
 			return fmt.Errorf("%w: formation %s: constraint %q=%q: give a tag and a value, such as role=controller", ErrInvalid, f.Name, k, v)
-		case slices.Contains(ConstraintKeys, k):
-		default:
-			if err := labels.CheckKey(k); err != nil {
-				return fmt.Errorf("%w: formation %s: constraint %q matches no host: hosts are matched by %s, or by a label key: %v", ErrInvalid, f.Name, k, strings.Join(ConstraintKeys, ", "), err)
-			}
-			if err := labels.CheckValue(v); err != nil {
-				return fmt.Errorf("%w: formation %s: constraint %s matches no host: %v", ErrInvalid, f.Name, k, err)
-			}
+		}
+		if slices.Contains(ConstraintKeys, k) {
+			continue
+		}
+		// Any other key is a label's: one no host can have matches none.
+		if err := labels.CheckKey(k); err != nil {
+			return fmt.Errorf("%w: formation %s: constraint %q matches no host: hosts are matched by %s, or by a label key: %v", ErrInvalid, f.Name, k, strings.Join(ConstraintKeys, ", "), err)
+		}
+		if err := labels.CheckValue(v); err != nil {
+			return fmt.Errorf("%w: formation %s: constraint %s matches no host: %v", ErrInvalid, f.Name, k, err)
 		}
 	}
 	if f.Job.ID == "" {
