@@ -48,6 +48,7 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("POST /v1/hosts/{id}/drain", c.write(c.serveDrain))
 	mux.HandleFunc("PUT /v1/leases/{name}", c.write(c.serveLease))
 	mux.HandleFunc("POST /v1/schedule", c.write(c.serveSchedule))
+	mux.HandleFunc("POST /v1/routes", c.write(c.serveAddRoute))
 	mux.HandleFunc("GET /v1/{kind}", c.consistent(c.serveList))
 	mux.HandleFunc("GET /v1/{kind}/{key...}", c.consistent(c.serveGet))
 	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
@@ -306,6 +307,8 @@ func setKey(obj object, key string) {
 		o.Key = key
 	case *Formation:
 		o.Name = key
+	case *Route:
+		o.ID = key
 	}
 }
 
@@ -448,4 +451,30 @@ func writeError(w http.ResponseWriter, status int, err error) {
 		}
 	}
 	writeJSON(w, status, apiError{Error: err.Error()})
+}
+
+// serveAddRoute writes a new route whose ID the controller gives it
+// ("<type>-<index>"), and answers the route as stored (with its port).
+func (c *Controller) serveAddRoute(w http.ResponseWriter, r *http.Request) {
+	var route Route
+	err := decodeBody(r, &route)
+	if err == nil && route.ID != "" {
+		err = fmt.Errorf("%w: a new route gets its ID from the controller; to write a route by ID, PUT /v1/routes/{id}", ErrInvalid)
+	}
+	if err == nil {
+		err = checkRoute(&route)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	data, _ := json.Marshal(&route)
+	// CAS 0: the ID the controller gives must be free (PUT may have
+	// taken it).
+	index, err := c.propose(&command{Op: opPut, Kind: "routes", Object: data, CAS: new(uint64)})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, "routes", fmt.Sprintf("%s-%d", route.Type, index), index)
 }

@@ -123,6 +123,11 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 				k.keep(old.(object), obj)
 			}
 		}
+		if k.admit != nil {
+			if err := k.admit(txn, index, obj); err != nil {
+				return err
+			}
+		}
 		return put(txn, c.Kind, obj, index, c.CAS)
 	case opDelete:
 		if _, ok := kinds[c.Kind]; !ok {

@@ -47,6 +47,9 @@ type kind struct {
 	// keep, when set, carries fields of the stored object (old) that the
 	// API's writer does not own over to the new one.
 	keep func(old, obj object)
+	// admit, when set, checks an object against the rest of the state as
+	// its write is applied, and may complete it (an ID, a port).
+	admit func(txn *memdb.Txn, index uint64, obj object) error
 }
 
 var kinds = map[string]*kind{
@@ -59,6 +62,8 @@ var kinds = map[string]*kind{
 		check: checkFormation, keep: keepFormationStatus},
 	"placements": {name: "placements", field: "ID", new: func() object { return new(Placement) }, indexes: map[string]string{"host": "Host", "formation": "Formation"}},
 	"leases":     {name: "leases", field: "Name", new: func() object { return new(Lease) }},
+	"routes": {name: "routes", field: "ID", new: func() object { return new(Route) }, writable: true,
+		check: checkRoute, keep: keepRoutePort, admit: admitRoute},
 }
 
 // indexTable records, per collection, the raft index of its last change:

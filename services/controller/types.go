@@ -152,3 +152,46 @@ type Lease struct {
 	Expires time.Time `json:"expires"`
 	Meta
 }
+
+// Route tells the routers on every host to carry traffic to a service's
+// instances: HTTP by domain and path prefix (on the routers' ports 80
+// and 443), or a TCP port, or a UDP port range.
+type Route struct {
+	// ID is "<type>-<index>" unless the writer names it.
+	ID   string `json:"id"`
+	Type string `json:"type"` // RouteHTTP, RouteTCP or RouteUDP
+	// Service is the discovery service whose healthy instances get the
+	// traffic.
+	Service string `json:"service"`
+	// Domain ("example.com", "*.example.com") and Path (a prefix, "/" by
+	// default) match HTTP requests.
+	Domain string `json:"domain,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// Sticky sends a client's HTTP requests to the same instance while
+	// it is healthy (a signed cookie).
+	Sticky bool `json:"sticky,omitempty"`
+	// Port is a TCP route's port (0 when written: the lowest free one of
+	// the range setting) or a UDP route's first port; PortEnd is a UDP
+	// range's last port.
+	Port    int `json:"port,omitempty"`
+	PortEnd int `json:"port_end,omitempty"`
+	// TLS terminates TLS on a TCP route, with TLSCert or the cluster's
+	// default certificate.
+	TLS bool `json:"tls,omitempty"`
+	// TLSCert and TLSKey (PEM) are the route's own certificate: an HTTP
+	// route's for its domain (by SNI), a TLS TCP route's.
+	TLSCert string `json:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty"`
+	// Leader sends a TCP route's connections to the service's leader
+	// only (a singleton database).
+	Leader bool `json:"leader,omitempty"`
+	// ProxyProtocol sends a PROXY protocol v2 header to the instance
+	// ahead of a TCP connection's bytes.
+	ProxyProtocol bool `json:"proxy_protocol,omitempty"`
+	// ConnectTimeout bounds connecting to an instance; Timeout is an
+	// HTTP response's, a TCP connection's idle time, or a UDP session's
+	// idle time. 0 is the router's default.
+	ConnectTimeout job.Duration `json:"connect_timeout,omitzero"`
+	Timeout        job.Duration `json:"timeout,omitzero"`
+	Meta
+}
