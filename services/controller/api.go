@@ -49,6 +49,7 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("PUT /v1/leases/{name}", c.write(c.serveLease))
 	mux.HandleFunc("POST /v1/schedule", c.write(c.serveSchedule))
 	mux.HandleFunc("POST /v1/routes", c.write(c.serveAddRoute))
+	mux.HandleFunc("POST /v1/instances/{id...}", c.write(c.serveInstanceDrain))
 	mux.HandleFunc("GET /v1/{kind}", c.consistent(c.serveList))
 	mux.HandleFunc("GET /v1/{kind}/{key...}", c.consistent(c.serveGet))
 	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
@@ -390,6 +391,25 @@ func (c *Controller) serveLease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.writeObject(w, "leases", name, index)
+}
+
+// serveInstanceDrain serves POST /v1/instances/<host>/<job>/<service>/drain
+// and …/undrain (instance IDs hold slashes, so the action is the last
+// path element).
+func (c *Controller) serveInstanceDrain(w http.ResponseWriter, r *http.Request) {
+	path := r.PathValue("id")
+	cut := strings.LastIndexByte(path, '/')
+	id, action := path[:max(cut, 0)], path[cut+1:]
+	if action != "drain" && action != "undrain" {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s: instances take drain or undrain", r.Method, r.URL.Path))
+		return
+	}
+	index, err := c.propose(&command{Op: opDrain, Key: id, Draining: action == "drain"})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, "instances", id, index)
 }
 
 func (c *Controller) serveSchedule(w http.ResponseWriter, r *http.Request) {

@@ -39,3 +39,16 @@ func (c *Client) DeleteRoute(ctx context.Context, id string) error {
 	_, err := c.call(ctx, http.MethodDelete, "/v1/routes/"+url.PathEscape(id), nil, nil)
 	return err
 }
+
+// DrainInstance marks an instance draining (or, with drain false,
+// serving again): the routers send it no new work. Its work in flight is
+// what the routers' counts show.
+func (c *Client) DrainInstance(ctx context.Context, id string, drain bool) (Instance, error) {
+	action := "/drain"
+	if !drain {
+		action = "/undrain"
+	}
+	var out Instance
+	_, err := c.call(ctx, http.MethodPost, "/v1/instances/"+id+action, nil, &out)
+	return out, err
+}

@@ -22,6 +22,7 @@ const (
 	opCordon   = "cordon"   // Key (host), Cordoned, Draining, CAS
 	opLease    = "lease"    // Key (lease), Lease
 	opSchedule = "schedule" // Schedule
+	opDrain    = "drain"    // Key (instance), Draining
 	// opTouch moves every collection's index to its own, right after a
 	// restore: the restored indexes are lower than those clients
 	// already saw, and their watches would wait for a change.
@@ -90,7 +91,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 // table is the collection an operation writes.
 func (c *command) table() string {
 	switch c.Op {
-	case opReport:
+	case opReport, opDrain:
 		return "instances"
 	case opHosts, opCordon:
 		return "hosts"
@@ -136,6 +137,8 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		return remove(txn, c.Kind, c.Key, index, c.CAS)
 	case opReport:
 		return applyReport(txn, index, c, events)
+	case opDrain:
+		return applyInstanceDrain(txn, index, c, events)
 	case opHosts:
 		return applyHosts(txn, index, c, events)
 	case opCordon:

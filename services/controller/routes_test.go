@@ -205,3 +205,49 @@ func mustJSON(t *testing.T, v any) json.RawMessage {
 	}
 	return b
 }
+
+// TestInstanceDrainOutlivesReports: a drained instance stays draining
+// through its host's reports, gives up leading its service, and ends
+// with the instance.
+func TestInstanceDrainOutlivesReports(t *testing.T) {
+	l := &fsmLog{t: t, f: newFSM()}
+	a := Instance{ID: InstanceID("h1", "db-1", "db"), Service: "db", Host: "h1", Job: "db-1", Addr: "10.0.0.1:5432", Healthy: true}
+	b := Instance{ID: InstanceID("h2", "db-2", "db"), Service: "db", Host: "h2", Job: "db-2", Addr: "10.0.0.2:5432", Healthy: true}
+	report := func(host string, in ...Instance) {
+		t.Helper()
+		if err := l.apply(command{Op: opReport, Key: host, Instances: in}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func() (*Instance, string) {
+		txn := l.f.store.current().Txn(false)
+		raw, _ := txn.First("instances", "id", a.ID)
+		svc, _ := txn.First("services", "id", "db")
+		var i *Instance
+		if raw != nil {
+			i = raw.(*Instance)
+		}
+		return i, svc.(*Service).Leader
+	}
+	report("h1", a)
+	report("h2", b)
+	if _, leader := state(); leader != a.ID {
+		t.Fatalf("leader %s, want the oldest, %s", leader, a.ID)
+	}
+	if err := l.apply(command{Op: opDrain, Key: a.ID, Draining: true}); err != nil {
+		t.Fatal(err)
+	}
+	report("h1", a) // the reporter does not know of the drain
+	i, leader := state()
+	if !i.Draining || leader != b.ID {
+		t.Fatalf("after drain and a report: draining %v, leader %s (want %s)", i.Draining, leader, b.ID)
+	}
+	if err := l.apply(command{Op: opDrain, Key: "h9/x/db"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("drain of an unknown instance: %v", err)
+	}
+	report("h1")
+	report("h1", a) // the same ID again is a new instance, serving
+	if i, _ := state(); i.Draining {
+		t.Fatal("an instance that came back is still draining")
+	}
+}

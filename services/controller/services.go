@@ -73,6 +73,10 @@ func applyReport(txn *memdb.Txn, index uint64, c *command, events *eventLog) err
 			gone = append(gone, old)
 			continue
 		}
+		// A drain is the operator's, not the reporter's: it lasts as
+		// long as the instance.
+		n.Draining = old.Draining
+		want[old.ID] = n
 		if sameInstance(old, &n) {
 			delete(want, old.ID)
 		}
@@ -102,6 +106,9 @@ func applyReport(txn *memdb.Txn, index uint64, c *command, events *eventLog) err
 	}
 	return electLeaders(txn, index, touched, events, c)
 }
+
+// serves: the instance may lead its service and take new work.
+func (i *Instance) serves() bool { return i.Healthy && !i.Draining }
 
 func sameInstance(a, b *Instance) bool {
 	return a.Service == b.Service && a.Job == b.Job && a.Addr == b.Addr && a.Proto == b.Proto &&
@@ -169,14 +176,14 @@ func electLeaders(txn *memdb.Txn, index uint64, services map[string]bool, events
 		}
 		leader := ""
 		for _, i := range all {
-			if i.ID == svc.Leader && i.Healthy {
+			if i.ID == svc.Leader && i.serves() {
 				leader = i.ID
 			}
 		}
 		if leader == "" {
 			var best *Instance
 			for _, i := range all {
-				if i.Healthy && (best == nil || i.CreateIndex < best.CreateIndex || i.CreateIndex == best.CreateIndex && i.ID < best.ID) {
+				if i.serves() && (best == nil || i.CreateIndex < best.CreateIndex || i.CreateIndex == best.CreateIndex && i.ID < best.ID) {
 					best = i
 				}
 			}
@@ -200,4 +207,30 @@ func electLeaders(txn *memdb.Txn, index uint64, services map[string]bool, events
 		}
 	}
 	return nil
+}
+
+// applyInstanceDrain marks an instance draining (c.Draining) or serving
+// again, and elects its service's leader anew.
+func applyInstanceDrain(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
+	raw, err := txn.First("instances", "id", c.Key)
+	if err != nil {
+		return err
+	}
+	if raw == nil {
+		return fmt.Errorf("%w: instance %s (see plinth services)", ErrNotFound, c.Key)
+	}
+	i := *raw.(*Instance)
+	if i.Draining == c.Draining {
+		return nil
+	}
+	i.Draining = c.Draining
+	if err := put(txn, "instances", &i, index, nil); err != nil {
+		return err
+	}
+	what := "draining"
+	if !c.Draining {
+		what = "serving again"
+	}
+	events.add(txn, index, c.Time, "instance-drain", i.ID, fmt.Sprintf("instance %s is %s", i.ID, what))
+	return electLeaders(txn, index, map[string]bool{i.Service: true}, events, c)
 }

@@ -61,6 +61,10 @@ type Instance struct {
 	Healthy bool   `json:"healthy"`
 	// Output is the last check's result in a few words.
 	Output string `json:"output,omitempty"`
+	// Draining instances get no new work from the routers and do not
+	// lead their service; whoever stops them waits for their work in
+	// flight to end (the routers count it).
+	Draining bool `json:"draining,omitempty"`
 	Meta
 }
 
