@@ -140,7 +140,7 @@ func (a *Agent) followJobs(ctx context.Context) {
 			if failures == 1 {
 				a.log.Warn("list the host's jobs; checks go on as they were", "err", err)
 			}
-			retry.Reset(backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff))
+			retry.Reset(controller.Backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff))
 			continue
 		}
 		failures = 0
@@ -264,7 +264,7 @@ func (a *Agent) jobEvents(ctx context.Context, resync chan<- struct{}) {
 		if failures == 1 {
 			a.log.Warn("host job events unavailable; reconnecting", "err", err)
 		}
-		if !sleep(ctx, backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff)) {
+		if !controller.Sleep(ctx, controller.Backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff)) {
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/services/controller"
 )
 
 // followMembers keeps the cache's set of hosts that this host's Serf
@@ -25,7 +26,7 @@ func (a *Agent) followMembers(ctx context.Context) {
 		if failures == 1 {
 			a.log.Warn("following the host's members", "err", err)
 		}
-		if !sleep(ctx, backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff)) {
+		if !controller.Sleep(ctx, controller.Backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff)) {
 			return
 		}
 	}

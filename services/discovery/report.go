@@ -123,7 +123,7 @@ func (a *Agent) report(ctx context.Context) {
 			if failures == 1 {
 				a.log.Warn("report instances; retrying", "instances", len(instances), "err", err)
 			}
-			timer.Reset(backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff))
+			timer.Reset(controller.Backoff(failures, a.cfg.MinBackoff, a.cfg.MaxBackoff))
 			continue
 		}
 		if failures > 0 {
