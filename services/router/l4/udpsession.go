@@ -77,6 +77,7 @@ type udpSession struct {
 	port    *udpPort
 	client  netip.AddrPort
 	dst     []byte // the packet info the client's datagrams come with
+	dstIP   net.IP // the local address they were sent to
 	reply   []byte // the control message that sends from that address
 	service string
 	idle    time.Duration
@@ -99,7 +100,7 @@ func (pt *udpPort) forward(pkt, oob []byte, from netip.AddrPort) {
 		s.last.Store(now())
 	}
 	pt.mu.Unlock()
-	if s != nil && (!bytes.Equal(s.dst, oob) || !s.inSet()) {
+	if s != nil && (!pt.sameDestination(s, oob) || !s.inSet()) {
 		pt.end(s)
 		s = nil
 	}
@@ -113,6 +114,22 @@ func (pt *udpPort) forward(pkt, oob []byte, from netip.AddrPort) {
 		// picks another.
 		pt.end(s)
 	}
+}
+
+// sameDestination reports whether oob, a client datagram's packet info,
+// names the local address of s's first. The bytes are compared first:
+// they differ without the address changing only for datagrams queued
+// before the socket was asked for packet info.
+func (pt *udpPort) sameDestination(s *udpSession, oob []byte) bool {
+	if bytes.Equal(s.dst, oob) {
+		return true
+	}
+	dst, _, err := pt.destination(oob)
+	if err != nil || !dst.Equal(s.dstIP) {
+		return false
+	}
+	s.dst = bytes.Clone(oob)
+	return true
 }
 
 // inSet reports whether s's backend can still take work. The set is
@@ -159,7 +176,7 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 		log.Warn("backend address", "backend", b.ID, "err", err)
 		return nil
 	}
-	reply, err := pt.replyControl(oob)
+	dst, ifIndex, err := pt.destination(oob)
 	if err != nil {
 		log.Debug("packet info", "client", client, "err", err)
 		return nil
@@ -172,7 +189,7 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 		return nil
 	}
 	s := &udpSession{
-		port: pt, client: client, dst: bytes.Clone(oob), reply: reply,
+		port: pt, client: client, dst: bytes.Clone(oob), dstIP: dst, reply: replyControl(dst, ifIndex),
 		service: r.Service, idle: r.IdleTimeout, b: b, conn: conn, set: set,
 	}
 	s.last.Store(now())
@@ -188,35 +205,32 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 	return s
 }
 
-// replyControl turns the packet info of a client's datagram into the
-// control message that sends the replies from the address it went to.
-func (pt *udpPort) replyControl(oob []byte) ([]byte, error) {
-	var dst net.IP
-	var ifIndex int
+// destination is the local address a datagram was sent to, read from
+// its packet info; nil when there is none.
+func (pt *udpPort) destination(oob []byte) (net.IP, int, error) {
 	if pt.v6 {
 		var cm ipv6.ControlMessage
-		if err := cm.Parse(oob); err != nil {
-			return nil, err
-		}
-		dst, ifIndex = cm.Dst, cm.IfIndex
-	} else {
-		var cm ipv4.ControlMessage
-		if err := cm.Parse(oob); err != nil {
-			return nil, err
-		}
-		dst = cm.Dst
+		err := cm.Parse(oob)
+		return cm.Dst, cm.IfIndex, err
 	}
+	var cm ipv4.ControlMessage
+	err := cm.Parse(oob)
+	return cm.Dst, cm.IfIndex, err
+}
+
+// replyControl is the control message that sends replies from dst.
+func replyControl(dst net.IP, ifIndex int) []byte {
 	switch {
 	case dst == nil:
-		return nil, nil
+		return nil
 	case dst.To4() != nil:
 		// Also on an IPv6 socket: Linux sends to IPv4-mapped clients
 		// through IPv4 and reads IP_PKTINFO there.
-		return (&ipv4.ControlMessage{Src: dst.To4()}).Marshal(), nil
+		return (&ipv4.ControlMessage{Src: dst.To4()}).Marshal()
 	case dst.IsLinkLocalUnicast():
-		return (&ipv6.ControlMessage{Src: dst, IfIndex: ifIndex}).Marshal(), nil
+		return (&ipv6.ControlMessage{Src: dst, IfIndex: ifIndex}).Marshal()
 	default:
-		return (&ipv6.ControlMessage{Src: dst}).Marshal(), nil
+		return (&ipv6.ControlMessage{Src: dst}).Marshal()
 	}
 }
 
