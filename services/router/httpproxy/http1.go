@@ -1,0 +1,686 @@
+package httpproxy
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/plinth-os/plinth/services/router/backend"
+)
+
+// clientConn is one HTTP/1.x client connection and the state its
+// requests reuse, so that a request allocates nothing in the common case.
+type clientConn struct {
+	s     *Server
+	c     net.Conn
+	tc    *trackedConn
+	br    *bufio.Reader
+	bw    *bufio.Writer // to the client
+	uw    *bufio.Writer // to the backend of the current request
+	https bool
+
+	remote string // client ip:port, for the access log
+	ip     []byte // client IP, for X-Forwarded-For
+	port   []byte // the listener's port, for X-Forwarded-Port
+
+	req, resp head
+	out       []byte // a head being written
+	scratch   []byte // the lower-cased host
+	rng       *mrand.ChaCha8
+	idBuf     [32]byte
+	cookies   [][]byte
+
+	// Per request.
+	reqID    []byte
+	bodyLeft bool // the request body is still (partly) unread
+	status   int
+	sent     int64
+	upstream string
+}
+
+var clientConns = sync.Pool{New: func() any {
+	var seed [32]byte
+	rand.Read(seed[:])
+	return &clientConn{
+		bw:  bufio.NewWriterSize(nil, 16<<10),
+		uw:  bufio.NewWriterSize(nil, 16<<10),
+		rng: mrand.NewChaCha8(seed),
+	}
+}}
+
+// h2Preface starts every HTTP/2 connection; on a plain listener it means
+// h2c with prior knowledge.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+func (s *Server) serveConn(c net.Conn, tc *trackedConn, https bool) {
+	cc := clientConns.Get().(*clientConn)
+	cc.s, cc.c, cc.tc, cc.https = s, c, tc, https
+	cc.br = getReader(c)
+	cc.bw.Reset(c)
+	cc.remote = c.RemoteAddr().String()
+	cc.ip = cc.ip[:0]
+	cc.port = cc.port[:0]
+	if host, _, err := net.SplitHostPort(cc.remote); err == nil {
+		cc.ip = append(cc.ip, host...)
+	}
+	if _, port, err := net.SplitHostPort(c.LocalAddr().String()); err == nil {
+		cc.port = append(cc.port, port...)
+	}
+	defer func() {
+		c.Close()
+		putReader(cc.br)
+		cc.br = nil
+		cc.bw.Reset(nil)
+		cc.uw.Reset(nil)
+		cc.s, cc.c, cc.tc = nil, nil, nil
+		clientConns.Put(cc)
+	}()
+	cc.serve()
+}
+
+func (cc *clientConn) serve() {
+	s := cc.s
+	for first := true; ; first = false {
+		cc.c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		if _, err := cc.br.Peek(1); err != nil {
+			return
+		}
+		if !cc.tc.active() {
+			return
+		}
+		if first && !cc.https && cc.sawPreface() {
+			br := cc.br
+			cc.br = nil
+			cc.c.SetReadDeadline(time.Time{})
+			s.serveH2Conn(&bufferedConn{Conn: cc.c, r: br}, cc.tc)
+			return
+		}
+		if cc.br.Buffered() < 16 || !headComplete(cc.br) {
+			cc.c.SetReadDeadline(time.Now().Add(s.ReadHeaderTimeout))
+		}
+		if err := cc.req.read(cc.br, s.MaxHeaderBytes, true); err != nil {
+			cc.badRequest(err)
+			return
+		}
+		if !cc.handle() {
+			return
+		}
+		if !s.idle(cc.tc) {
+			return
+		}
+	}
+}
+
+// headComplete reports whether a whole request head is buffered, in
+// which case reading it cannot block and needs no deadline.
+func headComplete(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	for i := 3; i < len(b); i++ {
+		if b[i] == '\n' && b[i-1] == '\r' && b[i-2] == '\n' {
+			return true
+		}
+	}
+	return false
+}
+
+// sawPreface reads as far as the buffered bytes match the HTTP/2
+// preface; a request line differs from it by its second byte.
+func (cc *clientConn) sawPreface() bool {
+	for n := 1; n <= len(h2Preface); n++ {
+		p, err := cc.br.Peek(n)
+		if err != nil || p[n-1] != h2Preface[n-1] {
+			return false
+		}
+	}
+	return true
+}
+
+func (cc *clientConn) badRequest(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	var me errMalformed
+	switch {
+	case errors.As(err, &me):
+		cc.reqID = cc.newRequestID()
+		cc.writeError(http.StatusBadRequest, err.Error(), true)
+	case errors.Is(err, errHeadTooLarge):
+		cc.reqID = cc.newRequestID()
+		cc.writeError(http.StatusRequestHeaderFieldsTooLarge, "request head too large", true)
+	}
+}
+
+// handle serves one request whose head is in cc.req; false means the
+// connection must close.
+func (cc *clientConn) handle() bool {
+	s := cc.s
+	req := &cc.req
+	start := time.Now()
+	cc.status, cc.sent, cc.upstream = 0, 0, ""
+	cc.bodyLeft = req.contentLength > 0 || req.chunked
+	cc.reqID = req.value(fXRequestID)
+	if !saneRequestID(cc.reqID) {
+		cc.reqID = cc.newRequestID()
+	}
+
+	target := req.bytes(req.first[1])
+	host := req.value(fHost)
+	path := target
+	if len(target) == 0 || target[0] != '/' {
+		h, p, ok := splitAbsoluteForm(target)
+		if !ok {
+			cc.writeError(http.StatusBadRequest, "request target must be a path or an absolute URL", true)
+			cc.log(start, nil)
+			return false
+		}
+		host, path = h, p
+	}
+	if len(host) == 0 {
+		cc.writeError(http.StatusBadRequest, "missing Host header", true)
+		cc.log(start, nil)
+		return false
+	}
+	if !cc.https && req.upgrade && equalFoldLower(req.value(fUpgrade), "h2c") && req.value(fHTTP2Settings) != nil && !cc.bodyLeft {
+		cc.upgradeH2C()
+		return false
+	}
+
+	route := s.table.Load().match(host, path, cc.scratch[:0])
+	if route == nil {
+		ok := cc.writeError(http.StatusNotFound, "no route for "+string(host)+string(path), false)
+		cc.log(start, nil)
+		return ok
+	}
+	set := s.Backends.Lookup(route.Service)
+	if set == nil || len(set.Backends) == 0 {
+		ok := cc.writeError(http.StatusServiceUnavailable, "no healthy instance of service "+route.Service, false)
+		cc.log(start, route)
+		return ok
+	}
+	var cookie []byte
+	if route.Sticky {
+		cc.cookies = cc.cookies[:0]
+		for i := range req.fields {
+			if req.fields[i].kind == fCookie {
+				cc.cookies = append(cc.cookies, req.bytes(req.fields[i].value))
+			}
+		}
+		cookie = cookieValue(cc.cookies, stickyCookie)
+	}
+	b, setCookie := s.pick(route, set, cookie)
+	keep := cc.proxy(route, set, b, setCookie, host, path)
+	cc.log(start, route)
+	return keep
+}
+
+// proxy sends the request to a backend of set, b first, and relays the
+// response.
+func (cc *clientConn) proxy(route *Route, set *backend.Set, b *backend.Backend, setCookie bool, host, path []byte) bool {
+	s := cc.s
+	req := &cc.req
+	first := b
+	b, u, err := s.connect(set, b, route)
+	if err != nil {
+		return cc.backendFailed(route, err)
+	}
+	defer b.Release()
+	cc.upstream = b.Addr
+	setCookie = route.Sticky && (setCookie || b != first)
+
+	cc.out = cc.appendRequestHead(cc.out[:0], host, path)
+	// A body that the client already sent in full goes in the same write
+	// as the head and stays in cc.br until a response began, so that a
+	// stale connection can be retried with it.
+	held := 0
+	if req.contentLength > 0 && !req.expectContinue && req.contentLength <= int64(cc.br.Buffered()) {
+		held = int(req.contentLength)
+	}
+	idempotent := isIdempotent(req.bytes(req.first[0]))
+	for retry := 0; ; retry++ {
+		err = cc.sendHead(u, route, held)
+		streamed := false
+		if err == nil && held == 0 && cc.bodyLeft && !req.expectContinue {
+			streamed = true
+			if ok, clientFailed := cc.sendBody(u, route); !ok {
+				u.close()
+				if clientFailed {
+					return false
+				}
+				return cc.backendFailed(route, errors.New("writing request body to backend"))
+			}
+		}
+		if err == nil {
+			err = cc.resp.read(u.br, defaultMaxHeaderBytes, false)
+		}
+		if err == nil {
+			break
+		}
+		u.close()
+		stale := u.reused && len(cc.resp.raw) == 0 && !streamed && !isTimeout(err) &&
+			(idempotent || !cc.bodyLeft)
+		if retry > 0 || !stale {
+			return cc.backendFailed(route, err)
+		}
+		if u, err = dialUpstream(b.Addr, route.ConnectTimeout); err != nil {
+			return cc.backendFailed(route, err)
+		}
+	}
+	if held > 0 {
+		cc.br.Discard(held)
+		cc.bodyLeft = false
+	}
+	return cc.relayResponse(u, b, route, setCookie)
+}
+
+// relayResponse relays the response whose head is in cc.resp, after
+// any interim ones, and keeps u for another request when it can.
+func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Route, setCookie bool) bool {
+	req, resp := &cc.req, &cc.resp
+	for resp.status < 200 {
+		switch {
+		case resp.status == http.StatusSwitchingProtocols && req.upgrade:
+			cc.splice(u, route)
+			return false
+		case resp.status == http.StatusSwitchingProtocols:
+			u.close()
+			return cc.backendFailed(route, errors.New("backend switched protocols unasked"))
+		case resp.status == http.StatusContinue && req.expectContinue && cc.bodyLeft:
+			cc.c.SetWriteDeadline(time.Now().Add(route.Timeout))
+			cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if err := cc.bw.Flush(); err != nil {
+				u.close()
+				return false
+			}
+			if ok, clientFailed := cc.sendBody(u, route); !ok {
+				u.close()
+				if clientFailed {
+					return false
+				}
+				return cc.backendFailed(route, errors.New("writing request body to backend"))
+			}
+		case resp.status != http.StatusContinue && req.minor > 0:
+			cc.out = cc.appendResponseHead(cc.out[:0], nil, false, false)
+			cc.bw.Write(cc.out)
+			if err := cc.bw.Flush(); err != nil {
+				u.close()
+				return false
+			}
+		}
+		if err := resp.read(u.br, defaultMaxHeaderBytes, false); err != nil {
+			u.close()
+			return cc.backendFailed(route, err)
+		}
+	}
+
+	method := req.bytes(req.first[0])
+	// A backend that answered before taking the body it was promised
+	// (Expect: 100-continue refused) leaves both connections out of step.
+	closeUpstream := resp.close || cc.bodyLeft
+	closeClient := req.close || cc.bodyLeft || cc.s.closing.Load()
+	framing := framingNone
+	if !resp.bodyless(method) {
+		switch {
+		case resp.chunked:
+			framing = framingChunked
+		case resp.contentLength >= 0:
+			framing = framingLength
+		default:
+			framing = framingEOF
+			closeUpstream = true
+		}
+	}
+	rechunk := framing == framingChunked || framing == framingEOF
+	if rechunk && req.minor == 0 {
+		closeClient, rechunk = true, false
+	}
+	var sticky *backend.Backend
+	if setCookie {
+		sticky = b
+	}
+	cc.out = cc.appendResponseHead(cc.out[:0], sticky, rechunk, closeClient)
+	cc.status = resp.status
+	cc.c.SetWriteDeadline(time.Now().Add(route.Timeout))
+	cc.bw.Write(cc.out)
+
+	r := relay{src: u.br, dst: cc.bw, srcConn: u.c, dstConn: cc.c, timeout: route.Timeout}
+	ok := true
+	switch framing {
+	case framingLength:
+		ok = r.copyN(resp.contentLength)
+	case framingChunked:
+		ok = r.copyChunked(rechunk)
+	case framingEOF:
+		if rechunk {
+			r.dst = &chunkedWriter{w: cc.bw}
+		}
+		ok = r.copyToEOF()
+		if ok && rechunk {
+			_, err := cc.bw.WriteString("0\r\n\r\n")
+			ok = err == nil
+		}
+	}
+	cc.sent = r.n
+	if ok {
+		if err := cc.bw.Flush(); err != nil {
+			ok = false
+		}
+	}
+	if !ok || closeUpstream || u.br.Buffered() > 0 {
+		u.close()
+	} else {
+		cc.s.pool.put(u, time.Now())
+	}
+	if r.readErr != nil {
+		cc.s.Logger.Debug("backend response body", "backend", b.Addr, "request_id", string(cc.reqID), "err", r.readErr)
+	}
+	return ok && !closeClient
+}
+
+const (
+	framingNone = iota
+	framingLength
+	framingChunked
+	framingEOF
+)
+
+// sendHead writes cc.out and held body bytes to u.
+func (cc *clientConn) sendHead(u *upstream, route *Route, held int) error {
+	u.c.SetDeadline(time.Now().Add(route.Timeout))
+	cc.uw.Reset(u.c)
+	cc.uw.Write(cc.out)
+	if held > 0 {
+		body, _ := cc.br.Peek(held)
+		cc.uw.Write(body)
+	}
+	return cc.uw.Flush()
+}
+
+// sendBody streams the request body to u; clientFailed tells whose
+// fault a failure was.
+func (cc *clientConn) sendBody(u *upstream, route *Route) (ok, clientFailed bool) {
+	req := &cc.req
+	r := relay{src: cc.br, dst: cc.uw, srcConn: cc.c, dstConn: u.c, timeout: route.Timeout}
+	if req.chunked {
+		ok = r.copyChunked(true)
+	} else {
+		ok = r.copyN(req.contentLength)
+	}
+	if ok {
+		if err := cc.uw.Flush(); err != nil {
+			r.writeErr = err
+			ok = false
+		}
+	}
+	if ok {
+		cc.bodyLeft = false
+	}
+	// The backend's response is awaited with the route's timeout.
+	u.c.SetReadDeadline(time.Now().Add(route.Timeout))
+	return ok, r.readErr != nil
+}
+
+// connect returns a connection to b, or to another backend of set when
+// b cannot be reached, with the backend it went to acquired.
+func (s *Server) connect(set *backend.Set, b *backend.Backend, r *Route) (*backend.Backend, *upstream, error) {
+	const attempts = 3
+	tried := make([]*backend.Backend, 0, attempts)
+	var err error
+	for range attempts {
+		if b == nil {
+			break
+		}
+		b.Acquire()
+		if u := s.pool.get(b.Addr, time.Now()); u != nil {
+			return b, u, nil
+		}
+		var u *upstream
+		if u, err = dialUpstream(b.Addr, r.ConnectTimeout); err == nil {
+			return b, u, nil
+		}
+		b.Release()
+		s.Logger.Debug("connect to backend", "route", r.ID, "backend", b.Addr, "err", err)
+		tried = append(tried, b)
+		b = set.Pick(tried...)
+	}
+	if err == nil {
+		err = errors.New("no backend left to try")
+	}
+	return nil, nil, err
+}
+
+// backendFailed answers 504 for a timeout and 502 for other failures.
+func (cc *clientConn) backendFailed(route *Route, err error) bool {
+	cc.s.Logger.Debug("backend failed", "route", route.ID, "backend", cc.upstream, "request_id", string(cc.reqID), "err", err)
+	if isTimeout(err) {
+		return cc.writeError(http.StatusGatewayTimeout, "service "+route.Service+" did not answer in time", false)
+	}
+	return cc.writeError(http.StatusBadGateway, "service "+route.Service+" failed to answer", false)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isIdempotent(method []byte) bool {
+	switch string(method) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+// writeError answers with a short plain-text body; false when the
+// connection must close after it.
+func (cc *clientConn) writeError(status int, msg string, mustClose bool) bool {
+	cc.status = status
+	keep := !mustClose && !cc.req.close && !cc.bodyLeft && !cc.s.closing.Load()
+	out := cc.out[:0]
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(status), 10)
+	out = append(out, ' ')
+	out = append(out, http.StatusText(status)...)
+	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(msg)+1), 10)
+	out = append(out, "\r\nX-Request-Id: "...)
+	out = append(out, cc.reqID...)
+	if !keep {
+		out = append(out, "\r\nConnection: close"...)
+	}
+	out = append(out, "\r\n\r\n"...)
+	out = append(out, msg...)
+	out = append(out, '\n')
+	cc.out = out
+	cc.sent = int64(len(msg) + 1)
+	cc.c.SetWriteDeadline(time.Now().Add(defaultTimeout))
+	cc.bw.Write(out)
+	if err := cc.bw.Flush(); err != nil {
+		return false
+	}
+	return keep
+}
+
+// appendRequestHead appends the head sent to the backend: the client's
+// fields without hop-by-hop ones, and the forwarding fields.
+func (cc *clientConn) appendRequestHead(out, host, path []byte) []byte {
+	req := &cc.req
+	out = append(out, req.bytes(req.first[0])...)
+	out = append(out, ' ')
+	out = append(out, path...)
+	out = append(out, " HTTP/1.1\r\n"...)
+	absolute := len(req.bytes(req.first[1])) > 0 && req.bytes(req.first[1])[0] != '/'
+	if absolute {
+		out = append(out, "Host: "...)
+		out = append(out, host...)
+		out = append(out, "\r\n"...)
+	}
+	for i := range req.fields {
+		f := &req.fields[i]
+		switch {
+		case f.drop, f.kind == fHost && absolute, f.kind == fXForwardedFor, f.kind == fXForwardedProto,
+			f.kind == fXForwardedHost, f.kind == fXForwardedPort, f.kind == fXRequestID:
+			continue
+		}
+		out = append(out, req.raw[f.name.start:f.value.end]...)
+		out = append(out, "\r\n"...)
+	}
+	out = append(out, "X-Forwarded-For: "...)
+	for i := range req.fields {
+		if f := &req.fields[i]; f.kind == fXForwardedFor && !f.drop {
+			out = append(out, req.bytes(f.value)...)
+			out = append(out, ", "...)
+		}
+	}
+	out = append(out, cc.ip...)
+	out = append(out, "\r\nX-Forwarded-Proto: "...)
+	if cc.https {
+		out = append(out, "https"...)
+	} else {
+		out = append(out, "http"...)
+	}
+	out = append(out, "\r\nX-Forwarded-Host: "...)
+	out = append(out, host...)
+	out = append(out, "\r\nX-Forwarded-Port: "...)
+	out = append(out, cc.port...)
+	out = append(out, "\r\nX-Request-Id: "...)
+	out = append(out, cc.reqID...)
+	out = append(out, "\r\n"...)
+	switch {
+	case req.chunked:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	case req.contentLength >= 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, req.contentLength, 10)
+		out = append(out, "\r\n"...)
+	}
+	if req.upgrade {
+		out = append(out, "Connection: Upgrade\r\n"...)
+	}
+	return append(out, "\r\n"...)
+}
+
+// appendResponseHead appends the head sent to the client for cc.resp.
+func (cc *clientConn) appendResponseHead(out []byte, sticky *backend.Backend, chunked, closeConn bool) []byte {
+	resp := &cc.resp
+	out = append(out, "HTTP/1.1 "...)
+	out = append(out, resp.bytes(resp.first[1])...)
+	out = append(out, ' ')
+	out = append(out, resp.bytes(resp.first[2])...)
+	out = append(out, "\r\n"...)
+	for i := range resp.fields {
+		f := &resp.fields[i]
+		if f.drop || f.kind == fXRequestID {
+			continue
+		}
+		out = append(out, resp.raw[f.name.start:f.value.end]...)
+		out = append(out, "\r\n"...)
+	}
+	if resp.status < 200 {
+		if resp.status == http.StatusSwitchingProtocols {
+			out = append(out, "Connection: Upgrade\r\n"...)
+		}
+		return append(out, "\r\n"...)
+	}
+	switch {
+	case chunked:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	case resp.contentLength >= 0 && resp.status != http.StatusNoContent:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, resp.contentLength, 10)
+		out = append(out, "\r\n"...)
+	}
+	out = append(out, "X-Request-Id: "...)
+	out = append(out, cc.reqID...)
+	out = append(out, "\r\n"...)
+	if sticky != nil {
+		out = cc.s.appendStickyCookie(out, sticky)
+	}
+	if closeConn {
+		out = append(out, "Connection: close\r\n"...)
+	} else if cc.req.minor == 0 {
+		out = append(out, "Connection: keep-alive\r\n"...)
+	}
+	return append(out, "\r\n"...)
+}
+
+// saneRequestID accepts a client's request ID: 1 to 128 printable
+// ASCII characters.
+func saneRequestID(id []byte) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// newRequestID makes 16 random bytes in hex. The per-connection ChaCha8
+// is seeded from crypto/rand, which keeps IDs unguessable without a
+// system call per request.
+func (cc *clientConn) newRequestID() []byte {
+	var raw [16]byte
+	binary.LittleEndian.PutUint64(raw[:8], cc.rng.Uint64())
+	binary.LittleEndian.PutUint64(raw[8:], cc.rng.Uint64())
+	hex.Encode(cc.idBuf[:], raw[:])
+	return cc.idBuf[:]
+}
+
+// splitAbsoluteForm splits "http://host/path" into host and path.
+func splitAbsoluteForm(target []byte) (host, path []byte, ok bool) {
+	var rest []byte
+	switch {
+	case len(target) > 7 && equalFoldLower(target[:7], "http://"):
+		rest = target[7:]
+	case len(target) > 8 && equalFoldLower(target[:8], "https://"):
+		rest = target[8:]
+	default:
+		return nil, nil, false
+	}
+	i := indexByte2(rest, '/', '?')
+	if i < 0 {
+		return rest, []byte("/"), len(rest) > 0
+	}
+	host, path = rest[:i], rest[i:]
+	if path[0] == '?' {
+		path = append([]byte("/"), path...)
+	}
+	return host, path, len(host) > 0
+}
+
+// log calls the access log, if any, for the request in cc.
+func (cc *clientConn) log(start time.Time, route *Route) {
+	if cc.s.AccessLog == nil {
+		return
+	}
+	req := &cc.req
+	e := AccessEntry{
+		Time:      start,
+		Method:    string(req.bytes(req.first[0])),
+		Host:      string(req.value(fHost)),
+		Path:      string(req.bytes(req.first[1])),
+		Proto:     string(req.bytes(req.first[2])),
+		Status:    cc.status,
+		Bytes:     cc.sent,
+		Duration:  time.Since(start),
+		Backend:   cc.upstream,
+		RequestID: string(cc.reqID),
+		Client:    cc.remote,
+	}
+	if route != nil {
+		e.Route = route.ID
+	}
+	cc.s.AccessLog(e)
+}
