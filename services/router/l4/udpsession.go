@@ -195,8 +195,8 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 	s.last.Store(now())
 	pt.mu.Lock()
 	if pt.closed {
+		pt.endLocked(s)
 		pt.mu.Unlock()
-		s.finish()
 		return nil
 	}
 	pt.sessions[client] = s
@@ -302,49 +302,40 @@ func readDatagram(rc syscall.RawConn) (*[]byte, int, error) {
 
 // expire ends s when it has been idle for its timeout and reports
 // whether it ended; otherwise it moves the read deadline to when it
-// would be. Deciding and detaching under one lock keeps a datagram that
+// would be. Deciding and ending under one lock keeps a datagram that
 // forward is sending from finding its session closed.
 func (pt *udpPort) expire(s *udpSession) bool {
 	pt.mu.Lock()
+	defer pt.mu.Unlock()
 	if s.ended {
-		pt.mu.Unlock()
 		return true
 	}
 	if since := time.Duration(now() - s.last.Load()); since < s.idle {
 		s.conn.SetReadDeadline(time.Now().Add(s.idle - since))
-		pt.mu.Unlock()
 		return false
 	}
-	pt.detach(s)
-	pt.mu.Unlock()
-	s.finish()
+	pt.endLocked(s)
 	return true
 }
 
 // end ends s once, whoever notices first.
 func (pt *udpPort) end(s *udpSession) {
 	pt.mu.Lock()
-	first := pt.detach(s)
-	pt.mu.Unlock()
-	if first {
-		s.finish()
-	}
+	defer pt.mu.Unlock()
+	pt.endLocked(s)
 }
 
-// detach forgets s and reports whether it was live; pt.mu is held.
-func (pt *udpPort) detach(s *udpSession) bool {
+// endLocked forgets s, closes its socket and releases its backend, all
+// under pt.mu: once endAll has taken the lock, no session it did not
+// see is still to be released.
+func (pt *udpPort) endLocked(s *udpSession) {
 	if s.ended {
-		return false
+		return
 	}
 	s.ended = true
 	if pt.sessions[s.client] == s {
 		delete(pt.sessions, s.client)
 	}
-	return true
-}
-
-// finish closes s's socket and releases its backend, once detached.
-func (s *udpSession) finish() {
 	s.conn.Close()
 	s.b.Release()
 }
@@ -352,14 +343,10 @@ func (s *udpSession) finish() {
 // endAll ends every session, and those open would start later.
 func (pt *udpPort) endAll() {
 	pt.mu.Lock()
+	defer pt.mu.Unlock()
 	pt.closed = true
-	all := make([]*udpSession, 0, len(pt.sessions))
 	for _, s := range pt.sessions {
-		all = append(all, s)
-	}
-	pt.mu.Unlock()
-	for _, s := range all {
-		pt.end(s)
+		pt.endLocked(s)
 	}
 }
 
