@@ -318,7 +318,6 @@ func (h *head) interpret(request bool) error {
 			}
 		case fUpgrade:
 			hasUpgrade = true
-			f.drop = true
 		case fKeepAlive, fProxyConnection, fTE, fProxyAuthenticate, fProxyAuthorization:
 			f.drop = true
 		case fExpect:

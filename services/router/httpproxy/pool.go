@@ -42,7 +42,10 @@ func (p *pool) get(addr string, now time.Time) *upstream {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sweepLocked(now)
-	list := p.idle[addr]
+	list, ok := p.idle[addr]
+	if !ok {
+		return nil
+	}
 	for len(list) > 0 {
 		u := list[len(list)-1]
 		list[len(list)-1] = nil
