@@ -211,7 +211,7 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 		pl = append(pl, run(ln.Addr().String(), duration))
 	}
 	for i := range ng {
-		fmt.Printf("round %d: nginx %.0f req/s p99 %v, plinth %.0f req/s p99 %v\n", i+1, ng[i].rps, ng[i].p99, pl[i].rps, pl[i].p99)
+		fmt.Printf("round %d: nginx %.0f req/s p99 %.2fms, plinth %.0f req/s p99 %.2fms\n", i+1, ng[i].rps, ng[i].p99ms(), pl[i].rps, pl[i].p99ms())
 	}
 	nr, pr := median(ng, wrkResult.reqs), median(pl, wrkResult.reqs)
 	np, pp := median(ng, wrkResult.p99ms), median(pl, wrkResult.p99ms)

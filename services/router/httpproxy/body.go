@@ -34,6 +34,8 @@ type relay struct {
 
 	n                 int64 // body bytes written to dst
 	readErr, writeErr error
+	// waited is set once the relay moved its connections' deadlines.
+	waited bool
 }
 
 var errBadChunk = errors.New("malformed chunked body")
@@ -45,6 +47,7 @@ func (r *relay) wait() bool {
 		return false
 	}
 	if r.timeout > 0 {
+		r.waited = true
 		d := time.Now().Add(r.timeout)
 		if r.srcConn != nil {
 			r.srcConn.SetReadDeadline(d)
@@ -91,6 +94,7 @@ func (r *relay) copyToEOF() bool {
 				return false
 			}
 			if r.timeout > 0 && r.srcConn != nil {
+				r.waited = true
 				r.srcConn.SetReadDeadline(time.Now().Add(r.timeout))
 			}
 			if _, err := r.src.Peek(1); err != nil {

@@ -40,6 +40,9 @@ type clientConn struct {
 	idBuf     [32]byte
 	cookies   [][]byte
 
+	// The deadlines last set on c; see setReadDeadline.
+	rdl, wdl time.Time
+
 	// Per request.
 	reqID    []byte
 	bodyLeft bool // the request body is still (partly) unread
@@ -67,6 +70,7 @@ func (s *Server) serveConn(c net.Conn, tc *trackedConn, https bool) {
 	cc.s, cc.c, cc.tc, cc.https = s, c, tc, https
 	cc.br = getReader(c)
 	cc.bw.Reset(c)
+	cc.rdl, cc.wdl = time.Time{}, time.Time{}
 	cc.remote = c.RemoteAddr().String()
 	cc.ip = cc.ip[:0]
 	cc.port = cc.port[:0]
@@ -91,7 +95,7 @@ func (s *Server) serveConn(c net.Conn, tc *trackedConn, https bool) {
 func (cc *clientConn) serve() {
 	s := cc.s
 	for first := true; ; first = false {
-		cc.c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		cc.setReadDeadline(s.IdleTimeout)
 		if _, err := cc.br.Peek(1); err != nil {
 			return
 		}
@@ -106,7 +110,7 @@ func (cc *clientConn) serve() {
 			return
 		}
 		if cc.br.Buffered() < 16 || !headComplete(cc.br) {
-			cc.c.SetReadDeadline(time.Now().Add(s.ReadHeaderTimeout))
+			cc.setReadDeadline(s.ReadHeaderTimeout)
 		}
 		if err := cc.req.read(cc.br, s.MaxHeaderBytes, true); err != nil {
 			cc.badRequest(err)
@@ -118,6 +122,27 @@ func (cc *clientConn) serve() {
 		if !s.idle(cc.tc) {
 			return
 		}
+	}
+}
+
+// setReadDeadline moves the client's read deadline to d from now, but
+// only when the current one is more than d away or less than d/2: that
+// saves a timer update per request on a busy connection, and an idle or
+// read timeout takes between half and all of its value.
+func (cc *clientConn) setReadDeadline(d time.Duration) {
+	now := time.Now()
+	if want := now.Add(d); cc.rdl.After(want) || cc.rdl.Before(now.Add(d/2)) {
+		cc.rdl = want
+		cc.c.SetReadDeadline(want)
+	}
+}
+
+// setWriteDeadline is setReadDeadline for writes to the client.
+func (cc *clientConn) setWriteDeadline(d time.Duration) {
+	now := time.Now()
+	if want := now.Add(d); cc.wdl.After(want) || cc.wdl.Before(now.Add(d/2)) {
+		cc.wdl = want
+		cc.c.SetWriteDeadline(want)
 	}
 }
 
@@ -295,7 +320,7 @@ func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Rout
 			u.close()
 			return cc.backendFailed(route, errors.New("backend switched protocols unasked"))
 		case resp.status == http.StatusContinue && req.expectContinue && cc.bodyLeft:
-			cc.c.SetWriteDeadline(time.Now().Add(route.Timeout))
+			cc.setWriteDeadline(route.Timeout)
 			cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 			if err := cc.bw.Flush(); err != nil {
 				u.close()
@@ -349,7 +374,7 @@ func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Rout
 	}
 	cc.out = cc.appendResponseHead(cc.out[:0], sticky, rechunk, closeClient)
 	cc.status = resp.status
-	cc.c.SetWriteDeadline(time.Now().Add(route.Timeout))
+	cc.setWriteDeadline(route.Timeout)
 	cc.bw.Write(cc.out)
 
 	r := relay{src: u.br, dst: cc.bw, srcConn: u.c, dstConn: cc.c, timeout: route.Timeout}
@@ -370,6 +395,9 @@ func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Rout
 		}
 	}
 	cc.sent = r.n
+	if r.waited {
+		cc.wdl = time.Time{}
+	}
 	if ok {
 		if err := cc.bw.Flush(); err != nil {
 			ok = false
@@ -423,6 +451,9 @@ func (cc *clientConn) sendBody(u *upstream, route *Route) (ok, clientFailed bool
 	}
 	if ok {
 		cc.bodyLeft = false
+	}
+	if r.waited {
+		cc.rdl = time.Time{}
 	}
 	// The backend's response is awaited with the route's timeout.
 	u.c.SetReadDeadline(time.Now().Add(route.Timeout))
@@ -502,7 +533,7 @@ func (cc *clientConn) writeError(status int, msg string, mustClose bool) bool {
 	out = append(out, '\n')
 	cc.out = out
 	cc.sent = int64(len(msg) + 1)
-	cc.c.SetWriteDeadline(time.Now().Add(defaultTimeout))
+	cc.setWriteDeadline(defaultTimeout)
 	cc.bw.Write(out)
 	if err := cc.bw.Flush(); err != nil {
 		return false
