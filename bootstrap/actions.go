@@ -16,6 +16,7 @@ import (
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/discovery"
+	"github.com/plinth-os/plinth/services/router"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
 
@@ -179,8 +180,10 @@ func (p *Platform) platformJob(name, expect string) (job.Spec, error) {
 		return discovery.JobSpec(p.Binary), nil
 	case "scheduler":
 		return scheduler.JobSpec(p.Binary), nil
+	case "router":
+		return router.JobSpec(p.Binary), nil
 	}
-	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery and scheduler", name)
+	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery, scheduler and router", name)
 }
 
 // startJobs starts a platform job on each of the hosts (node IDs) that

@@ -14,6 +14,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/router"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
 
@@ -39,6 +40,7 @@ func schedulerRunCommand() *cobra.Command {
 			cfg.Host = hc
 			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
 			cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
+			cfg.DialRouter = func(addr string) *router.Client { return router.NewClient(addr, creds.TLS()) }
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			s, err := scheduler.New(cfg)
 			if err != nil {
@@ -55,6 +57,7 @@ func schedulerRunCommand() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
+	fl.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long a job being removed gets for its routed work to end")
 	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "how long the active scheduler's lease lasts unrenewed")
 	return cmd
 }

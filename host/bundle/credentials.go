@@ -183,3 +183,17 @@ func (c Credentials) describe() (name, expires string) {
 	}
 	return leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339)
 }
+
+// ServerTLS returns the config of a server presenting c's certificate
+// (a host's, or a job's with credentials from hostd): TLS 1.3, and only
+// clients with a certificate from the cluster CA get in.
+func (c *Credentials) ServerTLS() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(c.CACert)
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{c.Cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}
+}

@@ -50,7 +50,7 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Binary builds cmd/plinth once per test run and returns its path: in
+// Binary builds cmd/plinth (and Echoback) once per test run and returns its path: in
 // the user's cache directory, on the root filesystem that system-rootfs
 // jobs run on (their /tmp, /run and /var are their own).
 func Binary(t testing.TB) string {
@@ -68,9 +68,12 @@ func Binary(t testing.TB) string {
 		if binDir, binErr = os.MkdirTemp(filepath.Join(cache, "plinth-test"), "bin-"); binErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, "plinth"), "github.com/plinth-os/plinth/cmd/plinth").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build cmd/plinth: %v\n%s", err, out)
+		for _, pkg := range []string{"cmd/plinth", "internal/echoback"} {
+			out, err := exec.Command("go", "build", "-o", binDir, "github.com/plinth-os/plinth/"+pkg).CombinedOutput()
+			if err != nil {
+				binErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
 		}
 	})
 	if binErr != nil {
@@ -78,6 +81,10 @@ func Binary(t testing.TB) string {
 	}
 	return filepath.Join(binDir, "plinth")
 }
+
+// Echoback is the path of internal/echoback, a test backend, built with
+// the binary.
+func Echoback(t testing.TB) string { return filepath.Join(filepath.Dir(Binary(t)), "echoback") }
 
 // Platform is a segment of hosts that each run hostd.
 type Platform struct {

@@ -187,16 +187,7 @@ func ClusterID(ca *x509.Certificate) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-func (c *Controller) serverTLS() *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(c.cfg.Credentials.CACert)
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{c.cfg.Credentials.Cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-	}
-}
+func (c *Controller) serverTLS() *tls.Config { return c.cfg.Credentials.ServerTLS() }
 
 func (c *Controller) clientTLS() *tls.Config { return c.cfg.Credentials.TLS() }
 

@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/router"
 )
 
 // act makes the reachable hosts run what was recorded: it stops the
@@ -26,9 +28,18 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 		}
 		return byHost[id]
 	}
+	hosts := map[string]controller.Host{}
+	for _, h := range st.hosts {
+		hosts[h.ID] = h
+	}
 	for _, r := range sched.Remove {
 		hostID, jobID, _ := strings.Cut(r.ID, "/")
-		if _, ok := obs.jobs[hostID][jobID]; ok {
+		j, ok := obs.jobs[hostID][jobID]
+		switch {
+		case !ok:
+		case s.cfg.DialRouter != nil && len(j.Spec.Services) > 0 && j.Status.State == job.StateRunning:
+			s.retire(ctx, hosts[hostID], j)
+		default:
 			work(hostID).stop = append(work(hostID).stop, jobID)
 		}
 	}
@@ -56,10 +67,6 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 		}
 		work(p.Host).start = append(work(p.Host).start, instanceSpec(f, p.Job))
 	}
-	hosts := map[string]controller.Host{}
-	for _, h := range st.hosts {
-		hosts[h.ID] = h
-	}
 	var wg sync.WaitGroup
 	for id, w := range byHost {
 		h, ok := hosts[id]
@@ -70,6 +77,42 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 	}
 	wg.Wait()
 	return len(byHost) > 0
+}
+
+// retire drains a removed job's instances, then stops it, in the
+// background: the routers stop giving it new work at once, and its work
+// in flight gets up to DrainTimeout to end. Until it stops, steps do not
+// take it for an orphan.
+func (s *Scheduler) retire(ctx context.Context, h controller.Host, j job.Job) {
+	id := controller.PlacementID(h.ID, j.Spec.ID)
+	if _, busy := s.retiring.LoadOrStore(id, true); busy {
+		return
+	}
+	go func() {
+		defer s.retiring.Delete(id)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, svc := range j.Spec.Services {
+			instance := controller.InstanceID(h.ID, j.Spec.ID, svc.Name)
+			wg.Go(func() {
+				res, err := router.Drain(ctx, s.cfg.Controller, s.cfg.DialRouter, instance, s.cfg.DrainTimeout)
+				switch {
+				case err != nil:
+					s.log.Info("stopping without drain", "instance", instance, "err", err)
+				case !res.Drained():
+					s.log.Warn("drain timed out; stopping", "instance", instance, "active", res.Active, "errors", res.Errors)
+				}
+			})
+		}
+		wg.Wait()
+		s.log.Info("drained job", "host", h.ID, "job", j.Spec.ID, "took", time.Since(start).Round(time.Millisecond))
+		s.work(ctx, h, &hostWork{stop: []string{j.Spec.ID}})
+	}()
+}
+
+func (s *Scheduler) isRetiring(placementID string) bool {
+	_, ok := s.retiring.Load(placementID)
+	return ok
 }
 
 type hostWork struct {

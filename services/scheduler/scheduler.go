@@ -23,11 +23,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/router"
 )
 
 // LeaseName is the controller lease the active scheduler holds.
@@ -54,6 +56,7 @@ type Controller interface {
 	Lease(ctx context.Context, name, holder, host string, ttl time.Duration) (controller.Lease, error)
 	Leases(ctx context.Context, q controller.QueryOptions) ([]controller.Lease, controller.QueryMeta, error)
 	Schedule(ctx context.Context, s controller.Schedule) (uint64, error)
+	DrainInstance(ctx context.Context, id string, drain bool) (controller.Instance, error)
 }
 
 var _ Controller = (*controller.Client)(nil)
@@ -87,6 +90,12 @@ type Config struct {
 	StopGrace time.Duration
 	// WatchWait is how long one blocking query on the controller waits.
 	WatchWait time.Duration
+	// DialRouter, when set, returns a client for the router API at addr:
+	// a job being removed that declares services is drained first (no
+	// new work from the routers, and up to DrainTimeout for its work in
+	// flight to end) and stopped after.
+	DialRouter   func(addr string) *router.Client
+	DrainTimeout time.Duration
 
 	// Logger receives the scheduler's log; nil means slog.Default().
 	Logger *slog.Logger
@@ -96,12 +105,13 @@ type Config struct {
 // Controller and Dial.
 func DefaultConfig() Config {
 	return Config{
-		LeaseTTL:    5 * time.Second,
-		Retry:       time.Second,
-		Resync:      3 * time.Second,
-		CallTimeout: 3 * time.Second,
-		StopGrace:   10 * time.Second,
-		WatchWait:   time.Minute,
+		LeaseTTL:     5 * time.Second,
+		Retry:        time.Second,
+		Resync:       3 * time.Second,
+		CallTimeout:  3 * time.Second,
+		StopGrace:    10 * time.Second,
+		WatchWait:    time.Minute,
+		DrainTimeout: 30 * time.Second,
 	}
 }
 
@@ -118,6 +128,9 @@ type Scheduler struct {
 	// lastWrite is the index of this scheduler's last schedule: its next
 	// step reads placements at least that recent.
 	lastWrite uint64
+	// retiring are the jobs (by placement ID) being drained before they
+	// stop: not orphans, although no placement has them.
+	retiring sync.Map
 }
 
 // New checks cfg and returns a scheduler; Run starts it.
@@ -130,7 +143,8 @@ func New(cfg Config) (*Scheduler, error) {
 		v   *time.Duration
 		def time.Duration
 	}{{&cfg.LeaseTTL, def.LeaseTTL}, {&cfg.Retry, def.Retry}, {&cfg.Resync, def.Resync},
-		{&cfg.CallTimeout, def.CallTimeout}, {&cfg.StopGrace, def.StopGrace}, {&cfg.WatchWait, def.WatchWait}} {
+		{&cfg.CallTimeout, def.CallTimeout}, {&cfg.StopGrace, def.StopGrace}, {&cfg.WatchWait, def.WatchWait},
+		{&cfg.DrainTimeout, def.DrainTimeout}} {
 		if *d.v <= 0 {
 			*d.v = d.def
 		}

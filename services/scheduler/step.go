@@ -61,7 +61,7 @@ func (s *Scheduler) step(ctx context.Context, fence controller.Fence, hostsChang
 	case err != nil:
 		return false, err
 	}
-	adopted, orphans := adopt(st, obs)
+	adopted, orphans := adopt(st, obs, s.isRetiring)
 	all := append(slices.Clone(st.placements), adopted...)
 	d := placement.Plan(planFormations(st.formations), planHosts(st.hosts, obs), planPlacements(all, st, obs))
 
@@ -210,9 +210,10 @@ func (s *Scheduler) observe(ctx context.Context, hosts []controller.Host) *obser
 // no placement: those a formation still needs become its placements
 // (bootstrap's jobs, or a scheduler's whose write was lost), the others
 // are orphans to stop (a failed host's jobs, resurrected after their
-// replacements started). A job of a formation that does not exist is
+// replacements started). Jobs being retired (drained, then stopped) are
+// neither. A job of a formation that does not exist is
 // left alone: it may be bootstrap's, before it registers the formation.
-func adopt(st *state, obs *observed) (adopted []controller.Placement, orphans []controller.Placement) {
+func adopt(st *state, obs *observed, retiring func(placementID string) bool) (adopted []controller.Placement, orphans []controller.Placement) {
 	placed := map[string]bool{}
 	count := map[string]int{}   // formation → placements on hosts not failed
 	onHost := map[string]bool{} // formation/host → has a placement
@@ -233,7 +234,7 @@ func adopt(st *state, obs *observed) (adopted []controller.Placement, orphans []
 			j := jobs[id]
 			name := j.Spec.Tags[controller.FormationTag]
 			f, ok := st.formations[name]
-			if !ok || placed[controller.PlacementID(hostID, id)] {
+			if !ok || placed[controller.PlacementID(hostID, id)] || retiring(controller.PlacementID(hostID, id)) {
 				continue
 			}
 			p := controller.Placement{ID: controller.PlacementID(hostID, id), Formation: name, Host: hostID, Job: id,

@@ -42,6 +42,9 @@ func (f *fakeController) Lease(context.Context, string, string, string, time.Dur
 func (f *fakeController) Leases(context.Context, controller.QueryOptions) ([]controller.Lease, controller.QueryMeta, error) {
 	return nil, controller.QueryMeta{}, errors.New("not in this test")
 }
+func (f *fakeController) DrainInstance(context.Context, string, bool) (controller.Instance, error) {
+	return controller.Instance{}, errors.New("not in this test")
+}
 func (f *fakeController) Schedule(_ context.Context, s controller.Schedule) (uint64, error) {
 	f.written = append(f.written, s)
 	return 2, nil

@@ -142,3 +142,13 @@ func (s *Sets) Lookup(service string) *Set {
 
 // Replace makes m the sets that Lookup answers from.
 func (s *Sets) Replace(m map[string]*Set) { s.p.Store(&m) }
+
+// All returns every service's set (nil before the first Replace); the
+// map must not be changed.
+func (s *Sets) All() map[string]*Set {
+	m := s.p.Load()
+	if m == nil {
+		return nil
+	}
+	return *m
+}

@@ -2,6 +2,7 @@ package l4
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -17,6 +18,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,7 +73,7 @@ func runChild(mode, backendAddr, profile string) error {
 	var stop func()
 	switch mode {
 	case "tcp":
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := ListenTCP(context.Background(), "127.0.0.1:0")
 		if err != nil {
 			return err
 		}
@@ -104,6 +106,20 @@ type proc struct {
 	addr  string
 }
 
+// cpu is the CPU time p used so far, user and system, all threads.
+func (p *proc) cpu() time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses: utime
+	// and stime are the 12th and 13th, in clock ticks (100 Hz).
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
 // stop ends p: stdin closed for the child, then SIGKILL by PID for
 // whatever is left (HAProxy), and waits for it.
 func (p *proc) stop() {
@@ -132,6 +148,9 @@ func startChild(b *testing.B, mode, backendAddr string, wrap ...string) *proc {
 	cmd.Env = append(os.Environ(), childEnv+"="+mode, childBackendEnv+"="+backendAddr)
 	if dir := os.Getenv("L4_CHILD_PROFILE_DIR"); dir != "" && len(wrap) == 0 {
 		cmd.Env = append(cmd.Env, childProfileEnv+"="+filepath.Join(dir, mode+".cpu.pprof"))
+	}
+	if v := os.Getenv("GOMAXPROCS_CHILD"); v != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v)
 	}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -162,7 +181,7 @@ func startHAProxy(b *testing.B, backendAddr string) *proc {
 	b.Helper()
 	port := freeTCPPort(b)
 	cfg := fmt.Sprintf(`global
-	maxconn 20000
+	maxconn 5000
 	nbthread 2
 defaults
 	mode tcp
@@ -183,7 +202,8 @@ backend app
 		b.Fatal(err)
 	}
 	cmd := exec.Command("haproxy", "-db", "-f", path)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
@@ -199,7 +219,7 @@ backend app
 		}
 		if time.Now().After(deadline) {
 			p.stop()
-			b.Fatalf("haproxy did not listen on %s: %v", p.addr, err)
+			b.Fatalf("haproxy did not listen on %s: %v\n%s", p.addr, err, out.Bytes())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

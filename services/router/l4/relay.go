@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -66,12 +67,13 @@ func (c *tcpConn) close() {
 // that shut down one direction and then answer work; an error either
 // way ends both.
 func relay(c *tcpConn, front net.Conn, back *net.TCPConn) {
+	var ended atomic.Int32
 	done := make(chan struct{})
 	go func() {
-		pipe(c, back, front)
+		pipe(c, back, front, &ended)
 		close(done)
 	}()
-	pipe(c, front, back)
+	pipe(c, front, back, &ended)
 	<-done
 }
 
@@ -79,9 +81,13 @@ type closeWriter interface{ CloseWrite() error }
 
 // pipe copies src to dst. Between two *net.TCPConn io.Copy splices: the
 // bytes go from socket to socket inside the kernel.
-func pipe(c *tcpConn, dst, src net.Conn) {
+func pipe(c *tcpConn, dst, src net.Conn, ended *atomic.Int32) {
 	_, err := io.Copy(dst, src)
-	if err == nil {
+	// The direction that ends last need not half-close a TCP socket: the
+	// close that follows sends the same FIN. TLS still says close_notify.
+	_, tcp := dst.(*net.TCPConn)
+	last := ended.Add(1) == 2
+	if err == nil && !(last && tcp) {
 		err = dst.(closeWriter).CloseWrite()
 	}
 	if err != nil {

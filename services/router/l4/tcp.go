@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-os/plinth/services/router/backend"
 )
 
@@ -102,6 +104,9 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 		return ErrClosed
 	}
 	defer p.removeListener(ln)
+	if err := keepAliveListener(ln); err != nil {
+		return fmt.Errorf("keepalive on %s: %w", ln.Addr(), err)
+	}
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -132,6 +137,45 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 		}
 		go p.handle(conn)
 	}
+}
+
+// ListenTCP opens a TCP listener for Serve whose sockets have keepalive
+// from the start: it is set on the listening socket, which Linux copies
+// to each connection, so accepting needs no system calls for it.
+func ListenTCP(ctx context.Context, address string) (net.Listener, error) {
+	lc := net.ListenConfig{
+		KeepAlive: -1, // already on; Go would set it again per connection
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var err error
+			cerr := rc.Control(func(fd uintptr) { err = setKeepAlive(int(fd)) })
+			return errors.Join(cerr, err)
+		},
+	}
+	return lc.Listen(ctx, "tcp", address)
+}
+
+// keepAliveListener sets keepAlive on a listener that did not come from
+// ListenTCP, for the connections it accepts from now on.
+func keepAliveListener(ln net.Listener) error {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return nil
+	}
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	cerr := rc.Control(func(fd uintptr) { err = setKeepAlive(int(fd)) })
+	return errors.Join(cerr, err)
+}
+
+func setKeepAlive(fd int) error {
+	return errors.Join(
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1),
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second)),
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second)),
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count),
+	)
 }
 
 func outOfResources(err error) bool {
@@ -185,16 +229,11 @@ func (p *TCPProxy) handle(c *tcpConn) {
 	if r == nil {
 		return
 	}
-	log := p.logger().With("route", r.ID, "client", c.client.RemoteAddr())
-	if err := c.client.SetKeepAliveConfig(keepAlive); err != nil {
-		log.Debug("tcp keepalive", "err", err)
-		return
-	}
 	var front net.Conn = c.client
 	if r.TLS != nil {
 		tc, err := handshake(c.client, r)
 		if err != nil {
-			log.Debug("tls handshake", "err", err)
+			p.logger().Debug("tls handshake", "route", r.ID, "client", c.client.RemoteAddr(), "err", err)
 			return
 		}
 		front = tc
@@ -204,7 +243,7 @@ func (p *TCPProxy) handle(c *tcpConn) {
 	b, back, err := p.connect(ctx, r)
 	cancel()
 	if err != nil {
-		log.Warn("connect to backend", "service", r.Service, "err", err)
+		p.logger().Warn("connect to backend", "route", r.ID, "client", c.client.RemoteAddr(), "service", r.Service, "err", err)
 		return
 	}
 	defer b.Release()
@@ -214,7 +253,7 @@ func (p *TCPProxy) handle(c *tcpConn) {
 	if r.ProxyProtocol {
 		hdr := proxyHeader(c.client.RemoteAddr(), c.client.LocalAddr())
 		if _, err := back.Write(hdr); err != nil {
-			log.Debug("proxy protocol header", "backend", b.Addr, "err", err)
+			p.logger().Debug("proxy protocol header", "route", r.ID, "backend", b.Addr, "err", err)
 			return
 		}
 	}

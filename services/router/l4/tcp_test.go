@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-os/plinth/services/router/backend"
 )
 
@@ -474,4 +476,42 @@ func TestTCPIdleTimeout(t *testing.T) {
 	busy.Close()
 	shutdown(t, p)
 	wantActive(t, 0, bs["svc"]...)
+}
+
+// Both sockets of a relayed connection have keepalive.
+func TestTCPKeepAlive(t *testing.T) {
+	sets, _ := newSets(map[string][]string{"svc": {serveTCP(t, echo)}})
+	p := &TCPProxy{Backends: sets}
+	p.SetRoute(&TCPRoute{Service: "svc"})
+	ln, err := ListenTCP(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln)
+	defer shutdown(t, p)
+	c := dial(t, ln.Addr().String())
+	roundTrip(t, c, "hi")
+
+	p.mu.Lock()
+	var conn *tcpConn
+	for conn = range p.conns {
+	}
+	p.mu.Unlock()
+	conn.mu.Lock()
+	defer conn.mu.Unlock()
+	for side, s := range map[string]*net.TCPConn{"client": conn.client, "backend": conn.backend} {
+		rc, err := s.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var on, idle int
+		rc.Control(func(fd uintptr) {
+			on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+			idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		})
+		if on != 1 || time.Duration(idle)*time.Second != keepAlive.Idle {
+			t.Errorf("%s side: keepalive %d, idle %ds; want on, %v", side, on, idle, keepAlive.Idle)
+		}
+	}
+	c.Close()
 }
