@@ -21,10 +21,22 @@ import (
 // (disk, made by DataDisk) that keeps /var across power cycles.
 func PlatformNode(i, n int, kernel, initrd string, seg *Segment, bundlePath, disk string) Config {
 	cfg := ClusterNode(i, n, kernel, initrd, seg, bundlePath, "controller")
+	// The routers' HTTP port and a TCP route's, as a client outside the
+	// cluster reaches them.
+	user := cfg.NICs[1].User
+	user.Forwards = append(user.Forwards, Forward{GuestPort: RouterHTTPPort}, Forward{GuestPort: RouteTestPort})
 	cfg.MachineConfig = fmt.Appendf(cfg.MachineConfig, "bootstrap_expect = %d\n", n)
 	cfg.Disks = []string{disk}
 	return cfg
 }
+
+// RouterHTTPPort is the routers' HTTP port (services/controller's
+// RouterHTTPPort); RouteTestPort is a TCP route's, forwarded to the
+// caller's loopback like the host API.
+const (
+	RouterHTTPPort = 80
+	RouteTestPort  = 30100
+)
 
 // DataDisk makes dir/data.img, a sparse ext4 image of size bytes
 // labelled PLINTH-DATA (the machine's /var) holding testroot/, a busybox

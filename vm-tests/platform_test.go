@@ -3,6 +3,7 @@
 package vmtest
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/internal/testwait"
 	"github.com/plinth-os/plinth/services/controller"
 )
 
@@ -197,6 +199,45 @@ func (p *platformVMs) runsOnce(ctx context.Context, want int) func(PlatformStatu
 	}
 }
 
+// routesServe checks, through every alive VM's router, the web
+// formation's HTTP route (by Host header) and its TCP route (an HTTP
+// request written by hand), as a client outside the cluster does.
+func (p *platformVMs) routesServe(ctx context.Context, what string) {
+	p.t.Helper()
+	for _, vm := range p.vms {
+		select {
+		case <-vm.Exited():
+			continue
+		default:
+		}
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: vm.DialContext}}
+		testwait.For(p.t, what+": routes through "+vm.Name(), time.Minute, func() error {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vm.HostAddr(RouterHTTPPort)+"/", nil)
+			req.Host = "web.test"
+			resp, err := hc.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Request-Id") == "" {
+				return fmt.Errorf("http route: %s, X-Request-Id %q", resp.Status, resp.Header.Get("X-Request-Id"))
+			}
+			c, err := vm.DialContext(ctx, "tcp", vm.HostAddr(RouteTestPort))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprint(c, "GET / HTTP/1.0\r\n\r\n")
+			status, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || !strings.Contains(status, " 200 ") {
+				return fmt.Errorf("tcp route: %q %v", status, err)
+			}
+			return nil
+		})
+	}
+}
+
 // webFormation is two busybox web servers on the hosts' network, each
 // with a TCP health check every second.
 func webFormation() controller.Formation {
@@ -240,6 +281,15 @@ func TestPlatformColdStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.healthy(ctx, "web placed", p.runsOnce(ctx, 2))
+	for _, r := range []controller.Route{
+		{Type: controller.RouteHTTP, Service: "web", Domain: "web.test"},
+		{Type: controller.RouteTCP, Service: "web", Port: RouteTestPort},
+	} {
+		if _, err := c.AddRoute(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.routesServe(ctx, "routes added")
 
 	// One VM's power cut: its web job runs on another.
 	web, err := p.formationJobs(ctx, "web")
@@ -282,6 +332,7 @@ func TestPlatformColdStarts(t *testing.T) {
 		if err != nil || s.Value != "across power cuts" {
 			t.Fatalf("cold start %d: setting %+v %v", cycle, s, err)
 		}
+		p.routesServe(ctx, fmt.Sprintf("cold start %d", cycle))
 		t.Logf("cold start %d: healthy %.1fs after power-on, scheduler %s", cycle, time.Since(start).Seconds(), st.Scheduler.Holder)
 		last = st.Scheduler.Token
 	}
