@@ -233,13 +233,13 @@ func (x *h2Exchange) proxy(b *backend.Backend, u *upstream, uri string) {
 		}
 	}
 	x.sent = rl.n
+	if ok && reusable && u.br.Buffered() == 0 {
+		x.s.pool.put(u, time.Now())
+	} else {
+		u.close()
+	}
 	if ok {
 		ok = rl.dst.Flush() == nil
-	}
-	if !ok || !reusable || u.br.Buffered() > 0 {
-		u.close()
-	} else {
-		x.s.pool.put(u, time.Now())
 	}
 	if !ok {
 		// A truncated body must not look complete: reset the stream.

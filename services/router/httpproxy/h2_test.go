@@ -237,4 +237,3 @@ func TestH2CUpgrade(t *testing.T) {
 	}
 	t.Fatalf("no end of stream 1 in 20 frames; status %q body %q", status, body)
 }
-

@@ -244,6 +244,7 @@ func (cc *clientConn) handle() bool {
 	}
 	b, setCookie := s.pick(route, set, cookie)
 	keep := cc.proxy(route, set, b, setCookie, host, path)
+	cc.tc.upstream.Store(nil)
 	cc.log(start, route)
 	return keep
 }
@@ -398,15 +399,18 @@ func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Rout
 	if r.waited {
 		cc.wdl = time.Time{}
 	}
+	// The backend is done once its body was read: its connection goes
+	// back to the pool before the client has the end of the response, so
+	// that the client's next request finds it there.
+	if ok && !closeUpstream && u.br.Buffered() == 0 {
+		cc.s.pool.put(u, time.Now())
+	} else {
+		u.close()
+	}
 	if ok {
 		if err := cc.bw.Flush(); err != nil {
 			ok = false
 		}
-	}
-	if !ok || closeUpstream || u.br.Buffered() > 0 {
-		u.close()
-	} else {
-		cc.s.pool.put(u, time.Now())
 	}
 	if r.readErr != nil {
 		cc.s.Logger.Debug("backend response body", "backend", b.Addr, "request_id", string(cc.reqID), "err", r.readErr)
@@ -423,6 +427,7 @@ const (
 
 // sendHead writes cc.out and held body bytes to u.
 func (cc *clientConn) sendHead(u *upstream, route *Route, held int) error {
+	cc.tc.upstream.Store(u)
 	u.c.SetDeadline(time.Now().Add(route.Timeout))
 	cc.uw.Reset(u.c)
 	cc.uw.Write(cc.out)

@@ -227,7 +227,10 @@ func (s *Server) serve(ln net.Listener, handle func(*trackedConn)) error {
 // tells when net/http is done with a connection handed to it.
 type trackedConn struct {
 	net.Conn
-	state     atomic.Int32
+	state atomic.Int32
+	// upstream is the backend connection of the request in flight, which
+	// Shutdown closes too when its time is up.
+	upstream  atomic.Pointer[upstream]
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -305,6 +308,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Lock()
 		for tc := range s.conns {
 			tc.Close()
+			if u := tc.upstream.Load(); u != nil {
+				u.c.Close()
+			}
 		}
 		s.mu.Unlock()
 		s.h2.Close()
