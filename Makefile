@@ -108,6 +108,13 @@ bench-scheduler:
 bench-platform: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkPlatform -benchtime 1x -timeout 20m ./vm-tests/
 
+# The router's HTTP/1.1 proxy vs nginx (worker_processes auto, upstream
+# keep-alive, the same forwarding headers, access logs off) in front of
+# the same backend process: wrk -t1 -c50 keep-alive, 3 alternating rounds.
+.PHONY: bench-router-http
+bench-router-http:
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkHTTPvsNginx -benchtime 1x -timeout 10m ./services/router/httpproxy/
+
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
 
