@@ -90,7 +90,7 @@ func routesCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  cmd.RunE,
 	}
-	cmd.AddCommand(list, routesAddCommand(f), routesRemoveCommand(f), routesDefaultCertCommand(f), routesDrainCommand(f), routesUndrainCommand(f))
+	cmd.AddCommand(list, routesAddCommand(f), routesRemoveCommand(f), routesDefaultCertCommand(f), routesDrainCommand(f), routesUndrainCommand(f), routesTCPPortsCommand(f))
 	return cmd
 }
 
@@ -423,6 +423,38 @@ func routesUndrainCommand(f *clusterFlags) *cobra.Command {
 				}
 				fmt.Printf("instance %s serving again\n", args[0])
 				return nil
+			})
+		},
+	}
+}
+
+func routesTCPPortsCommand(f *clusterFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "tcp-ports [N-M]",
+		Short: "Show or set the range TCP routes without a port get theirs from",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return withTimeout(30*time.Second, func(ctx context.Context) error {
+				c, err := f.controllerClient(ctx)
+				if err != nil {
+					return err
+				}
+				if len(args) == 0 {
+					s, _, err := c.Setting(ctx, controller.TCPPortsSetting, controller.QueryOptions{})
+					if controller.IsNotFound(err) {
+						fmt.Println(controller.DefaultTCPPorts + " (default)")
+						return nil
+					}
+					if err == nil {
+						fmt.Println(s.Value)
+					}
+					return err
+				}
+				if _, _, err := controller.ParsePortRange(args[0]); err != nil {
+					return err
+				}
+				_, err = c.PutSetting(ctx, controller.TCPPortsSetting, args[0], nil)
+				return err
 			})
 		},
 	}

@@ -86,6 +86,9 @@ func TestRouteChecks(t *testing.T) {
 			t.Errorf("%+v: %v", r, err)
 		}
 	}
+	if err := checkSetting(&Setting{Key: TCPPortsSetting, Value: "40000-30000"}); err == nil || !strings.Contains(err.Error(), "give N or N-M") {
+		t.Errorf("a backwards port range setting: %v", err)
+	}
 	r := Route{Type: RouteHTTP, Service: "web", Domain: "Example.com", Path: "/api/"}
 	if err := checkRoute(&r); err != nil || r.Domain != "example.com" || r.Path != "/api" {
 		t.Errorf("normalised: %v, domain %q path %q", err, r.Domain, r.Path)

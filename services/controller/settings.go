@@ -15,7 +15,15 @@ const (
 
 func checkSetting(o object) error {
 	s := o.(*Setting)
-	return checkKey(s.Key, len(s.Value), utf8.ValidString(s.Value))
+	if err := checkKey(s.Key, len(s.Value), utf8.ValidString(s.Value)); err != nil {
+		return err
+	}
+	if s.Key == TCPPortsSetting {
+		if _, _, err := ParsePortRange(s.Value); err != nil {
+			return fmt.Errorf("%w: setting %s: %v", ErrInvalid, s.Key, err)
+		}
+	}
+	return nil
 }
 
 // checkKey validates a key of a writable collection and the size of its
