@@ -115,6 +115,15 @@ bench-platform: image
 bench-router-http:
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkHTTPvsNginx -benchtime 1x -timeout 10m ./services/router/httpproxy/
 
+# The router's TCP relay vs HAProxy in TCP mode (splice, keepalive both
+# sides) in front of the same backends: bulk MB/s, connect latency and
+# rate, CPU per GiB and per connection, 3 alternating rounds; that it
+# splices (strace); UDP echo datagrams/s through it vs direct. flock: no
+# other benchmark shares the CPUs meanwhile.
+.PHONY: bench-router-l4
+bench-router-l4:
+	flock /tmp/plinth-bench.lock $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 10m ./services/router/l4/
+
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
 

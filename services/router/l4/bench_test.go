@@ -360,22 +360,30 @@ func connectRate(addr string, conc int, d time.Duration) (float64, error) {
 type tcpFigures struct {
 	bulk1, bulk4, connRate float64 // MB/s, MB/s, connections/s
 	mean, p99              time.Duration
+	cpuPerGB, cpuPerConn   time.Duration // the proxy process's CPU time
 }
 
-func measureTCP(b *testing.B, sinkAddr, echoAddr string) tcpFigures {
+// measureTCP runs the TCP measures through sink and echo, proxies in
+// front of a sink and an echo backend.
+func measureTCP(b *testing.B, sink, echo *proc) tcpFigures {
 	b.Helper()
+	const sequential = 3000
 	var f tcpFigures
 	var err error
-	if f.bulk1, err = bulk(sinkAddr, 1, 1<<30); err != nil {
+	cpu0 := sink.cpu()
+	if f.bulk1, err = bulk(sink.addr, 1, 1<<30); err != nil {
 		b.Fatal(err)
 	}
-	if f.bulk4, err = bulk(sinkAddr, 4, 256<<20); err != nil {
+	if f.bulk4, err = bulk(sink.addr, 4, 256<<20); err != nil {
 		b.Fatal(err)
 	}
-	if f.mean, f.p99, err = connectLatency(echoAddr, 2000); err != nil {
+	f.cpuPerGB = (sink.cpu() - cpu0) / 2
+	cpu0 = echo.cpu()
+	if f.mean, f.p99, err = connectLatency(echo.addr, sequential); err != nil {
 		b.Fatal(err)
 	}
-	if f.connRate, err = connectRate(echoAddr, 8, time.Second); err != nil {
+	f.cpuPerConn = (echo.cpu() - cpu0) / sequential
+	if f.connRate, err = connectRate(echo.addr, 8, time.Second); err != nil {
 		b.Fatal(err)
 	}
 	return f
@@ -387,7 +395,8 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // TCP mode and through TCPProxy, alternating, three rounds each: bulk
 // throughput (one stream of 1 GiB, four of 256 MiB, to a sink),
 // sequential connect latency (connect, one byte echoed, close) and the
-// connection rate of eight such clients.
+// connection rate of eight such clients; with the CPU time each proxy
+// process took per GiB and per connection.
 func BenchmarkTCPvsHAProxy(b *testing.B) {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		b.Skip("haproxy not installed")
@@ -399,34 +408,38 @@ func BenchmarkTCPvsHAProxy(b *testing.B) {
 	for range b.N * 3 {
 		var r pair
 		hs, he := startHAProxy(b, sinkAddr), startHAProxy(b, echoAddr)
-		r.h = measureTCP(b, hs.addr, he.addr)
+		r.h = measureTCP(b, hs, he)
 		hs.stop()
 		he.stop()
 		ps, pe := startChild(b, "tcp", sinkAddr), startChild(b, "tcp", echoAddr)
-		r.p = measureTCP(b, ps.addr, pe.addr)
+		r.p = measureTCP(b, ps, pe)
 		ps.stop()
 		pe.stop()
 		rounds = append(rounds, r)
 	}
 	var sum pair
+	n := float64(len(rounds))
 	for i, r := range rounds {
-		fmt.Printf("bench tcp throughput round %d: 1 stream haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f; 4 streams haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f\n",
-			i+1, r.h.bulk1, r.p.bulk1, r.p.bulk1/r.h.bulk1, r.h.bulk4, r.p.bulk4, r.p.bulk4/r.h.bulk4)
-		fmt.Printf("bench tcp connect round %d: mean haproxy=%.0fµs plinth=%.0fµs ratio=%.2f; p99 haproxy=%.0fµs plinth=%.0fµs; rate(8 clients) haproxy=%.0f/s plinth=%.0f/s ratio=%.2f\n",
+		fmt.Printf("bench tcp throughput round %d: 1 stream haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f; 4 streams haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f; cpu/GiB haproxy=%v plinth=%v\n",
+			i+1, r.h.bulk1, r.p.bulk1, r.p.bulk1/r.h.bulk1, r.h.bulk4, r.p.bulk4, r.p.bulk4/r.h.bulk4, r.h.cpuPerGB, r.p.cpuPerGB)
+		fmt.Printf("bench tcp connect round %d: mean haproxy=%.0fµs plinth=%.0fµs ratio=%.2f; p99 haproxy=%.0fµs plinth=%.0fµs; cpu/conn haproxy=%.0fµs plinth=%.0fµs; rate(8 clients) haproxy=%.0f/s plinth=%.0f/s ratio=%.2f\n",
 			i+1, us(r.h.mean), us(r.p.mean), float64(r.h.mean)/float64(r.p.mean), us(r.h.p99), us(r.p.p99),
-			r.h.connRate, r.p.connRate, r.p.connRate/r.h.connRate)
+			us(r.h.cpuPerConn), us(r.p.cpuPerConn), r.h.connRate, r.p.connRate, r.p.connRate/r.h.connRate)
 		for _, x := range []struct{ s, f *tcpFigures }{{&sum.h, &r.h}, {&sum.p, &r.p}} {
-			x.s.bulk1 += x.f.bulk1 / float64(len(rounds))
-			x.s.bulk4 += x.f.bulk4 / float64(len(rounds))
-			x.s.connRate += x.f.connRate / float64(len(rounds))
-			x.s.mean += x.f.mean / time.Duration(len(rounds))
-			x.s.p99 += x.f.p99 / time.Duration(len(rounds))
+			x.s.bulk1 += x.f.bulk1 / n
+			x.s.bulk4 += x.f.bulk4 / n
+			x.s.connRate += x.f.connRate / n
+			x.s.mean += x.f.mean / time.Duration(n)
+			x.s.p99 += x.f.p99 / time.Duration(n)
+			x.s.cpuPerGB += x.f.cpuPerGB / time.Duration(n)
+			x.s.cpuPerConn += x.f.cpuPerConn / time.Duration(n)
 		}
 	}
-	fmt.Printf("bench tcp throughput haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f (1 stream; 4 streams ratio=%.2f)\n",
-		sum.h.bulk1, sum.p.bulk1, sum.p.bulk1/sum.h.bulk1, sum.p.bulk4/sum.h.bulk4)
-	fmt.Printf("bench tcp connect haproxy=%.0fµs plinth=%.0fµs ratio=%.2f (mean, higher ratio is better; p99 haproxy=%.0fµs plinth=%.0fµs; rate ratio=%.2f)\n",
-		us(sum.h.mean), us(sum.p.mean), float64(sum.h.mean)/float64(sum.p.mean), us(sum.h.p99), us(sum.p.p99), sum.p.connRate/sum.h.connRate)
+	fmt.Printf("bench tcp throughput haproxy=%.0fMB/s plinth=%.0fMB/s ratio=%.2f (1 stream; 4 streams ratio=%.2f; cpu/GiB haproxy=%v plinth=%v)\n",
+		sum.h.bulk1, sum.p.bulk1, sum.p.bulk1/sum.h.bulk1, sum.p.bulk4/sum.h.bulk4, sum.h.cpuPerGB, sum.p.cpuPerGB)
+	fmt.Printf("bench tcp connect haproxy=%.0fµs plinth=%.0fµs ratio=%.2f (mean, haproxy/plinth; p99 haproxy=%.0fµs plinth=%.0fµs; cpu/conn haproxy=%.0fµs plinth=%.0fµs; rate ratio=%.2f)\n",
+		us(sum.h.mean), us(sum.p.mean), float64(sum.h.mean)/float64(sum.p.mean), us(sum.h.p99), us(sum.p.p99),
+		us(sum.h.cpuPerConn), us(sum.p.cpuPerConn), sum.p.connRate/sum.h.connRate)
 	b.ReportMetric(sum.p.bulk1/sum.h.bulk1, "throughput-ratio")
 	b.ReportMetric(sum.p.bulk4/sum.h.bulk4, "throughput4-ratio")
 	b.ReportMetric(float64(sum.h.mean)/float64(sum.p.mean), "connect-ratio")
