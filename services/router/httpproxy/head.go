@@ -287,10 +287,17 @@ func (h *head) parseField(start, end int) error {
 // interpret works out framing and connection handling from the fields,
 // and marks the hop-by-hop ones dropped.
 func (h *head) interpret(request bool) error {
-	var keepAlive, upgradeToken, hasUpgrade, hasTE bool
+	var keepAlive, upgradeToken, hasUpgrade, hasTE, hasHost bool
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch f.kind {
+		case fHost:
+			// Two hosts would let the proxy and the backend disagree
+			// on where a request goes.
+			if request && hasHost {
+				return errMalformed("more than one host")
+			}
+			hasHost = true
 		case fContentLength:
 			n, ok := parseDecimal(h.bytes(f.value))
 			if !ok || h.contentLength >= 0 && h.contentLength != n {

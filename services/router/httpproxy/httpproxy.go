@@ -293,6 +293,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 
+	// A connection found to speak HTTP/2 after this is closed, not
+	// handed to a server that no longer serves.
+	s.h2ln.Close()
 	h2done := make(chan error, 1)
 	go func() { h2done <- s.h2.Shutdown(ctx) }()
 	done := make(chan struct{})

@@ -482,6 +482,9 @@ func TestBadRequests(t *testing.T) {
 		"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 		"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
 		"GET / HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: example.com\r\nHost: other.example.com\r\n\r\n",
+		"POST / HTTP/1.0\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip\r\n\r\n",
 		"GET / HTTP/2.0\r\nHost: example.com\r\n\r\n",
 	} {
 		r := p.dial(t)
@@ -495,5 +498,38 @@ func TestBadRequests(t *testing.T) {
 	r.send("GET / HTTP/1.1\r\nHost: example.com\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n")
 	if resp, _ := r.response("GET"); resp.StatusCode != 431 {
 		t.Errorf("huge head: %s, want 431", resp.Status)
+	}
+}
+
+func TestAccessLog(t *testing.T) {
+	be := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		io.WriteString(w, "hello")
+	}))
+	entries := make(chan AccessEntry, 10)
+	p := newProxy(t, []Route{{ID: "web", Domain: "example.com", Service: "web"}}, map[string][]string{"web": {be.addr()}})
+	p.AccessLog = func(e AccessEntry) { entries <- e }
+	r := p.dial(t)
+	r.send("GET /page?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: rid-1\r\n\r\n")
+	// The 103 reaches the client before the response.
+	line, _ := r.br.ReadString('\n')
+	if line != "HTTP/1.1 103 Early Hints\r\n" {
+		t.Errorf("first line %q, want the 103", line)
+	}
+	for l := ""; l != "\r\n"; l, _ = r.br.ReadString('\n') {
+	}
+	if resp, body := r.response("GET"); resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("%s %q", resp.Status, body)
+	}
+	e := <-entries
+	if e.Method != "GET" || e.Host != "example.com" || e.Path != "/page?x=1" || e.Status != 200 || e.Bytes != 5 ||
+		e.Backend != be.addr() || e.RequestID != "rid-1" || e.Route != "web" || !strings.HasPrefix(e.Client, "127.0.0.1:") || e.Proto != "HTTP/1.1" {
+		t.Errorf("access log entry %+v", e)
+	}
+	r.send("GET / HTTP/1.1\r\nHost: nowhere.example.org\r\n\r\n")
+	r.response("GET")
+	if e := <-entries; e.Status != 404 || e.Route != "" || e.Backend != "" {
+		t.Errorf("404 entry %+v", e)
 	}
 }
