@@ -56,7 +56,7 @@ type testProxy struct {
 // addresses, the instance ID being service/address.
 func newProxy(t testing.TB, routes []Route, services map[string][]string) *testProxy {
 	t.Helper()
-	p := &testProxy{Server: &Server{Backends: &backend.Sets{}, StickyKey: []byte("test key")}}
+	p := &testProxy{Server: &Server{Backends: &backend.Sets{}, StickyKey: []byte("test key"), clientCheck: 10 * time.Millisecond}}
 	p.setServices(services)
 	tab, err := NewTable(routes, nil)
 	if err != nil {

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/plinth-os/plinth/services/router/backend"
@@ -42,6 +44,8 @@ type clientConn struct {
 
 	// The deadlines last set on c; see setReadDeadline.
 	rdl, wdl time.Time
+	// respDeadline ends the wait for the current response head.
+	respDeadline time.Time
 
 	// Per request.
 	reqID    []byte
@@ -286,12 +290,16 @@ func (cc *clientConn) proxy(route *Route, set *backend.Set, b *backend.Backend, 
 			}
 		}
 		if err == nil {
-			err = cc.resp.read(u.br, defaultMaxHeaderBytes, false)
+			err = cc.readResponse(u)
 		}
 		if err == nil {
 			break
 		}
 		u.close()
+		if err == errClientGone {
+			cc.s.Logger.Debug("client gone", "route", route.ID, "backend", b.Addr, "request_id", string(cc.reqID))
+			return false
+		}
 		stale := u.reused && len(cc.resp.raw) == 0 && !streamed && !isTimeout(err) &&
 			(idempotent || !cc.bodyLeft)
 		if retry > 0 || !stale {
@@ -342,8 +350,11 @@ func (cc *clientConn) relayResponse(u *upstream, b *backend.Backend, route *Rout
 				return false
 			}
 		}
-		if err := resp.read(u.br, defaultMaxHeaderBytes, false); err != nil {
+		if err := cc.readResponse(u); err != nil {
 			u.close()
+			if err == errClientGone {
+				return false
+			}
 			return cc.backendFailed(route, err)
 		}
 	}
@@ -428,7 +439,9 @@ const (
 // sendHead writes cc.out and held body bytes to u.
 func (cc *clientConn) sendHead(u *upstream, route *Route, held int) error {
 	cc.tc.upstream.Store(u)
-	u.c.SetDeadline(time.Now().Add(route.Timeout))
+	now := time.Now()
+	cc.respDeadline = now.Add(route.Timeout)
+	u.c.SetDeadline(now.Add(min(route.Timeout, cc.s.clientCheck)))
 	cc.uw.Reset(u.c)
 	cc.uw.Write(cc.out)
 	if held > 0 {
@@ -460,9 +473,74 @@ func (cc *clientConn) sendBody(u *upstream, route *Route) (ok, clientFailed bool
 	if r.waited {
 		cc.rdl = time.Time{}
 	}
-	// The backend's response is awaited with the route's timeout.
-	u.c.SetReadDeadline(time.Now().Add(route.Timeout))
+	now := time.Now()
+	cc.respDeadline = now.Add(route.Timeout)
+	u.c.SetReadDeadline(now.Add(min(route.Timeout, cc.s.clientCheck)))
 	return ok, r.readErr != nil
+}
+
+var errClientGone = errors.New("client went away while the backend was thinking")
+
+// readResponse reads a response head from u. Until its first byte comes
+// it looks every clientCheck whether the client hung up, so that a
+// client that gave up on a long poll does not hold the backend's count
+// until the backend answers.
+func (cc *clientConn) readResponse(u *upstream) error {
+	for u.br.Buffered() == 0 {
+		_, err := u.br.Peek(1)
+		if err == nil {
+			break
+		}
+		now := time.Now()
+		if !isTimeout(err) || !now.Before(cc.respDeadline) {
+			cc.resp.reset()
+			return err
+		}
+		if cc.clientGone() {
+			cc.resp.reset()
+			return errClientGone
+		}
+		next := now.Add(cc.s.clientCheck)
+		if next.After(cc.respDeadline) {
+			next = cc.respDeadline
+		}
+		u.c.SetReadDeadline(next)
+	}
+	if !headComplete(u.br) {
+		u.c.SetReadDeadline(cc.respDeadline)
+	}
+	return cc.resp.read(u.br, defaultMaxHeaderBytes, false)
+}
+
+// clientGone peeks at the client's socket without blocking: an end of
+// stream or an error means the client left. Pipelined bytes or nothing
+// yet mean it is still there.
+func (cc *clientConn) clientGone() bool {
+	if cc.br.Buffered() > 0 {
+		return false
+	}
+	c := cc.c
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	sc, ok := rawConn(c).(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	// A read deadline in the past would fail the peek before it is tried.
+	cc.setReadDeadline(cc.s.IdleTimeout)
+	gone := false
+	var b [1]byte
+	rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		gone = n == 0 && err == nil || err != nil && err != syscall.EAGAIN && err != syscall.EINTR
+		return true
+	})
+	return gone
 }
 
 // connect returns a connection to b, or to another backend of set when

@@ -59,6 +59,10 @@ type Server struct {
 	// the backend rarely closes a connection just as it is reused.
 	BackendIdleTimeout time.Duration
 
+	// clientCheck is how often a request waiting for its response head
+	// looks whether its client left.
+	clientCheck time.Duration
+
 	table atomic.Pointer[Table]
 	pool  pool
 
@@ -115,6 +119,9 @@ func (s *Server) init() {
 		}
 		if s.BackendIdleTimeout <= 0 {
 			s.BackendIdleTimeout = defaultBackendIdleTimeout
+		}
+		if s.clientCheck <= 0 {
+			s.clientCheck = time.Second
 		}
 		if s.Logger == nil {
 			s.Logger = slog.Default()

@@ -16,6 +16,10 @@ func TestCountsReturnToZero(t *testing.T) {
 	backendDone := make(chan error, 1)
 	p, _ := webProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case "/longpoll":
+			// Answers only when the proxy hangs up on it.
+			<-r.Context().Done()
+			backendDone <- r.Context().Err()
 		case "/ok":
 			io.WriteString(w, "ok")
 		case "/endless":
@@ -67,6 +71,16 @@ func TestCountsReturnToZero(t *testing.T) {
 	}
 	p.waitIdle(t)
 
+	// The client gives up on a long poll: the proxy notices while it
+	// waits for the response head, and lets the backend go.
+	r = p.dial(t)
+	r.send("GET /longpoll HTTP/1.1\r\nHost: example.com\r\n\r\n")
+	r.c.Close()
+	if err := <-backendDone; err == nil {
+		t.Errorf("backend request did not end")
+	}
+	p.waitIdle(t)
+
 	// The backend dies mid-body: the client's response ends early.
 	r = p.dial(t)
 	r.send("GET /truncated HTTP/1.1\r\nHost: example.com\r\n\r\n")
@@ -78,8 +92,8 @@ func TestCountsReturnToZero(t *testing.T) {
 		t.Errorf("truncated body: read error %v, want unexpected EOF", err)
 	}
 	p.waitIdle(t)
-	if active, total := b(); active != 0 || total != 3 {
-		t.Errorf("after 3 requests: %d active, %d total", active, total)
+	if active, total := b(); active != 0 || total != 4 {
+		t.Errorf("after 4 requests: %d active, %d total", active, total)
 	}
 }
 
