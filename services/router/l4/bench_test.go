@@ -149,9 +149,6 @@ func startChild(b *testing.B, mode, backendAddr string, wrap ...string) *proc {
 	if dir := os.Getenv("L4_CHILD_PROFILE_DIR"); dir != "" && len(wrap) == 0 {
 		cmd.Env = append(cmd.Env, childProfileEnv+"="+filepath.Join(dir, mode+".cpu.pprof"))
 	}
-	if v := os.Getenv("GOMAXPROCS_CHILD"); v != "" {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v)
-	}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -302,7 +299,7 @@ func connectLatency(addr string, n int) (mean, p99 time.Duration, err error) {
 			return 0, 0, err
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(one); err == nil {
+		if _, err = c.Write(one); err == nil {
 			_, err = io.ReadFull(c, one)
 		}
 		c.Close()

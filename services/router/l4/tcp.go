@@ -73,7 +73,8 @@ type TCPProxy struct {
 	// relayed; nil means slog.Default().
 	Logger *slog.Logger
 
-	route atomic.Pointer[TCPRoute]
+	route      atomic.Pointer[TCPRoute]
+	connectLog limitedLog
 
 	mu        sync.Mutex
 	closed    bool
@@ -120,7 +121,7 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 			// Out of file descriptors or memory: wait for connections to
 			// end rather than spin.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.logger().Warn("accept", "addr", ln.Addr(), "err", err, "retry_in", delay)
+			p.connectLog.warn(p.logger(), "accept", "addr", ln.Addr(), "err", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
@@ -243,7 +244,7 @@ func (p *TCPProxy) handle(c *tcpConn) {
 	b, back, err := p.connect(ctx, r)
 	cancel()
 	if err != nil {
-		p.logger().Warn("connect to backend", "route", r.ID, "client", c.client.RemoteAddr(), "service", r.Service, "err", err)
+		p.connectLog.warn(p.logger(), "connect to backend", "route", r.ID, "client", c.client.RemoteAddr(), "service", r.Service, "err", err)
 		return
 	}
 	defer b.Release()

@@ -53,6 +53,7 @@ type UDPProxy struct {
 
 	route   atomic.Pointer[UDPRoute]
 	dropped atomic.Uint64
+	openLog limitedLog
 
 	mu     sync.Mutex
 	closed bool

@@ -40,7 +40,6 @@ type udpPort struct {
 
 	mu       sync.Mutex
 	sessions map[netip.AddrPort]*udpSession
-	full     bool // a new session was dropped since the last one was made
 	closed   bool // endAll ran: no new sessions
 }
 
@@ -110,9 +109,12 @@ func (pt *udpPort) forward(pkt, oob []byte, from netip.AddrPort) {
 		}
 	}
 	if _, err := s.conn.Write(pkt); err != nil {
-		// The backend refused an earlier datagram (ICMP): the next one
-		// picks another.
+		// The backend refused an earlier datagram (ICMP): this one goes
+		// to the backend a new session picks.
 		pt.end(s)
+		if s = pt.open(from, oob); s != nil {
+			s.conn.Write(pkt)
+		}
 	}
 }
 
@@ -153,17 +155,15 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 	if r == nil {
 		return nil
 	}
-	log := pt.p.logger().With("route", r.ID, "addr", pt.conn.LocalAddr())
+	warn := func(msg string, args ...any) {
+		pt.p.openLog.warn(pt.p.logger(), msg, append(args, "route", r.ID, "addr", pt.conn.LocalAddr())...)
+	}
 	pt.mu.Lock()
 	full := len(pt.sessions) >= pt.p.maxSessions()
-	first := full && !pt.full
-	pt.full = full
 	pt.mu.Unlock()
 	if full {
 		pt.p.dropped.Add(1)
-		if first {
-			log.Warn("udp sessions full, dropping new clients", "max", pt.p.maxSessions())
-		}
+		warn("udp sessions full, dropping new clients", "max", pt.p.maxSessions())
 		return nil
 	}
 	set := pt.p.Backends.Lookup(r.Service)
@@ -173,19 +173,19 @@ func (pt *udpPort) open(client netip.AddrPort, oob []byte) *udpSession {
 	}
 	addr, err := netip.ParseAddrPort(b.Addr)
 	if err != nil {
-		log.Warn("backend address", "backend", b.ID, "err", err)
+		warn("backend address", "backend", b.ID, "err", err)
 		return nil
 	}
 	dst, ifIndex, err := pt.destination(oob)
 	if err != nil {
-		log.Debug("packet info", "client", client, "err", err)
+		pt.p.logger().Debug("packet info", "route", r.ID, "client", client, "err", err)
 		return nil
 	}
 	b.Acquire()
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		b.Release()
-		log.Warn("udp session", "backend", b.Addr, "err", err)
+		warn("udp session", "backend", b.Addr, "err", err)
 		return nil
 	}
 	s := &udpSession{
