@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -49,8 +50,7 @@ func serveBenchBackend(addr string) {
 	srv.Serve(ln)
 }
 
-// startProcess starts cmd, stops it with the test and returns its first
-// stdout line.
+// startProcess starts cmd and stops it with the benchmark.
 func startProcess(b *testing.B, cmd *exec.Cmd) {
 	b.Helper()
 	cmd.Stderr = os.Stderr
@@ -164,8 +164,15 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, backendAddr, nginxAddr), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	startProcess(b, exec.Command(nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")))
+	ngx := exec.Command(nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	startProcess(b, ngx)
 	waitListening(b, nginxAddr)
+	nginxCPU := func() time.Duration { return treeCPU(ngx.Process.Pid) }
+	plinthCPU := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
 
 	p := &Server{Backends: &backend.Sets{}}
 	p.Backends.Replace(map[string]*backend.Set{"app": {Service: "app", Backends: []*backend.Backend{{ID: "app/0", Addr: backendAddr}}}})
@@ -189,34 +196,39 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 	if duration == "" {
 		duration = "5s"
 	}
-	run := func(addr, d string) wrkResult {
+	run := func(addr, d string, cpu func() time.Duration) wrkResult {
+		before := cpu()
 		out, err := exec.Command(flock, "/tmp/plinth-bench.lock", wrk, "-t1", "-c50", "-d"+d, "--latency",
 			"-H", "Host: app.example.com", "http://"+addr+"/").CombinedOutput()
 		if err != nil {
 			b.Fatalf("wrk: %v\n%s", err, out)
 		}
+		used := cpu() - before
 		r, err := parseWrk(string(out))
 		if err != nil {
 			b.Fatalf("wrk output: %v\n%s", err, out)
 		}
+		r.cpuPerReq = used / time.Duration(max(r.requests, 1))
 		return r
 	}
-	// Warm both up: connections, pools, JIT-free but cache-warm.
-	run(nginxAddr, "1s")
-	run(ln.Addr().String(), "1s")
+	// Warm both up: connections and pools.
+	run(nginxAddr, "1s", nginxCPU)
+	run(ln.Addr().String(), "1s", plinthCPU)
 
 	var ng, pl []wrkResult
 	for range b.N * 3 {
-		ng = append(ng, run(nginxAddr, duration))
-		pl = append(pl, run(ln.Addr().String(), duration))
+		ng = append(ng, run(nginxAddr, duration, nginxCPU))
+		pl = append(pl, run(ln.Addr().String(), duration, plinthCPU))
 	}
 	for i := range ng {
-		fmt.Printf("round %d: nginx %.0f req/s p99 %.2fms, plinth %.0f req/s p99 %.2fms\n", i+1, ng[i].rps, ng[i].p99ms(), pl[i].rps, pl[i].p99ms())
+		fmt.Printf("round %d: nginx %.0f req/s p99 %.2fms cpu/req %v, plinth %.0f req/s p99 %.2fms cpu/req %v\n",
+			i+1, ng[i].rps, ng[i].p99ms(), ng[i].cpuPerReq, pl[i].rps, pl[i].p99ms(), pl[i].cpuPerReq)
 	}
 	nr, pr := median(ng, wrkResult.reqs), median(pl, wrkResult.reqs)
 	np, pp := median(ng, wrkResult.p99ms), median(pl, wrkResult.p99ms)
-	fmt.Printf("bench http nginx=%.0f plinth=%.0f ratio=%.2f p99 nginx=%.2fms plinth=%.2fms ratio=%.2f (medians of %d rounds, wrk -t1 -c50 -d%s, access logs off)\n",
-		nr, pr, pr/nr, np, pp, pp/np, len(ng), duration)
+	nc, pc := median(ng, wrkResult.cpuUs), median(pl, wrkResult.cpuUs)
+	fmt.Printf("bench http nginx=%.0f plinth=%.0f ratio=%.2f p99 nginx=%.2fms plinth=%.2fms ratio=%.2f cpu/req nginx=%.1fus plinth=%.1fus (medians of %d rounds, wrk -t1 -c50 -d%s, access logs off)\n",
+		nr, pr, pr/nr, np, pp, pp/np, nc, pc, len(ng), duration)
 	b.ReportMetric(pr, "plinth-req/s")
 	b.ReportMetric(nr, "nginx-req/s")
 	b.ReportMetric(pr/nr, "req/s-ratio")
@@ -224,12 +236,15 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 }
 
 type wrkResult struct {
-	rps float64
-	p99 time.Duration
+	rps       float64
+	requests  int64
+	p99       time.Duration
+	cpuPerReq time.Duration // the proxy's CPU time per request
 }
 
 func (r wrkResult) reqs() float64  { return r.rps }
 func (r wrkResult) p99ms() float64 { return float64(r.p99) / float64(time.Millisecond) }
+func (r wrkResult) cpuUs() float64 { return float64(r.cpuPerReq) / float64(time.Microsecond) }
 
 func median(rs []wrkResult, f func(wrkResult) float64) float64 {
 	v := make([]float64, len(rs))
@@ -248,6 +263,7 @@ func median(rs []wrkResult, f func(wrkResult) float64) float64 {
 
 var (
 	wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkN   = regexp.MustCompile(`(\d+) requests in`)
 	wrkP99 = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
 	wrkErr = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)|Socket errors: .*`)
 )
@@ -262,6 +278,9 @@ func parseWrk(out string) (wrkResult, error) {
 		return r, fmt.Errorf("no Requests/sec")
 	}
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	if m = wrkN.FindStringSubmatch(out); m != nil {
+		r.requests, _ = strconv.ParseInt(m[1], 10, 64)
+	}
 	m = wrkP99.FindStringSubmatch(out)
 	if m == nil {
 		return r, fmt.Errorf("no 99%% latency")
@@ -270,6 +289,38 @@ func parseWrk(out string) (wrkResult, error) {
 	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[2]]
 	r.p99 = time.Duration(v * float64(unit))
 	return r, nil
+}
+
+// treeCPU is the CPU time used by pid and its children (nginx's
+// workers), from /proc.
+func treeCPU(pid int) time.Duration {
+	var total time.Duration
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses: state
+		// ppid ... utime (14th field) stime (15th).
+		i := strings.LastIndexByte(string(stat), ')')
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); p != pid && ppid != pid {
+			continue
+		}
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		// Linux reports clock ticks of 1/100 s (USER_HZ).
+		total += time.Duration(utime+stime) * 10 * time.Millisecond
+	}
+	return total
 }
 
 // BenchmarkProxy measures one request's cost through the proxy, for
