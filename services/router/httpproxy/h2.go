@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -162,11 +163,18 @@ func (x *h2Exchange) proxy(b *backend.Backend, u *upstream, uri string) {
 	bodyless := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	out := x.appendHead(nil, uri, bodyless)
 	var resp head
+	// A client that resets its stream or goes away cancels the request's
+	// context: closing the backend connection then ends the wait for the
+	// backend and releases its count.
+	var stop func() bool
 	for retry := 0; ; retry++ {
+		c := u.c
+		stop = context.AfterFunc(r.Context(), func() { c.Close() })
 		u.c.SetDeadline(time.Now().Add(x.route.Timeout))
 		_, err := u.c.Write(out)
 		if err == nil && !bodyless {
 			if err = x.sendBody(u); err != nil {
+				stop()
 				u.close()
 				x.backendFailed(err)
 				return
@@ -181,7 +189,11 @@ func (x *h2Exchange) proxy(b *backend.Backend, u *upstream, uri string) {
 		if err == nil {
 			break
 		}
+		stop()
 		u.close()
+		if r.Context().Err() != nil {
+			return
+		}
 		stale := u.reused && len(resp.raw) == 0 && bodyless && !isTimeout(err)
 		if retry > 0 || !stale {
 			x.backendFailed(err)
@@ -193,6 +205,7 @@ func (x *h2Exchange) proxy(b *backend.Backend, u *upstream, uri string) {
 		}
 	}
 	if resp.status == http.StatusSwitchingProtocols {
+		stop()
 		u.close()
 		x.backendFailed(errors.New("backend switched protocols on an HTTP/2 request"))
 		return
@@ -233,6 +246,9 @@ func (x *h2Exchange) proxy(b *backend.Backend, u *upstream, uri string) {
 		}
 	}
 	x.sent = rl.n
+	if !stop() {
+		ok = false // the connection was closed under the relay
+	}
 	if ok && reusable && u.br.Buffered() == 0 {
 		x.s.pool.put(u, time.Now())
 	} else {

@@ -237,3 +237,33 @@ func TestH2CUpgrade(t *testing.T) {
 	}
 	t.Fatalf("no end of stream 1 in 20 frames; status %q body %q", status, body)
 }
+
+// An HTTP/2 client that gives up on a long poll lets the backend go.
+func TestH2ClientGone(t *testing.T) {
+	ca := newCA(t)
+	started, ended := make(chan struct{}), make(chan struct{})
+	p, _ := webProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done()
+		close(ended)
+	}))
+	tab, err := NewTable([]Route{{ID: "web", Domain: "example.com", Service: "web", Cert: ca.issue(t, "example.com")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetTable(tab)
+	c := tlsClient(ca, p.serveTLS(t), true)
+	defer c.CloseIdleConnections()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-started
+		cancel()
+	}()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://example.com/poll", nil)
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("request answered: %s", resp.Status)
+	}
+	<-ended
+	p.waitIdle(t)
+}

@@ -277,6 +277,7 @@ func (cc *clientConn) proxy(route *Route, set *backend.Set, b *backend.Backend, 
 	}
 	idempotent := isIdempotent(req.bytes(req.first[0]))
 	for retry := 0; ; retry++ {
+		cc.resp.reset()
 		err = cc.sendHead(u, route, held)
 		streamed := false
 		if err == nil && held == 0 && cc.bodyLeft && !req.expectContinue {
