@@ -9,8 +9,10 @@
 // socket per client address (session affinity), and answers clients
 // from the address they sent to.
 //
-// It does not open listeners, decide which ports exist, watch the
-// controller or speak HTTP: the router service does that around it.
+// It does not decide which ports exist, open their listeners (though
+// ListenTCP makes TCP ones with keepalive set once, not per
+// connection), watch the controller or speak HTTP: the router service
+// does that around it.
 package l4
 
 import "errors"
