@@ -59,9 +59,10 @@ var clientConns = sync.Pool{New: func() any {
 	var seed [32]byte
 	rand.Read(seed[:])
 	return &clientConn{
-		bw:  bufio.NewWriterSize(nil, 16<<10),
-		uw:  bufio.NewWriterSize(nil, 16<<10),
-		rng: mrand.NewChaCha8(seed),
+		bw:      bufio.NewWriterSize(nil, 16<<10),
+		uw:      bufio.NewWriterSize(nil, 16<<10),
+		rng:     mrand.NewChaCha8(seed),
+		scratch: make([]byte, 0, 255),
 	}
 }}
 
