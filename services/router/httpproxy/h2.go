@@ -19,11 +19,10 @@ import (
 	"github.com/plinth-os/plinth/services/router/backend"
 )
 
-// HTTP/2 is served by net/http: connections that negotiated h2, or sent
-// the h2c preface, are handed to s.h2 through a listener fed by the
-// accept loops, and its handler sends each stream to a backend over
-// HTTP/1.1, from the same pool as the HTTP/1.1 path.
-
+// initH2 sets up HTTP/2, served by net/http: connections that negotiated
+// h2, or sent the h2c preface, are handed to s.h2 through a listener fed
+// by the accept loops, and its handler sends each stream to a backend
+// over HTTP/1.1, from the same pool as the HTTP/1.1 path.
 func (s *Server) initH2() {
 	var p http.Protocols
 	p.SetHTTP2(true)

@@ -32,7 +32,7 @@ import (
 )
 
 // Server proxies HTTP requests by the current Table. Its zero value
-// serves nothing until SetTable; Backends must be set before serving.
+// works: it answers 404 until SetTable, and 503 until Backends has sets.
 type Server struct {
 	// Backends holds each service's backend set.
 	Backends *backend.Sets
