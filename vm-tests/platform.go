@@ -40,7 +40,8 @@ const (
 
 // DataDisk makes dir/data.img, a sparse ext4 image of size bytes
 // labelled PLINTH-DATA (the machine's /var) holding testroot/, a busybox
-// root filesystem for jobs (the system image has no shell).
+// root filesystem for jobs (the system image has no shell) with an
+// index.html.
 func DataDisk(dir string, size int64) (string, error) {
 	stage, err := os.MkdirTemp(dir, "stage-")
 	if err != nil {
@@ -56,6 +57,10 @@ func DataDisk(dir string, size int64) (string, error) {
 		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(bin, "busybox"), bb, 0o755); err != nil {
+		return "", err
+	}
+	// A page for the web servers that serve the root (httpd -h /).
+	if err := os.WriteFile(filepath.Join(stage, "testroot", "index.html"), []byte("hello from a plinth job\n"), 0o644); err != nil {
 		return "", err
 	}
 	for _, a := range []string{"sh", "cat", "sleep", "echo", "httpd"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -159,4 +160,54 @@ func (d *demoCluster) controller(i int) *controller.Client {
 	vm := d.vms[i]
 	return controller.NewClientTransport([]string{vm.HostAddr(vmtest.ControllerAPIPort)},
 		&http.Transport{TLSClientConfig: d.creds.TLS(), DialContext: vm.DialContext})
+}
+
+// demoDomain is the web formation's HTTP route.
+const demoDomain = "web.demo"
+
+// addRoute routes demoDomain to the web service on every host's router.
+func (d *demoCluster) addRoute(ctx context.Context) error {
+	r, err := d.controller(0).AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Domain: demoDomain, Service: "web"})
+	if err != nil {
+		return fmt.Errorf("add the web route: %w", err)
+	}
+	fmt.Printf("\nadded route %s: http %s → service web, on every host's router (port 80)\n", r.ID, demoDomain)
+	return nil
+}
+
+// showRoute fetches demoDomain through every alive VM's router, as a
+// client outside the cluster would, and prints who answered.
+func (d *demoCluster) showRoute(ctx context.Context) error {
+	for _, vm := range d.vms {
+		select {
+		case <-vm.Exited():
+			continue
+		default:
+		}
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: vm.DialContext}}
+		var last error
+		for try := 0; try < 60; try++ {
+			start := time.Now()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vm.HostAddr(vmtest.RouterHTTPPort)+"/", nil)
+			req.Host = demoDomain
+			resp, err := hc.Do(req)
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					fmt.Printf("  GET http://%s/ via %s's router: %s in %.1f ms, %q (request %s)\n", demoDomain, vm.Name(), resp.Status,
+						float64(time.Since(start).Microseconds())/1000, strings.TrimSpace(string(body)), resp.Header.Get("X-Request-Id"))
+					last = nil
+					break
+				}
+				err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+			}
+			last = err
+			time.Sleep(time.Second)
+		}
+		if last != nil {
+			return fmt.Errorf("%s's router: %w", vm.Name(), last)
+		}
+	}
+	return nil
 }

@@ -116,6 +116,12 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.showStatus(ctx, placed, "placing web", d.webRuns(ctx)); err != nil {
 		return err
 	}
+	if err := d.addRoute(ctx); err != nil {
+		return err
+	}
+	if err := d.showRoute(ctx); err != nil {
+		return err
+	}
 
 	// The victim runs a web instance and is not node1, whose forwarded
 	// port serves the example app.
@@ -141,6 +147,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.showStatus(ctx, killed, "the kill", d.webRuns(ctx)); err != nil {
 		return err
 	}
+	if err := d.showRoute(ctx); err != nil {
+		return err
+	}
 
 	fmt.Printf("\npower cut: killing every QEMU at once, then starting them again on the same disks...\n")
 	for _, vm := range d.vms {
@@ -152,6 +161,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 		return err
 	}
 	if err := d.showStatus(ctx, restart, "the cold start", d.webRuns(ctx)); err != nil {
+		return err
+	}
+	if err := d.showRoute(ctx); err != nil {
 		return err
 	}
 

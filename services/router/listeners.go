@@ -107,7 +107,7 @@ func (l *listeners) applyTCP(rt controller.Route, c *certs) error {
 		t.proxy.SetRoute(route)
 		return nil
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(l.bindIP, strconv.Itoa(rt.Port)))
+	ln, err := l4.ListenTCP(context.Background(), net.JoinHostPort(l.bindIP, strconv.Itoa(rt.Port)))
 	if err != nil {
 		l.log.Error("tcp route cannot listen", "route", rt.ID, "port", rt.Port, "err", err)
 		return err
