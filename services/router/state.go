@@ -20,8 +20,9 @@ type state struct {
 	settings  map[string]string
 	loaded    [4]bool // routes, instances, services, settings
 	certs     *certs
-	// tableErr is why the last HTTP table could not be built (the one
-	// before it still serves).
+	// table is the HTTP table serving; tableErr is why the last one
+	// could not be built (the one before it still serves).
+	table    *httpproxy.Table
 	tableErr string
 }
 
@@ -80,7 +81,7 @@ func (r *Router) rebuild() {
 		s.tableErr = err.Error()
 		r.log.Error("HTTP routes not applied; the table before them still serves", "err", err)
 	} else {
-		s.tableErr = ""
+		s.table, s.tableErr = table, ""
 		if r.http != nil {
 			r.http.SetTable(table)
 		}
