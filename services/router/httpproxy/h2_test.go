@@ -121,7 +121,8 @@ func TestSNI(t *testing.T) {
 	p := newProxy(t, nil, nil)
 	tab, err := NewTable([]Route{
 		{ID: "shop", Domain: "shop.example.com", Path: "/", Cert: exact},
-		{ID: "shop-api", Domain: "shop.example.com", Path: "/api", Cert: exact},
+		// Another certificate for the same domain: the first route's wins.
+		{ID: "shop-api", Domain: "shop.example.com", Path: "/api", Cert: ca.issue(t, "second.invalid")},
 		{ID: "wild", Domain: "*.example.com", Cert: wild},
 		{ID: "deep", Domain: "*.eu.example.com", Cert: deep},
 		{ID: "nocert", Domain: "plain.example.org"},

@@ -28,7 +28,9 @@ type Route struct {
 	// Timeout bounds the wait for the response head and then every wait
 	// for more of the response body; 0 means 60s.
 	Timeout time.Duration
-	// Cert, when set, is served for Domain on TLS listeners.
+	// Cert, when set, is served for Domain on TLS listeners. Of several
+	// routes of one domain, the first in NewTable's list that has one
+	// gives the domain's certificate.
 	Cert *tls.Certificate
 }
 
@@ -95,10 +97,7 @@ func NewTable(routes []Route, defaultCert *tls.Certificate) (*Table, error) {
 				return nil, fmt.Errorf("route %q: %s%s is already routed by %q", r.ID, r.Domain, r.Path, o.route.ID)
 			}
 		}
-		if r.Cert != nil {
-			if d.cert != nil && d.cert != r.Cert {
-				return nil, fmt.Errorf("route %q: %s already has another route's certificate; give the same one to every route of a domain", r.ID, r.Domain)
-			}
+		if d.cert == nil {
 			d.cert = r.Cert
 		}
 		e.route = r
