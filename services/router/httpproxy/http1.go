@@ -521,28 +521,45 @@ func (cc *clientConn) clientGone() bool {
 	if cc.br.Buffered() > 0 {
 		return false
 	}
-	c := cc.c
+	// A read deadline in the past would fail the peek before it is tried.
+	cc.setReadDeadline(cc.s.IdleTimeout)
+	return peek(cc.c) == peerClosed
+}
+
+const (
+	peerQuiet = iota
+	peerSent
+	peerClosed
+)
+
+// peek looks at c's socket without reading from it or blocking: whether
+// the peer sent something, closed, or neither. c's read deadline must
+// not have passed.
+func peek(c net.Conn) int {
 	if t, ok := c.(*tls.Conn); ok {
 		c = t.NetConn()
 	}
 	sc, ok := rawConn(c).(syscall.Conn)
 	if !ok {
-		return false
+		return peerQuiet
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return peerQuiet
 	}
-	// A read deadline in the past would fail the peek before it is tried.
-	cc.setReadDeadline(cc.s.IdleTimeout)
-	gone := false
+	state := peerQuiet
 	var b [1]byte
 	rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		gone = n == 0 && err == nil || err != nil && err != syscall.EAGAIN && err != syscall.EINTR
+		switch {
+		case n > 0:
+			state = peerSent
+		case err == nil || err != syscall.EAGAIN && err != syscall.EINTR:
+			state = peerClosed
+		}
 		return true
 	})
-	return gone
+	return state
 }
 
 // connect returns a connection to b, or to another backend of set when

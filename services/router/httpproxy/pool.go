@@ -37,8 +37,30 @@ type pool struct {
 	lastSweep time.Time
 }
 
+// staleCheckAfter is the idle time after which a connection is checked
+// before reuse: a backend may have closed it (its keep-alive timeout), and
+// a request without a retry (a POST) would fail on it. Busy connections
+// are reused sooner and cost no check.
+const staleCheckAfter = time.Second
+
 // get returns an idle connection to addr, nil when there is none.
 func (p *pool) get(addr string, now time.Time) *upstream {
+	for {
+		u := p.pop(addr, now)
+		if u == nil || now.Sub(u.idleSince) < staleCheckAfter {
+			return u
+		}
+		// The last request's read deadline may have passed.
+		u.c.SetReadDeadline(time.Time{})
+		if peek(u.c) == peerQuiet {
+			return u
+		}
+		u.close()
+	}
+}
+
+// pop takes the most recently used idle connection to addr.
+func (p *pool) pop(addr string, now time.Time) *upstream {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sweepLocked(now)

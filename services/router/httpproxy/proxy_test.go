@@ -533,3 +533,52 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("404 entry %+v", e)
 	}
 }
+
+// A backend that closed an idle kept-alive connection: the proxy finds
+// out before it sends a POST, which it could not retry, on it.
+func TestIdleConnectionClosedByBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	closed := make(chan struct{}, 10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+				c.Close()
+				closed <- struct{}{}
+			}()
+		}
+	}()
+	p := newProxy(t, []Route{{ID: "web", Domain: "example.com", Service: "web"}}, map[string][]string{"web": {ln.Addr().String()}})
+	c := p.client()
+	for i := range 3 {
+		resp, err := c.Post("http://example.com/", "text/plain", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("POST %d: %s %q", i, resp.Status, body)
+		}
+		<-closed
+		// Make the pooled connection look idle long enough to be checked.
+		p.Server.pool.mu.Lock()
+		for _, list := range p.Server.pool.idle {
+			for _, u := range list {
+				u.idleSince = u.idleSince.Add(-staleCheckAfter)
+			}
+		}
+		p.Server.pool.mu.Unlock()
+	}
+	p.waitIdle(t)
+}
