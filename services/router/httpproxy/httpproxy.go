@@ -55,8 +55,8 @@ type Server struct {
 	// address; 0 means 256.
 	MaxIdlePerBackend int
 	// BackendIdleTimeout is how long an idle backend connection is kept;
-	// 0 means 30s. Below most app servers' keep-alive timeouts, so that
-	// the backend rarely closes a connection just as it is reused.
+	// 0 means 30s. One idle for over a second is checked for the
+	// backend's close before reuse, whatever the backend's own timeout.
 	BackendIdleTimeout time.Duration
 
 	// clientCheck is how often a request waiting for its response head
