@@ -262,19 +262,24 @@ func (cc *clientConn) proxy(route *Route, set *backend.Set, b *backend.Backend, 
 	if err != nil {
 		return cc.backendFailed(route, err)
 	}
-	defer b.Release()
+	// b changes when the request goes to another backend.
+	defer func() {
+		if b != nil {
+			b.Release()
+		}
+	}()
 	cc.upstream = b.Addr
-	setCookie = route.Sticky && (setCookie || b != first)
 
 	cc.out = cc.appendRequestHead(cc.out[:0], host, path)
 	// A body that the client already sent in full goes in the same write
-	// as the head and stays in cc.br until a response began, so that a
-	// stale connection can be retried with it.
+	// as the head and stays in cc.br until a response began, so that the
+	// request can be sent again with it.
 	held := 0
 	if req.contentLength > 0 && !req.expectContinue && req.contentLength <= int64(cc.br.Buffered()) {
 		held = int(req.contentLength)
 	}
 	idempotent := isIdempotent(req.bytes(req.first[0]))
+	var dead []*backend.Backend
 	for retry := 0; ; retry++ {
 		cc.resp.reset()
 		err = cc.sendHead(u, route, held)
@@ -300,15 +305,32 @@ func (cc *clientConn) proxy(route *Route, set *backend.Set, b *backend.Backend, 
 			cc.s.Logger.Debug("client gone", "route", route.ID, "backend", b.Addr, "request_id", string(cc.reqID))
 			return false
 		}
-		stale := u.reused && len(cc.resp.raw) == 0 && !streamed && !isTimeout(err) &&
-			(idempotent || !cc.bodyLeft)
-		if retry > 0 || !stale {
+		// Nothing of a response came, and the request can be sent again:
+		// on a kept-alive connection the backend had closed (stale), when
+		// it has no body or is idempotent; after the backend died with it
+		// (a new connection failed), only when it is idempotent.
+		replay := len(cc.resp.raw) == 0 && !streamed && !isTimeout(err)
+		stale := replay && u.reused && (idempotent || !cc.bodyLeft)
+		died := replay && !u.reused && idempotent
+		if retry >= 2 || !stale && !died {
 			return cc.backendFailed(route, err)
 		}
-		if u, err = dialUpstream(b.Addr, route.ConnectTimeout); err != nil {
+		if stale {
+			if u, err = dialUpstream(b.Addr, route.ConnectTimeout); err == nil {
+				continue
+			}
+		}
+		// The backend is gone: another one, if the set has one.
+		dead = append(dead, b)
+		b.Release()
+		next := set.Pick(dead...)
+		if b, u, err = s.connect(set, next, route); err != nil {
+			b = nil
 			return cc.backendFailed(route, err)
 		}
+		cc.upstream = b.Addr
 	}
+	setCookie = route.Sticky && (setCookie || b != first)
 	if held > 0 {
 		cc.br.Discard(held)
 		cc.bodyLeft = false

@@ -352,6 +352,68 @@ func TestRetryStaleConnection(t *testing.T) {
 	p.waitIdle(t)
 }
 
+// A backend that dies with requests on new connections (it reads them
+// and closes, answering nothing): an idempotent request goes to another
+// backend, a POST is answered 502, as it may have been done.
+func TestRetryBackendDiedWithRequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				http.ReadRequest(bufio.NewReader(c))
+			}()
+		}
+	}()
+	good := newBackend(t, http.HandlerFunc(echo))
+	p := newProxy(t, []Route{{ID: "web", Domain: "example.com", Service: "web"}},
+		map[string][]string{"web": {ln.Addr().String(), good.addr()}})
+	c := p.client()
+	for i := range 6 {
+		if resp, _ := get(t, c, "http://example.com/"); resp.StatusCode != 200 {
+			t.Fatalf("GET %d: %s, want it answered by the other backend", i, resp.Status)
+		}
+	}
+	failed := 0
+	for range 6 {
+		resp, err := c.Post("http://example.com/", "text/plain", strings.NewReader("once"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusBadGateway {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Error("no POST went to the dying backend, or one was sent twice")
+	}
+	p.waitIdle(t)
+}
+
+// A response slower than the client checks (10 ms in tests) is waited
+// for: the checks are not the route's timeout.
+func TestSlowResponseOutlastsClientChecks(t *testing.T) {
+	be := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(100 * time.Millisecond)
+		io.WriteString(w, "late")
+	}))
+	p := newProxy(t, []Route{{ID: "web", Domain: "example.com", Service: "web"}}, map[string][]string{"web": {be.addr()}})
+	if resp, body := get(t, p.client(), "http://example.com/"); resp.StatusCode != 200 || body != "late" {
+		t.Fatalf("slow response: %s %q", resp.Status, body)
+	}
+	p.waitIdle(t)
+}
+
 func TestSticky(t *testing.T) {
 	var addrs []string
 	for i := range 3 {
