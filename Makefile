@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-platform lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform lint clean
 
 all: image
 
@@ -72,7 +72,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-platform
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -108,21 +108,19 @@ bench-scheduler:
 bench-platform: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkPlatform -benchtime 1x -timeout 20m ./vm-tests/
 
-# The router's HTTP/1.1 proxy vs nginx (worker_processes auto, upstream
-# keep-alive, the same forwarding headers, access logs off) in front of
-# the same backend process: wrk -t1 -c50 keep-alive, 3 alternating rounds.
-.PHONY: bench-router-http
-bench-router-http:
+# The router against the baselines, each in front of the same backend in
+# the same run, alternating rounds, on loopback:
+# - HTTP/1.1 keep-alive vs nginx (worker_processes auto, upstream
+#   keep-alive, the same forwarding headers, access logs off for both):
+#   wrk -t1 -c50, req/s and p99;
+# - TCP vs HAProxy in TCP mode (splice, keepalive both sides): bulk MB/s,
+#   connect latency and rate, CPU per GiB and per connection, and that the
+#   relay splices (strace);
+# - UDP echo datagrams/s through the router vs direct.
+bench-router: deps
+	@scripts/deps.sh nginx-light haproxy wrk strace
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkHTTPvsNginx -benchtime 1x -timeout 10m ./services/router/httpproxy/
-
-# The router's TCP relay vs HAProxy in TCP mode (splice, keepalive both
-# sides) in front of the same backends: bulk MB/s, connect latency and
-# rate, CPU per GiB and per connection, 3 alternating rounds; that it
-# splices (strace); UDP echo datagrams/s through it vs direct. flock: no
-# other benchmark shares the CPUs meanwhile.
-.PHONY: bench-router-l4
-bench-router-l4:
-	flock /tmp/plinth-bench.lock $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 10m ./services/router/l4/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 10m ./services/router/l4/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
