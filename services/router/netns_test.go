@@ -24,8 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/platformtest"
 	"github.com/plinth-os/plinth/internal/testwait"
@@ -126,16 +124,13 @@ func TestRouterOnEveryHost(t *testing.T) {
 
 	dial := p.Seg.DialContext(p.Client)
 	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 16}}
-	h2c := &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "app.test", NextProtos: []string{"h2"}},
-		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
-			c, err := dial(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			tc := tls.Client(c, cfg)
-			return tc, tc.HandshakeContext(ctx)
-		}}}
+	var h2only http.Protocols
+	h2only.SetHTTP2(true)
+	h2c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Protocols:       &h2only,
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "app.test"},
+		DialContext:     dial,
+	}}
 
 	for _, h := range p.Hosts {
 		addr := h.NS.Addr
