@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -167,8 +168,35 @@ func TestRouterOnEveryHost(t *testing.T) {
 		udpAffinity(t, dial, net.JoinHostPort(addr, "19054"))
 	}
 
-	// Under load through one router, an instance is killed, and a route
-	// is added and removed.
+	// Sticky sessions hold across hosts' routers: the cookie is signed
+	// with the cluster's key.
+	jar, _ := cookiejar.New(nil)
+	sticky := &http.Client{Timeout: 10 * time.Second, Jar: jar, Transport: &http.Transport{DialContext: dial}}
+	first := ""
+	for i := range 6 {
+		h := p.Hosts[i%len(p.Hosts)]
+		body, err := get(sticky, "http://"+h.NS.Addr+"/", "s.wild.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == "" {
+			first = body
+		} else if body != first {
+			t.Errorf("sticky request %d through %s: %q, want the first one's instance %q", i, h.NS.Name, body, first)
+		}
+	}
+
+	// The cluster's default certificate, for HTTPS routes without one.
+	wildCert, wildKey, wildPool := writeCert(t, dir, "*.wild.test")
+	cli("routes", "default-cert", "--tls-cert", wildCert, "--tls-key", wildKey)
+	wild := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial,
+		TLSClientConfig: &tls.Config{RootCAs: wildPool, ServerName: "x.wild.test"}}}
+	testwait.For(t, "the default certificate served", 30*time.Second, func() error {
+		_, err := get(wild, "https://"+p.Hosts[1].NS.Addr+"/", "x.wild.test")
+		return err
+	})
+
+	// Under load through one router, an instance is killed.
 	front := "http://" + p.Hosts[0].NS.Addr + "/"
 	load := startLoad(httpc, front, "app.test", 4)
 	time.Sleep(500 * time.Millisecond)
@@ -187,18 +215,45 @@ func TestRouterOnEveryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // the check notices, the sets change, the scheduler replaces it
-	added := routeID.FindStringSubmatch(cli("routes", "add", "tcp", "--service", "echo"))[1]
-	time.Sleep(time.Second)
-	cli("routes", "remove", added)
-	time.Sleep(time.Second)
 	ok, failed, errs := load.stop()
-	t.Logf("load: %d requests, %d failed %v", ok+failed, failed, errs)
+	t.Logf("load with an instance killed: %d requests, %d failed %v", ok+failed, failed, errs)
 	if ok < 50 {
 		t.Errorf("only %d requests succeeded under load", ok)
 	}
 	if failed > 4 {
 		t.Errorf("%d requests failed, more than the 4 that can be in flight to the killed instance: %v", failed, errs)
 	}
+	p.WaitHealthy(time.Minute, formationRuns("echo", 3))
+
+	// Under load, with a TCP connection open, a route is added and
+	// removed: neither the requests nor the connection notice.
+	open, err := dial(testwait.Ctx(t, 5*time.Second), "tcp", net.JoinHostPort(p.Hosts[0].NS.Addr, fmt.Sprint(tcpRoute.Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	openr := bufio.NewReader(open)
+	echoOpen := func(msg string) {
+		t.Helper()
+		open.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintln(open, msg)
+		if got, err := openr.ReadString('\n'); err != nil || got != msg+"\n" {
+			t.Fatalf("open tcp connection: %q %v, want %q", got, err, msg)
+		}
+	}
+	echoOpen("before")
+	load = startLoad(httpc, front, "app.test", 4)
+	time.Sleep(500 * time.Millisecond)
+	added := routeID.FindStringSubmatch(cli("routes", "add", "tcp", "--service", "echo"))[1]
+	time.Sleep(time.Second)
+	cli("routes", "remove", added)
+	time.Sleep(time.Second)
+	ok, failed, errs = load.stop()
+	t.Logf("load with a route added and removed: %d requests, %d failed %v", ok+failed, failed, errs)
+	if ok < 50 || failed > 0 {
+		t.Errorf("a route added and removed: %d requests succeeded, %d failed %v", ok, failed, errs)
+	}
+	echoOpen("after")
 
 	// Drain: a slow request in flight on an instance; the drain waits
 	// for it, and reports zero.

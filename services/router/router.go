@@ -80,11 +80,12 @@ type Router struct {
 	sets backend.Sets
 	http *httpproxy.Server
 
-	mu     sync.Mutex
-	state  state
-	l4     *listeners
-	built  chan struct{} // closed after the first build
-	listen chan struct{} // signalled when a route's port should be tried again
+	mu       sync.Mutex
+	state    state
+	stopping bool
+	l4       *listeners
+	built    chan struct{} // closed after the first build
+	listen   chan struct{} // signalled when a route's port should be tried again
 }
 
 // New checks cfg and makes a router; Run starts it.
@@ -122,11 +123,12 @@ func (r *Router) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("router API: listen on %s: %w (is another router running?)", r.cfg.APIAddr, err)
 	}
-	apiSrv := &http.Server{Handler: r.apiHandler(), TLSConfig: r.cfg.APITLS, ReadHeaderTimeout: 10 * time.Second}
+	apiAddr := api.Addr().String()
+	if r.cfg.APITLS != nil {
+		api = tls.NewListener(api, r.cfg.APITLS)
+	}
+	apiSrv := &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
-		if r.cfg.APITLS != nil {
-			api = tlsListener(api, r.cfg.APITLS)
-		}
 		if err := apiSrv.Serve(api); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error("router API stopped", "err", err)
 		}
@@ -171,12 +173,16 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { r.serve("http", func() error { return r.http.ServeHTTP1(plain) }) })
 	wg.Go(func() { r.serve("https", func() error { return r.http.ServeTLS(secure) }) })
-	r.log.Info("router serving", "http", plain.Addr().String(), "https", secure.Addr().String(), "api", api.Addr().String())
+	r.log.Info("router serving", "http", plain.Addr().String(), "https", secure.Addr().String(), "api", apiAddr)
 
 	r.retryListens(ctx)
 
 	// Stopping: no new work; what is in flight gets the grace period.
+	// No change of the routes may open a listener from now on.
 	stopWatches()
+	r.mu.Lock()
+	r.stopping = true
+	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownGrace)
 	defer cancel()
 	var sw sync.WaitGroup
@@ -243,5 +249,3 @@ func (r *Router) accessLog(e httpproxy.AccessEntry) {
 	r.log.Info("request", "client", e.Client, "method", e.Method, "host", e.Host, "path", e.Path, "status", e.Status,
 		"bytes", e.Bytes, "duration", e.Duration, "backend", e.Backend, "route", e.Route, "request_id", e.RequestID)
 }
-
-func tlsListener(ln net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(ln, cfg) }

@@ -52,7 +52,7 @@ func (r *Router) update(change func(*state)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	change(&r.state)
-	if r.state.loaded != [4]bool{true, true, true, true} {
+	if r.stopping || r.state.loaded != [4]bool{true, true, true, true} {
 		return
 	}
 	r.rebuild()
