@@ -17,14 +17,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/router/accesslog"
 	"github.com/plinth-os/plinth/services/router/backend"
 	"github.com/plinth-os/plinth/services/router/httpproxy"
 )
@@ -43,8 +46,10 @@ type Config struct {
 	APITLS *tls.Config
 	// WatchWait is each blocking query's wait on the controller.
 	WatchWait time.Duration
-	// AccessLog logs one line per HTTP request.
-	AccessLog bool
+	// AccessLog logs one line per HTTP request, to AccessLogOut; nil
+	// means stderr, the job's log.
+	AccessLog    bool
+	AccessLogOut io.Writer
 	// RetryListen is how often a route whose port could not be opened
 	// is tried again.
 	RetryListen time.Duration
@@ -109,6 +114,9 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.AccessLogOut == nil {
+		cfg.AccessLogOut = os.Stderr
+	}
 	r := &Router{cfg: cfg, log: cfg.Logger, built: make(chan struct{}), listen: make(chan struct{}, 1)}
 	r.l4 = newListeners(cfg.BindIP, &r.sets, cfg.Logger)
 	return r, nil
@@ -141,7 +149,9 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	r.http = &httpproxy.Server{Backends: &r.sets, StickyKey: key}
 	if r.cfg.AccessLog {
-		r.http.AccessLog = r.accessLog
+		alog := accesslog.New(accesslog.Config{Out: r.cfg.AccessLogOut})
+		defer alog.Close() // after wg.Wait: the listeners' last requests are logged
+		r.http.AccessLog = func(e httpproxy.AccessEntry) { alog.Log(accesslog.Entry(e)) }
 	}
 
 	var wg sync.WaitGroup
@@ -243,9 +253,4 @@ func (r *Router) stickyKey(ctx context.Context) ([]byte, error) {
 			return nil, ctx.Err()
 		}
 	}
-}
-
-func (r *Router) accessLog(e httpproxy.AccessEntry) {
-	r.log.Info("request", "client", e.Client, "method", e.Method, "host", e.Host, "path", e.Path, "status", e.Status,
-		"bytes", e.Bytes, "duration", e.Duration, "backend", e.Backend, "route", e.Route, "request_id", e.RequestID)
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-os/plinth/services/router/accesslog"
 	"github.com/plinth-os/plinth/services/router/backend"
 )
 
@@ -105,7 +106,7 @@ error_log %[1]s/error.log warn;
 daemon off;
 events { worker_connections 4096; }
 http {
-	access_log off;
+	%[4]s
 	client_body_temp_path %[1]s/body;
 	proxy_temp_path %[1]s/proxy;
 	upstream app { server %[2]s; keepalive 128; }
@@ -127,54 +128,37 @@ http {
 }
 `
 
-// BenchmarkHTTPvsNginx compares plinth's HTTP/1.1 proxy with nginx as a
-// production reverse proxy (upstream keep-alive, the same forwarding
-// headers and request ID), access logs off for both, in front of the
-// same backend process: wrk with keep-alive, alternating rounds.
-func BenchmarkHTTPvsNginx(b *testing.B) {
-	nginx, err := exec.LookPath("nginx")
-	if err != nil {
-		nginx = "/usr/sbin/nginx"
-		if _, err := os.Stat(nginx); err != nil {
-			b.Skip("nginx is not installed")
-		}
-	}
-	wrk, err := exec.LookPath("wrk")
-	if err != nil {
-		b.Skip("wrk is not installed")
-	}
-	flock, err := exec.LookPath("flock")
-	if err != nil {
-		b.Skip("flock is not installed")
-	}
-	dir := b.TempDir()
+// nginxAccessLog is a production access log: the combined format with
+// the fields plinth's line has besides (host, duration, backend,
+// request ID), buffered and flushed every second.
+const nginxAccessLog = `log_format main '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+		'"$http_referer" "$http_user_agent" host=$host rt=$request_time upstream=$upstream_addr rid=$request_id';
+	access_log %[1]s/access.log main buffer=64k flush=1s;`
 
-	backendAddr := freeAddr(b)
-	self, err := os.Executable()
-	if err != nil {
+// startNginx starts nginx in dir in front of backendAddr, with the
+// access log directive accessLog; it returns nginx's address and the
+// CPU time its processes used so far.
+func startNginx(b *testing.B, nginx, dir, backendAddr, accessLog string) (string, func() time.Duration) {
+	b.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	be := exec.Command(self)
-	be.Env = append(os.Environ(), benchBackendEnv+"="+backendAddr)
-	startProcess(b, be)
-	waitListening(b, backendAddr)
-
-	nginxAddr := freeAddr(b)
+	addr := freeAddr(b)
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, backendAddr, nginxAddr), 0o644); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, dir, backendAddr, addr, accessLog), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	ngx := exec.Command(nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 	startProcess(b, ngx)
-	waitListening(b, nginxAddr)
-	nginxCPU := func() time.Duration { return treeCPU(ngx.Process.Pid) }
-	plinthCPU := func() time.Duration {
-		var ru syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	waitListening(b, addr)
+	return addr, func() time.Duration { return treeCPU(ngx.Process.Pid) }
+}
 
-	p := &Server{Backends: &backend.Sets{}}
+// startPlinth serves the benchmark's route from backendAddr; it returns
+// the server's address.
+func startPlinth(b *testing.B, backendAddr string, accessLog func(AccessEntry)) string {
+	b.Helper()
+	p := &Server{Backends: &backend.Sets{}, AccessLog: accessLog}
 	p.Backends.Replace(map[string]*backend.Set{"app": {Service: "app", Backends: []*backend.Backend{{ID: "app/0", Addr: backendAddr}}}})
 	tab, err := NewTable([]Route{{ID: "app", Domain: "app.example.com", Service: "app"}}, nil)
 	if err != nil {
@@ -191,6 +175,65 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 		defer cancel()
 		p.Shutdown(ctx)
 	})
+	return ln.Addr().String()
+}
+
+// BenchmarkHTTPvsNginx compares plinth's HTTP/1.1 proxy with nginx as a
+// production reverse proxy (upstream keep-alive, the same forwarding
+// headers and request ID) in front of the same backend process: wrk
+// with keep-alive, alternating rounds, access logs off for both, then
+// on for both (nginx's buffered log, plinth's the router's accesslog
+// Writer, each to a file).
+//
+// Each wrk run takes /tmp/plinth-bench.lock, shared with the machine's
+// other heavy work; PLINTH_BENCH_LOCK_HELD=1 says the caller holds it.
+func BenchmarkHTTPvsNginx(b *testing.B) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		nginx = "/usr/sbin/nginx"
+		if _, err := os.Stat(nginx); err != nil {
+			b.Skip("nginx is not installed")
+		}
+	}
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed")
+	}
+	lock := []string{"flock", "/tmp/plinth-bench.lock"}
+	if os.Getenv("PLINTH_BENCH_LOCK_HELD") != "" {
+		lock = nil
+	} else if _, err := exec.LookPath("flock"); err != nil {
+		b.Skip("flock is not installed")
+	}
+	dir := b.TempDir()
+
+	backendAddr := freeAddr(b)
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	be := exec.Command(self)
+	be.Env = append(os.Environ(), benchBackendEnv+"="+backendAddr)
+	startProcess(b, be)
+	waitListening(b, backendAddr)
+
+	nginxOff, nginxOffCPU := startNginx(b, nginx, filepath.Join(dir, "nginx-off"), backendAddr, "access_log off;")
+	nginxLogDir := filepath.Join(dir, "nginx-on")
+	nginxOn, nginxOnCPU := startNginx(b, nginx, nginxLogDir, backendAddr, fmt.Sprintf(nginxAccessLog, nginxLogDir))
+	plinthCPU := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	plinthOff := startPlinth(b, backendAddr, nil)
+	logFile, err := os.Create(filepath.Join(dir, "plinth-access.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logFile.Close()
+	alog := accesslog.New(accesslog.Config{Out: logFile})
+	defer alog.Close()
+	plinthOn := startPlinth(b, backendAddr, func(e AccessEntry) { alog.Log(accesslog.Entry(e)) })
 
 	duration := os.Getenv("PLINTH_BENCH_DURATION")
 	if duration == "" {
@@ -198,8 +241,8 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 	}
 	run := func(addr, d string, cpu func() time.Duration) wrkResult {
 		before := cpu()
-		out, err := exec.Command(flock, "/tmp/plinth-bench.lock", wrk, "-t1", "-c50", "-d"+d, "--latency",
-			"-H", "Host: app.example.com", "http://"+addr+"/").CombinedOutput()
+		args := append(lock, wrk, "-t1", "-c50", "-d"+d, "--latency", "-H", "Host: app.example.com", "http://"+addr+"/")
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 		if err != nil {
 			b.Fatalf("wrk: %v\n%s", err, out)
 		}
@@ -211,28 +254,63 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 		r.cpuPerReq = used / time.Duration(max(r.requests, 1))
 		return r
 	}
-	// Warm both up: connections and pools.
-	run(nginxAddr, "1s", nginxCPU)
-	run(ln.Addr().String(), "1s", plinthCPU)
+	// Warm them up: connections and pools.
+	run(nginxOff, "1s", nginxOffCPU)
+	run(plinthOff, "1s", plinthCPU)
+	run(nginxOn, "1s", nginxOnCPU)
+	run(plinthOn, "1s", plinthCPU)
 
-	var ng, pl []wrkResult
+	var ngOff, plOff, ngOn, plOn []wrkResult
 	for range b.N * 3 {
-		ng = append(ng, run(nginxAddr, duration, nginxCPU))
-		pl = append(pl, run(ln.Addr().String(), duration, plinthCPU))
+		ngOff = append(ngOff, run(nginxOff, duration, nginxOffCPU))
+		plOff = append(plOff, run(plinthOff, duration, plinthCPU))
+		ngOn = append(ngOn, run(nginxOn, duration, nginxOnCPU))
+		plOn = append(plOn, run(plinthOn, duration, plinthCPU))
 	}
-	for i := range ng {
-		fmt.Printf("round %d: nginx %.0f req/s p99 %.2fms cpu/req %v, plinth %.0f req/s p99 %.2fms cpu/req %v\n",
-			i+1, ng[i].rps, ng[i].p99ms(), ng[i].cpuPerReq, pl[i].rps, pl[i].p99ms(), pl[i].cpuPerReq)
+	alog.Close()
+	lines, dropped := countAccessLines(b, logFile.Name())
+	for i := range ngOff {
+		fmt.Printf("round %d logs off: nginx %s, plinth %s; logs on: nginx %s, plinth %s\n",
+			i+1, ngOff[i], plOff[i], ngOn[i], plOn[i])
 	}
-	nr, pr := median(ng, wrkResult.reqs), median(pl, wrkResult.reqs)
-	np, pp := median(ng, wrkResult.p99ms), median(pl, wrkResult.p99ms)
-	nc, pc := median(ng, wrkResult.cpuUs), median(pl, wrkResult.cpuUs)
-	fmt.Printf("bench http nginx=%.0f plinth=%.0f ratio=%.2f p99 nginx=%.2fms plinth=%.2fms ratio=%.2f cpu/req nginx=%.1fus plinth=%.1fus (medians of %d rounds, wrk -t1 -c50 -d%s, access logs off)\n",
-		nr, pr, pr/nr, np, pp, pp/np, nc, pc, len(ng), duration)
-	b.ReportMetric(pr, "plinth-req/s")
-	b.ReportMetric(nr, "nginx-req/s")
-	b.ReportMetric(pr/nr, "req/s-ratio")
-	b.ReportMetric(pp/np, "p99-ratio")
+	report := func(line, metric, logs string, ng, pl []wrkResult) {
+		nr, pr := median(ng, wrkResult.reqs), median(pl, wrkResult.reqs)
+		np, pp := median(ng, wrkResult.p99ms), median(pl, wrkResult.p99ms)
+		nc, pc := median(ng, wrkResult.cpuUs), median(pl, wrkResult.cpuUs)
+		fmt.Printf("bench http %snginx=%.0f plinth=%.0f ratio=%.2f p99 nginx=%.2fms plinth=%.2fms ratio=%.2f cpu/req nginx=%.1fus plinth=%.1fus (medians of %d rounds, wrk -t1 -c50 -d%s, access logs %s)\n",
+			line, nr, pr, pr/nr, np, pp, pp/np, nc, pc, len(ng), duration, logs)
+		b.ReportMetric(pr, metric+"plinth-req/s")
+		b.ReportMetric(nr, metric+"nginx-req/s")
+		b.ReportMetric(pr/nr, metric+"req/s-ratio")
+		b.ReportMetric(pp/np, metric+"p99-ratio")
+	}
+	report("", "", "off", ngOff, plOff)
+	report("logs-on ", "logs-on-", "on: plinth wrote "+strconv.Itoa(lines)+" lines, dropped "+strconv.Itoa(dropped), ngOn, plOn)
+}
+
+// countAccessLines counts an access log's request lines and the lines
+// it says it dropped.
+func countAccessLines(b *testing.B, path string) (lines, dropped int) {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := sc.Text()
+		if _, n, ok := strings.Cut(l, " dropped="); ok {
+			d, _ := strconv.Atoi(n)
+			dropped += d
+			continue
+		}
+		lines++
+	}
+	if err := sc.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return lines, dropped
 }
 
 type wrkResult struct {
@@ -240,6 +318,10 @@ type wrkResult struct {
 	requests  int64
 	p99       time.Duration
 	cpuPerReq time.Duration // the proxy's CPU time per request
+}
+
+func (r wrkResult) String() string {
+	return fmt.Sprintf("%.0f req/s p99 %.2fms cpu/req %v", r.rps, r.p99ms(), r.cpuPerReq)
 }
 
 func (r wrkResult) reqs() float64  { return r.rps }
