@@ -111,7 +111,7 @@ bench-platform: image
 # The router against the baselines, each in front of the same backend in
 # the same run, alternating rounds, on loopback:
 # - HTTP/1.1 keep-alive vs nginx (worker_processes auto, upstream
-#   keep-alive, the same forwarding headers, access logs off for both):
+#   keep-alive, the same forwarding headers, with access logs off for both, then on for both):
 #   wrk -t1 -c50, req/s and p99;
 # - TCP vs HAProxy in TCP mode (splice, keepalive both sides): bulk MB/s,
 #   connect latency and rate, CPU per GiB and per connection, and that the

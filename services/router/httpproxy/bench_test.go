@@ -185,9 +185,6 @@ func startPlinth(b *testing.B, backendAddr string, accessLog func(AccessEntry)) 
 // with keep-alive, alternating rounds, access logs off for both, then
 // on for both (nginx's buffered log, plinth's the router's accesslog
 // Writer, each to a file).
-//
-// Each wrk run takes /tmp/plinth-bench.lock, shared with the machine's
-// other heavy work; PLINTH_BENCH_LOCK_HELD=1 says the caller holds it.
 func BenchmarkHTTPvsNginx(b *testing.B) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
@@ -199,12 +196,6 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 	wrk, err := exec.LookPath("wrk")
 	if err != nil {
 		b.Skip("wrk is not installed")
-	}
-	lock := []string{"flock", "/tmp/plinth-bench.lock"}
-	if os.Getenv("PLINTH_BENCH_LOCK_HELD") != "" {
-		lock = nil
-	} else if _, err := exec.LookPath("flock"); err != nil {
-		b.Skip("flock is not installed")
 	}
 	dir := b.TempDir()
 
@@ -242,8 +233,7 @@ func BenchmarkHTTPvsNginx(b *testing.B) {
 	}
 	run := func(addr, d string, cpu func() time.Duration) wrkResult {
 		before := cpu()
-		args := append(lock, wrk, "-t1", "-c50", "-d"+d, "--latency", "-H", "Host: app.example.com", "http://"+addr+"/")
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		out, err := exec.Command(wrk, "-t1", "-c50", "-d"+d, "--latency", "-H", "Host: app.example.com", "http://"+addr+"/").CombinedOutput()
 		if err != nil {
 			b.Fatalf("wrk: %v\n%s", err, out)
 		}
