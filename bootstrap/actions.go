@@ -302,7 +302,9 @@ func (p *Platform) waitFormations(ctx context.Context, in map[string]string, log
 	c := p.controller()
 	var placed int
 	err := p.until(ctx, in["timeout"], func(ctx context.Context) (bool, string, error) {
-		fs, _, err := c.Formations(ctx, controller.QueryOptions{})
+		// Consistent: a follower may not have applied the formations
+		// registered just before through the leader.
+		fs, _, err := c.Formations(ctx, controller.QueryOptions{Consistent: true})
 		if err != nil {
 			return false, fmt.Sprintf("the controller does not answer: %v", err), nil
 		}

@@ -99,7 +99,7 @@ func listRoutes(ctx context.Context, f *clusterFlags) error {
 	if err != nil {
 		return err
 	}
-	routes, _, err := c.Routes(ctx, controller.QueryOptions{})
+	routes, _, err := c.Routes(ctx, controller.QueryOptions{Consistent: true})
 	if err != nil {
 		return err
 	}
@@ -440,7 +440,7 @@ func routesTCPPortsCommand(f *clusterFlags) *cobra.Command {
 					return err
 				}
 				if len(args) == 0 {
-					s, _, err := c.Setting(ctx, controller.TCPPortsSetting, controller.QueryOptions{})
+					s, _, err := c.Setting(ctx, controller.TCPPortsSetting, controller.QueryOptions{Consistent: true})
 					if controller.IsNotFound(err) {
 						fmt.Println(controller.DefaultTCPPorts + " (default)")
 						return nil
