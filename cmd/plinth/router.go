@@ -168,6 +168,7 @@ func routerProblems(ctx context.Context, f *clusterFlags, c *controller.Client) 
 	p := problems{byRoute: map[string][]string{}}
 	creds, err := f.credentials()
 	if err != nil {
+		p.general = "the routers were not asked: " + err.Error()
 		return p
 	}
 	hosts, _, err := c.Hosts(ctx, controller.QueryOptions{})
@@ -291,9 +292,11 @@ func routesAddCommand(f *clusterFlags) *cobra.Command {
 	udp.MarkFlagRequired("port")
 	for _, c := range []*cobra.Command{http, tcp, udp} {
 		c.Flags().StringVar(&r.Service, "service", "", "the discovery service to send the traffic to")
-		c.Flags().DurationVar(&connectTimeout, "connect-timeout", 0, "how long connecting to an instance may take (default 5s)")
 		c.MarkFlagRequired("service")
 		cmd.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{http, tcp} {
+		c.Flags().DurationVar(&connectTimeout, "connect-timeout", 0, "how long connecting to an instance may take (default 5s)")
 	}
 	return cmd
 }
@@ -345,8 +348,8 @@ func routesDefaultCertCommand(f *clusterFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				// The key first: a router that sees the new certificate
-				// with the old key would fail to parse the pair.
+				// Two writes: a router that sees one before the other
+				// keeps the last pair that parsed until both are there.
 				if _, err := c.PutSetting(ctx, controller.DefaultKeySetting, string(key), nil); err != nil {
 					return err
 				}
@@ -387,9 +390,12 @@ func routesDrainCommand(f *clusterFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				for h, n := range res.Active {
-					if n > 0 {
-						fmt.Printf("%s: %d still in flight\n", h, n)
+				for h, idle := range res.Idle {
+					switch {
+					case idle.Serving:
+						fmt.Printf("%s: the router has not applied the drain (%d in flight)\n", h, idle.Active)
+					case idle.Active > 0:
+						fmt.Printf("%s: %d still in flight\n", h, idle.Active)
 					}
 				}
 				for h, err := range res.Errors {
@@ -398,12 +404,12 @@ func routesDrainCommand(f *clusterFlags) *cobra.Command {
 				if !res.Drained() {
 					return fmt.Errorf("instance %s not drained after %s", args[0], res.Took.Round(time.Millisecond))
 				}
-				fmt.Printf("instance %s drained in %s: no work in flight on %d routers\n", args[0], res.Took.Round(time.Millisecond), len(res.Active))
+				fmt.Printf("instance %s drained in %s: no work in flight on %d routers\n", args[0], res.Took.Round(time.Millisecond), len(res.Idle))
 				return nil
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the work in flight to end")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the work in flight to end (at most "+router.MaxIdleWait.String()+")")
 	return cmd
 }
 
@@ -453,8 +459,11 @@ func routesTCPPortsCommand(f *clusterFlags) *cobra.Command {
 				if _, _, err := controller.ParsePortRange(args[0]); err != nil {
 					return err
 				}
-				_, err = c.PutSetting(ctx, controller.TCPPortsSetting, args[0], nil)
-				return err
+				if _, err = c.PutSetting(ctx, controller.TCPPortsSetting, args[0], nil); err != nil {
+					return err
+				}
+				fmt.Printf("tcp routes without a port get one of %s (routes keep the ports they have)\n", args[0])
+				return nil
 			})
 		},
 	}

@@ -40,7 +40,10 @@ func schedulerRunCommand() *cobra.Command {
 			cfg.Host = hc
 			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
 			cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
-			cfg.DialRouter = func(addr string) *router.Client { return router.NewClient(addr, creds.TLS()) }
+			// One transport for every router: a client per drain would
+			// leave a kept-alive connection behind each time.
+			routers := router.Transport(creds.TLS())
+			cfg.DialRouter = func(addr string) *router.Client { return router.NewClientTransport(addr, routers) }
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			s, err := scheduler.New(cfg)
 			if err != nil {

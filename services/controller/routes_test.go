@@ -89,6 +89,16 @@ func TestRouteChecks(t *testing.T) {
 	if err := checkSetting(&Setting{Key: TCPPortsSetting, Value: "40000-30000"}); err == nil || !strings.Contains(err.Error(), "give N or N-M") {
 		t.Errorf("a backwards port range setting: %v", err)
 	}
+	for _, bad := range []Setting{{Key: DefaultCertSetting, Value: key}, {Key: DefaultKeySetting, Value: cert}, {Key: DefaultCertSetting, Value: "x"}} {
+		if err := checkSetting(&bad); err == nil {
+			t.Errorf("setting %s = %.20q accepted", bad.Key, bad.Value)
+		}
+	}
+	for _, good := range []Setting{{Key: DefaultCertSetting, Value: cert}, {Key: DefaultKeySetting, Value: key}} {
+		if err := checkSetting(&good); err != nil {
+			t.Errorf("setting %s: %v", good.Key, err)
+		}
+	}
 	r := Route{Type: RouteHTTP, Service: "web", Domain: "Example.com", Path: "/api/"}
 	if err := checkRoute(&r); err != nil || r.Domain != "example.com" || r.Path != "/api" {
 		t.Errorf("normalised: %v, domain %q path %q", err, r.Domain, r.Path)

@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"unicode/utf8"
 )
@@ -18,12 +20,57 @@ func checkSetting(o object) error {
 	if err := checkKey(s.Key, len(s.Value), utf8.ValidString(s.Value)); err != nil {
 		return err
 	}
-	if s.Key == TCPPortsSetting {
-		if _, _, err := ParsePortRange(s.Value); err != nil {
-			return fmt.Errorf("%w: setting %s: %v", ErrInvalid, s.Key, err)
-		}
+	var err error
+	switch s.Key {
+	case TCPPortsSetting:
+		_, _, err = ParsePortRange(s.Value)
+	case DefaultCertSetting:
+		err = checkCertPEM(s.Value)
+	case DefaultKeySetting:
+		err = checkKeyPEM(s.Value)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: setting %s: %v", ErrInvalid, s.Key, err)
 	}
 	return nil
+}
+
+// checkCertPEM: PEM certificates that parse (whether they pair with the
+// key, a setting of its own, the routers find out).
+func checkCertPEM(v string) error {
+	rest, n := []byte(v), 0
+	for {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); b.Type != "CERTIFICATE" || err != nil {
+			return fmt.Errorf("PEM block %d is not a certificate that parses", n+1)
+		}
+		n++
+	}
+	if n == 0 {
+		return fmt.Errorf("no PEM certificate: give the certificate chain")
+	}
+	return nil
+}
+
+// checkKeyPEM: a PEM private key that parses.
+func checkKeyPEM(v string) error {
+	b, _ := pem.Decode([]byte(v))
+	if b == nil {
+		return fmt.Errorf("no PEM private key")
+	}
+	if _, err := x509.ParsePKCS8PrivateKey(b.Bytes); err == nil {
+		return nil
+	}
+	if _, err := x509.ParseECPrivateKey(b.Bytes); err == nil {
+		return nil
+	}
+	if _, err := x509.ParsePKCS1PrivateKey(b.Bytes); err == nil {
+		return nil
+	}
+	return fmt.Errorf("the PEM block is not a private key that parses (PKCS#8, EC or PKCS#1)")
 }
 
 // checkKey validates a key of a writable collection and the size of its

@@ -88,19 +88,25 @@ func (r *Router) status() Status {
 	return st
 }
 
-// active is the work in flight on instance id, at any of its addresses.
-func (r *Router) active(id string) int64 {
-	var n int64
+// active is the work in flight on instance id, at any of its addresses,
+// and whether this router still gives it new work.
+func (r *Router) active(id string) (n int64, serving bool) {
 	for _, b := range r.pool.All() {
 		if b.ID == id {
 			n += b.Active()
 		}
 	}
-	return n
+	for _, set := range r.sets.All() {
+		if set.ByID(id) != nil {
+			serving = true
+		}
+	}
+	return n, serving
 }
 
-// serveIdle answers once instance {id} has no work in flight on this
-// router, or when ?wait= (default 30 s) ends: {"active": N}.
+// serveIdle answers once instance {id} gets no new work from this router
+// (it applied the drain) and has none in flight here, or when ?wait=
+// (default 30 s) ends: {"active": N, "serving": …}.
 func (r *Router) serveIdle(w http.ResponseWriter, req *http.Request) {
 	wait := 30 * time.Second
 	if s := req.URL.Query().Get("wait"); s != "" {
@@ -116,22 +122,25 @@ func (r *Router) serveIdle(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 	t := time.NewTicker(idlePoll)
 	defer t.Stop()
-	n := r.active(id)
-	for n > 0 {
+	n, serving := r.active(id)
+	for n > 0 || serving {
 		select {
 		case <-ctx.Done():
-			writeJSON(w, http.StatusOK, Idle{Active: n})
+			writeJSON(w, http.StatusOK, Idle{Active: n, Serving: serving})
 			return
 		case <-t.C:
-			n = r.active(id)
+			n, serving = r.active(id)
 		}
 	}
-	writeJSON(w, http.StatusOK, Idle{Active: 0})
+	writeJSON(w, http.StatusOK, Idle{})
 }
 
 // Idle is the answer of an idle query.
 type Idle struct {
 	Active int64 `json:"active"`
+	// Serving: the router still gives the instance new work (it has not
+	// heard of the drain yet).
+	Serving bool `json:"serving,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -158,7 +167,14 @@ type Client struct {
 // NewClient calls the router at addr (host:port) over TLS with
 // tlsConfig, or over plain HTTP when it is nil.
 func NewClient(addr string, tlsConfig *tls.Config) *Client {
-	return NewClientTransport(addr, &http.Transport{TLSClientConfig: tlsConfig, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext})
+	return NewClientTransport(addr, Transport(tlsConfig))
+}
+
+// Transport is a transport for router APIs, to share between the
+// clients of many routers: idle connections end after 30 s.
+func Transport(tlsConfig *tls.Config) *http.Transport {
+	return &http.Transport{TLSClientConfig: tlsConfig, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		IdleConnTimeout: 30 * time.Second}
 }
 
 // NewClientTransport calls the router at addr through tr: over TLS when
@@ -187,12 +203,12 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, c.get(ctx, "/v1/status", &st)
 }
 
-// WaitIdle waits up to wait for instance id to have no work in flight on
-// this router, and returns what it still has.
-func (c *Client) WaitIdle(ctx context.Context, id string, wait time.Duration) (int64, error) {
+// WaitIdle waits up to wait for instance id to get no new work from this
+// router and have none in flight on it, and returns what it found last.
+func (c *Client) WaitIdle(ctx context.Context, id string, wait time.Duration) (Idle, error) {
 	var out Idle
 	err := c.get(ctx, "/v1/idle/"+id+"?wait="+url.QueryEscape(wait.String()), &out)
-	return out.Active, err
+	return out, err
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

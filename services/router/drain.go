@@ -9,23 +9,22 @@ import (
 	"github.com/plinth-os/plinth/services/controller"
 )
 
-// DrainResult is what a drain found on each router: the work the
-// instance still had when the wait ended (0 on each: drained), or why a
-// router could not say.
+// DrainResult is what a drain found on each router (by host ID) when
+// the wait ended, or why a router could not say.
 type DrainResult struct {
-	Active map[string]int64 // by host ID
-	Errors map[string]error // by host ID
+	Idle   map[string]Idle
+	Errors map[string]error
 	Took   time.Duration
 }
 
-// Drained: every router answered, and none has work in flight on the
-// instance.
+// Drained: every router answered, gives the instance no new work and
+// has none of its work in flight.
 func (d DrainResult) Drained() bool {
 	if len(d.Errors) > 0 {
 		return false
 	}
-	for _, n := range d.Active {
-		if n > 0 {
+	for _, i := range d.Idle {
+		if i != (Idle{}) {
 			return false
 		}
 	}
@@ -44,6 +43,9 @@ type Controller interface {
 // address. The instance stays draining: whoever drained it now stops it
 // (or undrains it).
 func Drain(ctx context.Context, c Controller, dial func(addr string) *Client, id string, timeout time.Duration) (DrainResult, error) {
+	if timeout <= 0 || timeout > MaxIdleWait {
+		return DrainResult{}, fmt.Errorf("drain %s: timeout %s: use more than 0 and at most %s", id, timeout, MaxIdleWait)
+	}
 	start := time.Now()
 	if _, err := c.DrainInstance(ctx, id, true); err != nil {
 		return DrainResult{}, fmt.Errorf("drain %s: %w", id, err)
@@ -52,7 +54,7 @@ func Drain(ctx context.Context, c Controller, dial func(addr string) *Client, id
 	if err != nil {
 		return DrainResult{}, fmt.Errorf("drain %s: list hosts: %w", id, err)
 	}
-	res := DrainResult{Active: map[string]int64{}, Errors: map[string]error{}}
+	res := DrainResult{Idle: map[string]Idle{}, Errors: map[string]error{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, h := range hosts {
@@ -60,14 +62,14 @@ func Drain(ctx context.Context, c Controller, dial func(addr string) *Client, id
 			continue
 		}
 		wg.Go(func() {
-			n, err := waitIdle(ctx, dial, h, id, timeout)
+			idle, err := waitIdle(ctx, dial, h, id, timeout)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				res.Errors[h.ID] = err
 				return
 			}
-			res.Active[h.ID] = n
+			res.Idle[h.ID] = idle
 		})
 	}
 	wg.Wait()
@@ -75,10 +77,10 @@ func Drain(ctx context.Context, c Controller, dial func(addr string) *Client, id
 	return res, nil
 }
 
-func waitIdle(ctx context.Context, dial func(string) *Client, h controller.Host, id string, timeout time.Duration) (int64, error) {
+func waitIdle(ctx context.Context, dial func(string) *Client, h controller.Host, id string, timeout time.Duration) (Idle, error) {
 	addr, err := HostAddr(h)
 	if err != nil {
-		return 0, err
+		return Idle{}, err
 	}
 	// The router answers when the wait ends; the slack covers the trip.
 	ctx, cancel := context.WithTimeout(ctx, timeout+10*time.Second)

@@ -30,6 +30,8 @@ type listeners struct {
 	bindIP string
 	sets   *backend.Sets
 	log    *slog.Logger
+	// mu is the router's: every use of the maps below holds it.
+	mu *sync.Mutex
 
 	tcp map[string]*tcpListener
 	udp map[string]*udpListener
@@ -50,8 +52,8 @@ type udpListener struct {
 	proxy       *l4.UDPProxy
 }
 
-func newListeners(bindIP string, sets *backend.Sets, log *slog.Logger) *listeners {
-	return &listeners{bindIP: bindIP, sets: sets, log: log,
+func newListeners(bindIP string, sets *backend.Sets, log *slog.Logger, mu *sync.Mutex) *listeners {
+	return &listeners{bindIP: bindIP, sets: sets, log: log, mu: mu,
 		tcp: map[string]*tcpListener{}, udp: map[string]*udpListener{}, errs: map[string]string{}}
 }
 
@@ -114,14 +116,34 @@ func (l *listeners) applyTCP(rt controller.Route, c *certs) error {
 	}
 	p := &l4.TCPProxy{Backends: l.sets, Logger: l.log}
 	p.SetRoute(route)
-	l.tcp[rt.ID] = &tcpListener{port: rt.Port, proxy: p}
+	t := &tcpListener{port: rt.Port, proxy: p}
+	l.tcp[rt.ID] = t
 	go func() {
 		if err := p.Serve(ln); err != nil && !errors.Is(err, l4.ErrClosed) {
-			l.log.Error("tcp route stopped accepting", "route", rt.ID, "err", err)
+			l.log.Error("tcp route stopped accepting; opening it again", "route", rt.ID, "err", err)
+			l.failed(rt.ID, err, func() bool {
+				if l.tcp[rt.ID] != t {
+					return false
+				}
+				delete(l.tcp, rt.ID)
+				p.Close()
+				return true
+			})
 		}
 	}()
 	l.log.Info("tcp route listening", "route", rt.ID, "port", rt.Port, "service", rt.Service)
 	return nil
+}
+
+// failed records that a route's socket failed, if forget (run under the
+// router's lock) says it is still the route's: the route is served no
+// more, says why, and the retry opens it again.
+func (l *listeners) failed(id string, err error, forget func() bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if forget() {
+		l.errs[id] = err.Error()
+	}
 }
 
 // closeTCP stops a route's listener; its open connections go on, and a
@@ -161,11 +183,20 @@ func (l *listeners) applyUDP(rt controller.Route) error {
 	}
 	p := &l4.UDPProxy{Backends: l.sets, Logger: l.log}
 	p.SetRoute(route)
-	l.udp[rt.ID] = &udpListener{first: rt.Port, last: last, proxy: p}
+	u := &udpListener{first: rt.Port, last: last, proxy: p}
+	l.udp[rt.ID] = u
 	for _, c := range conns {
 		go func() {
 			if err := p.Serve(c); err != nil && !errors.Is(err, l4.ErrClosed) {
-				l.log.Error("udp route stopped", "route", rt.ID, "err", err)
+				l.log.Error("udp route stopped; opening it again", "route", rt.ID, "err", err)
+				l.failed(rt.ID, err, func() bool {
+					if l.udp[rt.ID] != u {
+						return false
+					}
+					delete(l.udp, rt.ID)
+					p.Close()
+					return true
+				})
 			}
 		}()
 	}

@@ -15,7 +15,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -169,19 +168,31 @@ func TestRouterOnEveryHost(t *testing.T) {
 	}
 
 	// Sticky sessions hold across hosts' routers: the cookie is signed
-	// with the cluster's key.
-	jar, _ := cookiejar.New(nil)
-	sticky := &http.Client{Timeout: 10 * time.Second, Jar: jar, Transport: &http.Transport{DialContext: dial}}
+	// with the cluster's key. The client sends the first router's cookie
+	// to the others by hand (a cookie jar keys it by each router's IP).
+	var cookie *http.Cookie
 	first := ""
 	for i := range 6 {
 		h := p.Hosts[i%len(p.Hosts)]
-		body, err := get(sticky, "http://"+h.NS.Addr+"/", "s.wild.test")
+		req, _ := http.NewRequest(http.MethodGet, "http://"+h.NS.Addr+"/", nil)
+		req.Host = "s.wild.test"
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		resp, err := httpc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if first == "" {
-			first = body
-		} else if body != first {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if cookie == nil {
+			if cs := resp.Cookies(); len(cs) == 1 {
+				cookie = cs[0]
+			} else {
+				t.Fatalf("sticky route's first response set cookies %v", resp.Header["Set-Cookie"])
+			}
+			first = string(body)
+		} else if string(body) != first {
 			t.Errorf("sticky request %d through %s: %q, want the first one's instance %q", i, h.NS.Name, body, first)
 		}
 	}
@@ -244,10 +255,28 @@ func TestRouterOnEveryHost(t *testing.T) {
 	echoOpen("before")
 	load = startLoad(httpc, front, "app.test", 4)
 	time.Sleep(500 * time.Millisecond)
-	added := routeID.FindStringSubmatch(cli("routes", "add", "tcp", "--service", "echo"))[1]
-	time.Sleep(time.Second)
+	added := routeID.FindStringSubmatch(cli("routes", "add", "tcp", "--service", "echo", "--port", "19600"))[1]
+	addedAddr := net.JoinHostPort(p.Hosts[0].NS.Addr, "19600")
+	testwait.For(t, "the added route served", 30*time.Second, func() error { return tcpEchoErr(dial, addedAddr, nil) })
+	// A connection through the route being removed runs on after it.
+	through, err := dial(testwait.Ctx(t, 5*time.Second), "tcp", addedAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer through.Close()
 	cli("routes", "remove", added)
-	time.Sleep(time.Second)
+	testwait.For(t, "the removed route's port closed", 30*time.Second, func() error {
+		if c, err := dial(testwait.Ctx(t, 5*time.Second), "tcp", addedAddr); err == nil {
+			c.Close()
+			return fmt.Errorf("%s still accepts", addedAddr)
+		}
+		return nil
+	})
+	through.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintln(through, "still here")
+	if got, err := bufio.NewReader(through).ReadString('\n'); err != nil || got != "still here\n" {
+		t.Errorf("a connection through a removed route: %q %v", got, err)
+	}
 	ok, failed, errs = load.stop()
 	t.Logf("load with a route added and removed: %d requests, %d failed %v", ok+failed, failed, errs)
 	if ok < 50 || failed > 0 {
@@ -282,7 +311,7 @@ func TestRouterOnEveryHost(t *testing.T) {
 	if slowErr != nil || !strings.HasSuffix(slowBody, "/slow\n") {
 		t.Errorf("the slow request during the drain: %q %v", slowBody, slowErr)
 	}
-	if !strings.Contains(out, "drained") || took < 500*time.Millisecond {
+	if !strings.Contains(out, " drained in ") || took < 500*time.Millisecond {
 		t.Errorf("drain took %s: %s", took, out)
 	}
 	t.Logf("drain: %s", strings.TrimSpace(out))
@@ -290,14 +319,26 @@ func TestRouterOnEveryHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drainedAddr := ""
 	for _, b := range st.Backends {
-		if b.ID == instance {
-			drainedAddr = b.Addr
-			if b.Serving || b.Active != 0 {
-				t.Errorf("drained instance %s: serving %v, active %d", b.ID, b.Serving, b.Active)
+		if b.ID == instance && (b.Serving || b.Active != 0) {
+			t.Errorf("drained instance %s: serving %v, active %d", b.ID, b.Serving, b.Active)
+		}
+	}
+	drainedAddr := ""
+	is, _, err := cl.Instances(testwait.Ctx(t, 5*time.Second), controller.QueryOptions{Consistent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range is {
+		if i.ID == instance {
+			drainedAddr = i.Addr
+			if !i.Draining {
+				t.Errorf("instance %s is not draining at the controller", instance)
 			}
 		}
+	}
+	if drainedAddr == "" {
+		t.Fatalf("no instance %s at the controller", instance)
 	}
 	// The drained instance gets no new request (echoback answers with
 	// the address it was reached at).
@@ -365,7 +406,13 @@ func TestRouterOnEveryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	time.Sleep(200 * time.Millisecond)
+	testwait.For(t, "nc holding the port", 10*time.Second, func() error {
+		out, err := p.Seg.Command(p.Hosts[1].NS, "ss", "-Hltn", "sport = :19500").Output()
+		if err != nil || !strings.Contains(string(out), "19500") {
+			return fmt.Errorf("ss: %q %v", out, err)
+		}
+		return nil
+	})
 	busy := routeID.FindStringSubmatch(cli("routes", "add", "tcp", "--service", "echo", "--port", "19500"))[1]
 	testwait.For(t, "the busy port reported", 30*time.Second, func() error {
 		if out := cli("routes", "list"); !regexp.MustCompile(busy + `.*` + p.Hosts[1].NS.Name + `.*address already in use`).MatchString(out) {

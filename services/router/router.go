@@ -118,7 +118,7 @@ func New(cfg Config) (*Router, error) {
 		cfg.AccessLogOut = os.Stderr
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, built: make(chan struct{}), listen: make(chan struct{}, 1)}
-	r.l4 = newListeners(cfg.BindIP, &r.sets, cfg.Logger)
+	r.l4 = newListeners(cfg.BindIP, &r.sets, cfg.Logger, &r.mu)
 	return r, nil
 }
 
@@ -135,7 +135,7 @@ func (r *Router) Run(ctx context.Context) error {
 	if r.cfg.APITLS != nil {
 		api = tls.NewListener(api, r.cfg.APITLS)
 	}
-	apiSrv := &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	apiSrv := &http.Server{Handler: r.apiHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	go func() {
 		if err := apiSrv.Serve(api); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error("router API stopped", "err", err)
@@ -172,34 +172,43 @@ func (r *Router) Run(ctx context.Context) error {
 		return ctx.Err()
 	case <-r.built:
 	}
-	plain, err := net.Listen("tcp", r.cfg.HTTPAddr)
+	plain, secure, err := r.listenHTTP()
 	if err != nil {
-		return fmt.Errorf("router: listen on %s for HTTP: %w", r.cfg.HTTPAddr, err)
-	}
-	secure, err := net.Listen("tcp", r.cfg.HTTPSAddr)
-	if err != nil {
-		plain.Close()
-		return fmt.Errorf("router: listen on %s for HTTPS: %w", r.cfg.HTTPSAddr, err)
+		r.stop(stopWatches, 0)
+		return fmt.Errorf("router: %w", err)
 	}
 	wg.Go(func() { r.serve("http", func() error { return r.http.ServeHTTP1(plain) }) })
 	wg.Go(func() { r.serve("https", func() error { return r.http.ServeTLS(secure) }) })
 	r.log.Info("router serving", "http", plain.Addr().String(), "https", secure.Addr().String(), "api", apiAddr)
-
 	r.retryListens(ctx)
+	r.stop(stopWatches, r.cfg.ShutdownGrace)
+	return ctx.Err()
+}
 
-	// Stopping: no new work; what is in flight gets the grace period.
-	// No change of the routes may open a listener from now on.
+func (r *Router) listenHTTP() (plain, secure net.Listener, err error) {
+	if plain, err = net.Listen("tcp", r.cfg.HTTPAddr); err != nil {
+		return nil, nil, fmt.Errorf("listen on %s for HTTP: %w", r.cfg.HTTPAddr, err)
+	}
+	if secure, err = net.Listen("tcp", r.cfg.HTTPSAddr); err != nil {
+		plain.Close()
+		return nil, nil, fmt.Errorf("listen on %s for HTTPS: %w", r.cfg.HTTPSAddr, err)
+	}
+	return plain, secure, nil
+}
+
+// stop ends the router: no new work; what is in flight gets grace. No
+// change of the routes may open a listener from now on.
+func (r *Router) stop(stopWatches func(), grace time.Duration) {
 	stopWatches()
 	r.mu.Lock()
 	r.stopping = true
 	r.mu.Unlock()
-	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownGrace)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	var sw sync.WaitGroup
-	sw.Go(func() { r.http.Shutdown(sctx) })
-	sw.Go(func() { r.l4.shutdown(sctx) })
-	sw.Wait()
-	return ctx.Err()
+	var wg sync.WaitGroup
+	wg.Go(func() { r.http.Shutdown(ctx) })
+	wg.Go(func() { r.l4.shutdown(ctx) })
+	wg.Wait()
 }
 
 func (r *Router) serve(what string, serve func() error) {

@@ -119,12 +119,23 @@ func buildSets(pool *backend.Pool, instances []controller.Instance, services []c
 		// the order of the controller's answer.
 		sort.Slice(is, func(a, b int) bool { return is[a].ID < is[b].ID })
 		set := &backend.Set{Service: key}
+		var oldest *controller.Instance
 		for _, i := range is {
 			b := pool.Get(i.ID, i.Addr)
 			set.Backends = append(set.Backends, b)
 			if leaders[i.Service] == i.ID {
 				set.Leader = b
 			}
+			if oldest == nil || i.CreateIndex < oldest.CreateIndex {
+				oldest = &i
+			}
+		}
+		// The service's leader may be an instance of the other protocol
+		// (a service with TCP and UDP instances): this set's leader is
+		// then its oldest instance, the controller's rule, which every
+		// router applies alike.
+		if set.Leader == nil && leaders[is[0].Service] != "" {
+			set.Leader = pool.Get(oldest.ID, oldest.Addr)
 		}
 		sets[key] = set
 	}
@@ -200,6 +211,9 @@ func (c *certs) update(routes []controller.Route, settings map[string]string) {
 	c.def = c.parse(c.def, cert, key, "default certificate (settings "+controller.DefaultCertSetting+", "+controller.DefaultKeySetting+")")
 }
 
+// parse parses a certificate and key that changed. A pair that does not
+// parse keeps the last one that did: the default certificate and its key
+// are two settings, written one after the other.
 func (c *certs) parse(old parsedCert, certPEM, keyPEM, what string) parsedCert {
 	if old.pem == certPEM+keyPEM {
 		return old
@@ -208,7 +222,8 @@ func (c *certs) parse(old parsedCert, certPEM, keyPEM, what string) parsedCert {
 	pair, err := tls.X509KeyPair([]byte(certPEM), []byte(keyPEM))
 	if err != nil {
 		p.err = fmt.Errorf("%s: %w", what, err)
-		c.log.Error("certificate not usable", "what", what, "err", err)
+		p.cert = old.cert
+		c.log.Error("certificate not usable; the last good one serves", "what", what, "err", err)
 		return p
 	}
 	p.cert = &pair

@@ -31,6 +31,8 @@ func TestBuildSets(t *testing.T) {
 	}
 	if sip, udp := sets["sip"], sets[udpSet("sip")]; len(sip.Backends) != 1 || len(udp.Backends) != 1 || sip.Backends[0] == udp.Backends[0] {
 		t.Errorf("sip tcp %+v and udp %+v: want one each, apart", sip, udp)
+	} else if sip.Leader != sip.Backends[0] || udp.Leader != udp.Backends[0] {
+		t.Errorf("sip leaders tcp %v udp %v: want each set's own (the service's leader is the TCP instance)", sip.Leader, udp.Leader)
 	}
 
 	// A rebuild shares the backends, so work in flight stays counted.

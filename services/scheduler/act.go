@@ -82,32 +82,65 @@ func (s *Scheduler) act(ctx context.Context, st *state, obs *observed, sched con
 // retire drains a removed job's instances, then stops it, in the
 // background: the routers stop giving it new work at once, and its work
 // in flight gets up to DrainTimeout to end. Until it stops, steps do not
-// take it for an orphan.
+// take it for an orphan. A retire cut short (the scheduler lost its
+// lease or stops) or whose stop fails gives the instances their work
+// back: the job runs on, and the next scheduler stops it as an orphan or
+// adopts it.
 func (s *Scheduler) retire(ctx context.Context, h controller.Host, j job.Job) {
 	id := controller.PlacementID(h.ID, j.Spec.ID)
 	if _, busy := s.retiring.LoadOrStore(id, true); busy {
 		return
 	}
+	var instances []string
+	for _, svc := range j.Spec.Services {
+		instances = append(instances, controller.InstanceID(h.ID, j.Spec.ID, svc.Name))
+	}
 	go func() {
 		defer s.retiring.Delete(id)
 		start := time.Now()
 		var wg sync.WaitGroup
-		for _, svc := range j.Spec.Services {
-			instance := controller.InstanceID(h.ID, j.Spec.ID, svc.Name)
+		for _, instance := range instances {
 			wg.Go(func() {
 				res, err := router.Drain(ctx, s.cfg.Controller, s.cfg.DialRouter, instance, s.cfg.DrainTimeout)
 				switch {
+				case ctx.Err() != nil:
 				case err != nil:
 					s.log.Info("stopping without drain", "instance", instance, "err", err)
 				case !res.Drained():
-					s.log.Warn("drain timed out; stopping", "instance", instance, "active", res.Active, "errors", res.Errors)
+					s.log.Warn("drain timed out; stopping", "instance", instance, "routers", res.Idle, "errors", res.Errors)
 				}
 			})
 		}
 		wg.Wait()
+		if ctx.Err() != nil {
+			s.log.Info("drain cut short; the job runs on", "host", h.ID, "job", j.Spec.ID)
+			s.undrain(instances)
+			return
+		}
 		s.log.Info("drained job", "host", h.ID, "job", j.Spec.ID, "took", time.Since(start).Round(time.Millisecond))
-		s.work(ctx, h, &hostWork{stop: []string{j.Spec.ID}})
+		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopGrace+s.cfg.CallTimeout)
+		defer cancel()
+		if _, err := s.hosts.client(h).StopJob(sctx, j.Spec.ID, s.cfg.StopGrace); err != nil && !isStatus(err, http.StatusNotFound) {
+			s.log.Warn("stop drained job; it runs on", "host", h.ID, "job", j.Spec.ID, "err", err)
+			s.undrain(instances)
+			return
+		}
+		if err := s.hosts.client(h).RemoveJob(sctx, j.Spec.ID, true); err != nil && !isStatus(err, http.StatusNotFound) {
+			s.log.Warn("remove job", "host", h.ID, "job", j.Spec.ID, "err", err)
+		}
 	}()
+}
+
+// undrain gives instances new work again, as far as the controller
+// answers; an instance that is gone needs nothing.
+func (s *Scheduler) undrain(instances []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
+	defer cancel()
+	for _, id := range instances {
+		if _, err := s.cfg.Controller.DrainInstance(ctx, id, false); err != nil && !controller.IsNotFound(err) {
+			s.log.Warn("undrain", "instance", id, "err", err)
+		}
+	}
 }
 
 func (s *Scheduler) isRetiring(placementID string) bool {
