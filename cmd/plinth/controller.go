@@ -76,6 +76,43 @@ func withTimeout(d time.Duration, f func(ctx context.Context) error) error {
 	return f(ctx)
 }
 
+// service is a platform service that runs until its context ends.
+type service interface {
+	Run(ctx context.Context) error
+}
+
+// runPlatformJob runs what a platform job runs: the service newService
+// makes from the job's credentials (hostd writes them) and a logger to
+// the job's log, until SIGINT or SIGTERM.
+func runPlatformJob(job, credsPath string, newService func(*bundle.Credentials, *slog.Logger) (service, error)) error {
+	creds, err := bundle.LoadCredentials(credsPath)
+	if err != nil {
+		return fmt.Errorf("%w (the %s job gets it from hostd: job spec credentials = true)", err, job)
+	}
+	s, err := newService(creds, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// withController runs do with a client of the cluster's controllers
+// (controllerClient) and a context that ends after d or at Ctrl-C.
+func (f *clusterFlags) withController(d time.Duration, do func(ctx context.Context, c *controller.Client) error) error {
+	return withTimeout(d, func(ctx context.Context) error {
+		c, err := f.controllerClient(ctx)
+		if err != nil {
+			return err
+		}
+		return do(ctx, c)
+	})
+}
+
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
@@ -98,22 +135,11 @@ func controllerRunCommand() *cobra.Command {
 		Short: "Run a controller voter (what the controller job runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			creds, err := bundle.LoadCredentials(credsPath)
-			if err != nil {
-				return fmt.Errorf("%w (the controller job gets it from hostd: job spec credentials = true)", err)
-			}
-			cfg.Credentials = creds
-			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			c, err := controller.New(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if err := c.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
+			return runPlatformJob("controller", credsPath, func(creds *bundle.Credentials, log *slog.Logger) (service, error) {
+				cfg.Credentials = creds
+				cfg.Log = log
+				return controller.New(cfg)
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -132,11 +158,7 @@ func controllerStatusCommand(f *clusterFlags) *cobra.Command {
 		Short: "Show the controller's leader, term, indexes and voters with their health",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				st, err := showStatus(ctx, c, f.asJSON, wholeStatus)
 				if err == nil && !st.Healthy() {
 					err = errors.New("controller is not healthy")
@@ -196,11 +218,8 @@ func controllerVotersCommand(f *clusterFlags) *cobra.Command {
 			return errors.New("usage: plinth controller voters [add|remove NODE]")
 		},
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
+				var err error
 				if len(args) == 2 {
 					if args[0] == "add" {
 						err = c.AddVoter(ctx, args[1])
@@ -227,11 +246,7 @@ func clusterBackupCommands() []*cobra.Command {
 		Short: "Write a backup of the controller's whole state to FILE (- for stdout)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(10*time.Minute, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(10*time.Minute, func(ctx context.Context, c *controller.Client) error {
 				out := os.Stdout
 				tmp := ""
 				if args[0] != "-" {
@@ -316,11 +331,7 @@ func servicesCommand() *cobra.Command {
 			"leader is its oldest healthy instance, changed only when that one fails.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				services, _, err := c.Services(ctx, controller.QueryOptions{})
 				if err != nil {
 					return err

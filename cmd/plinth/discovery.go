@@ -1,13 +1,7 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -31,24 +25,13 @@ func discoveryRunCommand() *cobra.Command {
 		Short: "Run the discovery agent (what the discovery job runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			creds, err := bundle.LoadCredentials(credsPath)
-			if err != nil {
-				return fmt.Errorf("%w (the discovery job gets it from hostd: job spec credentials = true)", err)
-			}
-			hc := host.NewClient(hostAPI, creds.TLS())
-			cfg.Host = hc
-			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			a, err := discovery.New(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
+			return runPlatformJob("discovery", credsPath, func(creds *bundle.Credentials, log *slog.Logger) (service, error) {
+				hc := host.NewClient(hostAPI, creds.TLS())
+				cfg.Host = hc
+				cfg.Controller = controller.NewHostClient(hc, creds.TLS())
+				cfg.Logger = log
+				return discovery.New(cfg)
+			})
 		},
 	}
 	fl := cmd.Flags()

@@ -22,11 +22,7 @@ func formationsCommand() *cobra.Command {
 		Short: "List, apply, scale and delete formations: what the scheduler keeps running",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				fs, _, err := c.Formations(ctx, controller.QueryOptions{})
 				if err != nil {
 					return err
@@ -68,11 +64,7 @@ func formationsCommand() *cobra.Command {
 			if err := dec.Decode(&fm); err != nil {
 				return fmt.Errorf("%s: %w (see docs/scheduler.md for the fields)", args[0], err)
 			}
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				out, err := c.PutFormation(ctx, fm, nil)
 				if err != nil {
 					return err
@@ -90,11 +82,7 @@ func formationsCommand() *cobra.Command {
 			if err != nil || n < 0 {
 				return fmt.Errorf("count %q: give a number, 0 or more", args[1])
 			}
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				// Read, change, write with compare-and-set: a concurrent
 				// change of the formation is not overwritten.
 				for {
@@ -122,11 +110,7 @@ func formationsCommand() *cobra.Command {
 		Short: "Delete a formation; the scheduler stops its jobs",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				if err := c.DeleteFormation(ctx, args[0], nil); err != nil {
 					return err
 				}

@@ -21,11 +21,7 @@ func hostsCommand() *cobra.Command {
 		return &cobra.Command{
 			Use: use + " HOST", Short: short, Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				return withTimeout(30*time.Second, func(ctx context.Context) error {
-					c, err := f.controllerClient(ctx)
-					if err != nil {
-						return err
-					}
+				return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 					h, err := c.Cordon(ctx, args[0], cordon)
 					if err != nil {
 						return err
@@ -49,11 +45,7 @@ func hostsCommand() *cobra.Command {
 			"waits until no count formation has a job on HOST; uncordon ends a drain.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(timeout, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(timeout, func(ctx context.Context, c *controller.Client) error {
 				h, err := c.Drain(ctx, args[0])
 				if err != nil {
 					return err

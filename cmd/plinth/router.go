@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -38,26 +36,15 @@ func routerRunCommand() *cobra.Command {
 		Short: "Run a host's router (what the router job runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			creds, err := bundle.LoadCredentials(credsPath)
-			if err != nil {
-				return fmt.Errorf("%w (the router job gets it from hostd: job spec credentials = true)", err)
-			}
-			hc := host.NewClient(hostAPI, creds.TLS())
-			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
-			if !plainAPI {
-				cfg.APITLS = creds.ServerTLS()
-			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			r, err := router.New(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if err := r.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
+			return runPlatformJob("router", credsPath, func(creds *bundle.Credentials, log *slog.Logger) (service, error) {
+				hc := host.NewClient(hostAPI, creds.TLS())
+				cfg.Controller = controller.NewHostClient(hc, creds.TLS())
+				if !plainAPI {
+					cfg.APITLS = creds.ServerTLS()
+				}
+				cfg.Logger = log
+				return router.New(cfg)
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -254,11 +241,7 @@ func routesAddCommand(f *clusterFlags) *cobra.Command {
 					r.TLSCert, r.TLSKey = string(cert), string(key)
 				}
 				r.Timeout, r.ConnectTimeout = job.Duration{Duration: timeout}, job.Duration{Duration: connectTimeout}
-				return withTimeout(30*time.Second, func(ctx context.Context) error {
-					c, err := f.controllerClient(ctx)
-					if err != nil {
-						return err
-					}
+				return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 					got, err := c.AddRoute(ctx, r)
 					if err != nil {
 						return err
@@ -307,11 +290,7 @@ func routesRemoveCommand(f *clusterFlags) *cobra.Command {
 		Short: "Remove routes: no new work for them; connections already open run on",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				for _, id := range args {
 					if err := c.DeleteRoute(ctx, id); err != nil {
 						return err
@@ -343,11 +322,7 @@ func routesDefaultCertCommand(f *clusterFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				// Two writes: a router that sees one before the other
 				// keeps the last pair that parsed until both are there.
 				if _, err := c.PutSetting(ctx, controller.DefaultKeySetting, string(key), nil); err != nil {
@@ -377,11 +352,7 @@ func routesDrainCommand(f *clusterFlags) *cobra.Command {
 			"It stays draining until it stops, or until `plinth routes undrain INSTANCE`.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(timeout+30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(timeout+30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				creds, err := f.credentials()
 				if err != nil {
 					return err
@@ -419,11 +390,7 @@ func routesUndrainCommand(f *clusterFlags) *cobra.Command {
 		Short: "Give a drained instance new work again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				if _, err := c.DrainInstance(ctx, args[0], false); err != nil {
 					return err
 				}
@@ -440,11 +407,7 @@ func routesTCPPortsCommand(f *clusterFlags) *cobra.Command {
 		Short: "Show or set the range TCP routes without a port get theirs from",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			return withTimeout(30*time.Second, func(ctx context.Context) error {
-				c, err := f.controllerClient(ctx)
-				if err != nil {
-					return err
-				}
+			return f.withController(30*time.Second, func(ctx context.Context, c *controller.Client) error {
 				if len(args) == 0 {
 					s, _, err := c.Setting(ctx, controller.TCPPortsSetting, controller.QueryOptions{Consistent: true})
 					if controller.IsNotFound(err) {
@@ -459,7 +422,7 @@ func routesTCPPortsCommand(f *clusterFlags) *cobra.Command {
 				if _, _, err := controller.ParsePortRange(args[0]); err != nil {
 					return err
 				}
-				if _, err = c.PutSetting(ctx, controller.TCPPortsSetting, args[0], nil); err != nil {
+				if _, err := c.PutSetting(ctx, controller.TCPPortsSetting, args[0], nil); err != nil {
 					return err
 				}
 				fmt.Printf("tcp routes without a port get one of %s (routes keep the ports they have)\n", args[0])

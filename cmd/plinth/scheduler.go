@@ -1,13 +1,7 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -32,29 +26,18 @@ func schedulerRunCommand() *cobra.Command {
 		Short: "Run a scheduler (what the scheduler job runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			creds, err := bundle.LoadCredentials(credsPath)
-			if err != nil {
-				return fmt.Errorf("%w (the scheduler job gets it from hostd: job spec credentials = true)", err)
-			}
-			hc := host.NewClient(hostAPI, creds.TLS())
-			cfg.Host = hc
-			cfg.Controller = controller.NewHostClient(hc, creds.TLS())
-			cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
-			// One transport for every router: a client per drain would
-			// leave a kept-alive connection behind each time.
-			routers := router.Transport(creds.TLS())
-			cfg.DialRouter = func(addr string) *router.Client { return router.NewClientTransport(addr, routers) }
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			s, err := scheduler.New(cfg)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
+			return runPlatformJob("scheduler", credsPath, func(creds *bundle.Credentials, log *slog.Logger) (service, error) {
+				hc := host.NewClient(hostAPI, creds.TLS())
+				cfg.Host = hc
+				cfg.Controller = controller.NewHostClient(hc, creds.TLS())
+				cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
+				// One transport for every router: a client per drain would
+				// leave a kept-alive connection behind each time.
+				routers := router.Transport(creds.TLS())
+				cfg.DialRouter = func(addr string) *router.Client { return router.NewClientTransport(addr, routers) }
+				cfg.Logger = log
+				return scheduler.New(cfg)
+			})
 		},
 	}
 	fl := cmd.Flags()
