@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -115,15 +114,10 @@ func listRoutes(ctx context.Context, f *clusterFlags) error {
 }
 
 func routeMatch(r controller.Route) string {
-	switch r.Type {
-	case controller.RouteHTTP:
+	if r.Type == controller.RouteHTTP {
 		return r.Domain + r.Path
-	case controller.RouteUDP:
-		if r.PortEnd > r.Port {
-			return fmt.Sprintf("%d-%d", r.Port, r.PortEnd)
-		}
 	}
-	return strconv.Itoa(r.Port)
+	return r.Ports()
 }
 
 func routeOptions(r controller.Route) string {

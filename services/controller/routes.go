@@ -301,25 +301,30 @@ func admitUDPPorts(txn *memdb.Txn, r *Route, others []*Route) error {
 	if err != nil {
 		return err
 	}
-	last := max(r.PortEnd, r.Port)
+	last := r.LastPort()
 	for p := r.Port; p <= last; p++ {
 		if used[p] {
 			return fmt.Errorf("%w: route %s: udp port %d is the platform's own on every host: pick other ports", ErrConflict, r.ID, p)
 		}
 	}
 	for _, o := range others {
-		if o.Type == RouteUDP && r.Port <= max(o.PortEnd, o.Port) && o.Port <= last {
-			return fmt.Errorf("%w: route %s: udp ports %s overlap route %s's (%s): pick ports outside it", ErrConflict, r.ID, portSpan(r.Port, r.PortEnd), o.ID, portSpan(o.Port, o.PortEnd))
+		if o.Type == RouteUDP && r.Port <= o.LastPort() && o.Port <= last {
+			return fmt.Errorf("%w: route %s: udp ports %s overlap route %s's (%s): pick ports outside it", ErrConflict, r.ID, r.Ports(), o.ID, o.Ports())
 		}
 	}
 	return nil
 }
 
-func portSpan(first, last int) string {
-	if last == 0 || last == first {
-		return strconv.Itoa(first)
+// LastPort is a TCP or UDP route's last port: PortEnd for a UDP range,
+// else Port.
+func (r *Route) LastPort() int { return max(r.PortEnd, r.Port) }
+
+// Ports is a TCP or UDP route's port, or its range as "N-M".
+func (r *Route) Ports() string {
+	if r.LastPort() == r.Port {
+		return strconv.Itoa(r.Port)
 	}
-	return fmt.Sprintf("%d-%d", first, last)
+	return fmt.Sprintf("%d-%d", r.Port, r.PortEnd)
 }
 
 // hostPorts are the ports the platform listens on: the fixed ones and,

@@ -73,7 +73,7 @@ func (l *listeners) apply(routes []controller.Route, c *certs) {
 		}
 	}
 	for id, u := range l.udp {
-		if rt, ok := want[id]; !ok || rt.Type != controller.RouteUDP || rt.Port != u.first || max(rt.PortEnd, rt.Port) != u.last {
+		if rt, ok := want[id]; !ok || rt.Type != controller.RouteUDP || rt.Port != u.first || rt.LastPort() != u.last {
 			u.proxy.Close()
 			delete(l.udp, id)
 		}
@@ -164,7 +164,7 @@ func (l *listeners) applyUDP(rt controller.Route) error {
 		u.proxy.SetRoute(route)
 		return nil
 	}
-	last := max(rt.PortEnd, rt.Port)
+	last := rt.LastPort()
 	var conns []*net.UDPConn
 	for port := rt.Port; port <= last; port++ {
 		addr, err := net.ResolveUDPAddr("udp", net.JoinHostPort(l.bindIP, strconv.Itoa(port)))
@@ -200,7 +200,7 @@ func (l *listeners) applyUDP(rt controller.Route) error {
 			}
 		}()
 	}
-	l.log.Info("udp route listening", "route", rt.ID, "ports", portSpan(rt.Port, last), "service", rt.Service)
+	l.log.Info("udp route listening", "route", rt.ID, "ports", rt.Ports(), "service", rt.Service)
 	return nil
 }
 
@@ -223,13 +223,6 @@ func (l *listeners) shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 	}
-}
-
-func portSpan(first, last int) string {
-	if first == last {
-		return strconv.Itoa(first)
-	}
-	return fmt.Sprintf("%d-%d", first, last)
 }
 
 // selfSigned makes the certificate HTTPS presents while the cluster has
