@@ -66,7 +66,7 @@ func (r *Router) apiHandler() http.Handler {
 
 func (r *Router) status() Status {
 	r.mu.Lock()
-	st := Status{Loaded: isClosed(r.built), TableError: r.state.tableErr, Routes: []RouteStatus{}, Backends: []BackendStatus{}}
+	st := Status{Loaded: r.state.isLoaded(), TableError: r.state.tableErr, Routes: []RouteStatus{}, Backends: []BackendStatus{}}
 	for _, rt := range r.state.routes {
 		if rt.Type != controller.RouteHTTP {
 			st.Routes = append(st.Routes, RouteStatus{ID: rt.ID, Error: r.l4.errs[rt.ID]})
@@ -74,11 +74,9 @@ func (r *Router) status() Status {
 	}
 	r.mu.Unlock()
 	serving := map[string]bool{}
-	if m := r.sets.All(); m != nil {
-		for _, s := range m {
-			for _, b := range s.Backends {
-				serving[b.ID+" "+b.Addr] = true
-			}
+	for _, s := range r.sets.All() {
+		for _, b := range s.Backends {
+			serving[b.ID+" "+b.Addr] = true
 		}
 	}
 	for _, b := range r.pool.All() {
@@ -147,15 +145,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
-}
-
-func isClosed(c chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 // Client calls one router's API.

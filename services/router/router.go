@@ -90,7 +90,6 @@ type Router struct {
 	stopping bool
 	l4       *listeners
 	built    chan struct{} // closed after the first build
-	listen   chan struct{} // signalled when a route's port should be tried again
 }
 
 // New checks cfg and makes a router; Run starts it.
@@ -117,7 +116,7 @@ func New(cfg Config) (*Router, error) {
 	if cfg.AccessLogOut == nil {
 		cfg.AccessLogOut = os.Stderr
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, built: make(chan struct{}), listen: make(chan struct{}, 1)}
+	r := &Router{cfg: cfg, log: cfg.Logger, built: make(chan struct{})}
 	r.l4 = newListeners(cfg.BindIP, &r.sets, cfg.Logger, &r.mu)
 	return r, nil
 }

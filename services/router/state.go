@@ -26,6 +26,9 @@ type state struct {
 	tableErr string
 }
 
+// isLoaded: every collection has been heard once.
+func (s *state) isLoaded() bool { return s.loaded == [4]bool{true, true, true, true} }
+
 func (r *Router) setRoutes(v []controller.Route) {
 	r.update(func(s *state) { s.routes, s.loaded[0] = v, true })
 }
@@ -52,7 +55,7 @@ func (r *Router) update(change func(*state)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	change(&r.state)
-	if r.stopping || r.state.loaded != [4]bool{true, true, true, true} {
+	if r.stopping || !r.state.isLoaded() {
 		return
 	}
 	r.rebuild()

@@ -118,15 +118,9 @@ func (s *Scheduler) retire(ctx context.Context, h controller.Host, j job.Job) {
 			return
 		}
 		s.log.Info("drained job", "host", h.ID, "job", j.Spec.ID, "took", time.Since(start).Round(time.Millisecond))
-		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopGrace+s.cfg.CallTimeout)
-		defer cancel()
-		if _, err := s.hosts.client(h).StopJob(sctx, j.Spec.ID, s.cfg.StopGrace); err != nil && !isStatus(err, http.StatusNotFound) {
-			s.log.Warn("stop drained job; it runs on", "host", h.ID, "job", j.Spec.ID, "err", err)
+		if !s.stopJob(context.Background(), h, j.Spec.ID) {
+			s.log.Warn("drained job runs on; its instances serve again", "host", h.ID, "job", j.Spec.ID)
 			s.undrain(instances)
-			return
-		}
-		if err := s.hosts.client(h).RemoveJob(sctx, j.Spec.ID, true); err != nil && !isStatus(err, http.StatusNotFound) {
-			s.log.Warn("remove job", "host", h.ID, "job", j.Spec.ID, "err", err)
 		}
 	}()
 }
@@ -156,14 +150,7 @@ type hostWork struct {
 func (s *Scheduler) work(ctx context.Context, h controller.Host, w *hostWork) {
 	c := s.hosts.client(h)
 	for _, id := range w.stop {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.StopGrace+s.cfg.CallTimeout)
-		if _, err := c.StopJob(cctx, id, s.cfg.StopGrace); err != nil && !isStatus(err, http.StatusNotFound) {
-			s.log.Warn("stop job", "host", h.ID, "job", id, "err", err)
-		}
-		if err := c.RemoveJob(cctx, id, true); err != nil && !isStatus(err, http.StatusNotFound) {
-			s.log.Warn("remove job", "host", h.ID, "job", id, "err", err)
-		}
-		cancel()
+		s.stopJob(ctx, h, id)
 	}
 	for _, spec := range w.start {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
@@ -178,6 +165,24 @@ func (s *Scheduler) work(ctx context.Context, h controller.Host, w *hostWork) {
 		s.failures.started(id)
 		s.log.Info("started job", "host", h.ID, "job", spec.ID)
 	}
+}
+
+// stopJob stops and removes (by force) a job on h, bounded; it reports
+// whether the job no longer runs: stopped, removed, or not there.
+func (s *Scheduler) stopJob(ctx context.Context, h controller.Host, id string) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StopGrace+s.cfg.CallTimeout)
+	defer cancel()
+	c := s.hosts.client(h)
+	stopped, removed := true, true
+	if _, err := c.StopJob(ctx, id, s.cfg.StopGrace); err != nil && !isStatus(err, http.StatusNotFound) {
+		s.log.Warn("stop job", "host", h.ID, "job", id, "err", err)
+		stopped = false
+	}
+	if err := c.RemoveJob(ctx, id, true); err != nil && !isStatus(err, http.StatusNotFound) {
+		s.log.Warn("remove job", "host", h.ID, "job", id, "err", err)
+		removed = false
+	}
+	return stopped || removed
 }
 
 // instanceSpec is the job of one instance of f: the formation's job with
