@@ -8,6 +8,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/deployer"
 	"github.com/plinth-os/plinth/services/router"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
@@ -28,9 +29,19 @@ func schedulerRunCommand() *cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			return runPlatformJob("scheduler", credsPath, func(creds *bundle.Credentials, log *slog.Logger) (service, error) {
 				hc := host.NewClient(hostAPI, creds.TLS())
+				cc := controller.NewHostClient(hc, creds.TLS())
 				cfg.Host = hc
-				cfg.Controller = controller.NewHostClient(hc, creds.TLS())
+				cfg.Controller = cc
 				cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
+				dcfg := deployer.DefaultConfig()
+				dcfg.Controller = cc
+				dcfg.Dial = func(addr string) deployer.HostAPI { return host.NewClient(addr, creds.TLS()) }
+				dcfg.Logger = log.With("service", "deployer")
+				dep, err := deployer.New(dcfg)
+				if err != nil {
+					return nil, err
+				}
+				cfg.WhileActive = dep.Lead
 				// One transport for every router: a client per drain would
 				// leave a kept-alive connection behind each time.
 				routers := router.Transport(creds.TLS())

@@ -85,8 +85,9 @@ func (c Check) WithDefaults() Check {
 	return c
 }
 
-// checkServices reports the first problem with a job's services.
-func checkServices(services []Service, network string) error {
+// CheckServices reports the first problem with a job's services, for a
+// job on network.
+func CheckServices(services []Service, network string) error {
 	if len(services) > 0 && network != NetworkHost && network != NetworkBridge {
 		return fmt.Errorf("services need a network to be reached on: set network to %q or %q", NetworkHost, NetworkBridge)
 	}

@@ -192,7 +192,7 @@ func (s *Spec) Check() error {
 		}
 		seen[key] = true
 	}
-	if err := checkServices(s.Services, s.Network); err != nil {
+	if err := CheckServices(s.Services, s.Network); err != nil {
 		return err
 	}
 	switch s.Restart.Policy {

@@ -50,6 +50,9 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("POST /v1/schedule", c.write(c.serveSchedule))
 	mux.HandleFunc("POST /v1/routes", c.write(c.serveAddRoute))
 	mux.HandleFunc("POST /v1/instances/{id...}", c.write(c.serveInstanceDrain))
+	mux.HandleFunc("POST /v1/apps/{name}/releases", c.write(c.serveRelease))
+	mux.HandleFunc("DELETE /v1/apps/{name}", c.write(c.serveDestroyApp))
+	mux.HandleFunc("PUT /v1/deploys/{id...}", c.write(c.serveDeployUpdate))
 	mux.HandleFunc("GET /v1/{kind}", c.consistent(c.serveList))
 	mux.HandleFunc("GET /v1/{kind}/{key...}", c.consistent(c.serveGet))
 	mux.HandleFunc("PUT /v1/{kind}/{key...}", c.write(c.servePut))
@@ -310,6 +313,8 @@ func setKey(obj object, key string) {
 		o.Name = key
 	case *Route:
 		o.ID = key
+	case *App:
+		o.Name = key
 	}
 }
 
@@ -497,4 +502,80 @@ func (c *Controller) serveAddRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.writeObject(w, "routes", fmt.Sprintf("%s-%d", route.Type, index), index)
+}
+
+// serveRelease makes a release of an app (and its deploy, when asked)
+// and answers what it made.
+func (c *Controller) serveRelease(w http.ResponseWriter, r *http.Request) {
+	app := r.PathValue("name")
+	var q ReleaseRequest
+	err := decodeBody(r, &q)
+	if err == nil {
+		err = checkReleaseRequest(&q)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opRelease, Key: app, Release: &q})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	// The release made is the app's one created by this write.
+	txn := c.fsm.store.current().Txn(false)
+	var res ReleaseResult
+	it, err := txn.Get("releases", "app", app)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		if rel := raw.(*Release); rel.CreateIndex == index {
+			res.Release = *rel
+		}
+	}
+	if res.Release.ID == "" {
+		writeError(w, http.StatusConflict, fmt.Errorf("%w: the release made at index %d was removed since (app destroyed?)", ErrConflict, index))
+		return
+	}
+	if raw, _ := txn.First("deploys", "id", DeployID(app, res.Release.Version)); raw != nil {
+		res.Deploy = raw.(*Deploy)
+	}
+	answer(w, index, &res, nil)
+}
+
+func (c *Controller) serveDestroyApp(w http.ResponseWriter, r *http.Request) {
+	cas, err := casParam(r)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opDestroy, Key: r.PathValue("name"), CAS: cas})
+	answer(w, index, map[string]uint64{"index": index}, err)
+}
+
+// serveDeployUpdate records a deployer's progress on a deploy.
+func (c *Controller) serveDeployUpdate(w http.ResponseWriter, r *http.Request) {
+	cas, err := casParam(r)
+	var d Deploy
+	if err == nil {
+		err = decodeBody(r, &d)
+	}
+	if err == nil && d.ID != r.PathValue("id") {
+		err = fmt.Errorf("%w: the body's id %q is not the path's %q", ErrInvalid, d.ID, r.PathValue("id"))
+	}
+	if err == nil {
+		err = checkDeployUpdate(&d)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	index, err := c.propose(&command{Op: opDeploy, Deploy: &d, CAS: cas})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	c.writeObject(w, "deploys", d.ID, index)
 }

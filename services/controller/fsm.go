@@ -23,6 +23,9 @@ const (
 	opLease    = "lease"    // Key (lease), Lease
 	opSchedule = "schedule" // Schedule
 	opDrain    = "drain"    // Key (instance), Draining
+	opRelease  = "release"  // Key (app), Release
+	opDeploy   = "deploy"   // Deploy, CAS
+	opDestroy  = "destroy"  // Key (app), CAS
 	// opTouch moves every collection's index to its own, right after a
 	// restore: the restored indexes are lower than those clients
 	// already saw, and their watches would wait for a change.
@@ -43,6 +46,8 @@ type command struct {
 	Draining  bool            `json:"draining,omitempty"`
 	Lease     *LeaseRequest   `json:"lease,omitempty"`
 	Schedule  *Schedule       `json:"schedule,omitempty"`
+	Release   *ReleaseRequest `json:"release,omitempty"`
+	Deploy    *Deploy         `json:"deploy,omitempty"`
 	// Time is the leader's clock when it proposed the write, so that
 	// every replica records the same event times.
 	Time time.Time `json:"time"`
@@ -99,6 +104,12 @@ func (c *command) table() string {
 		return "leases"
 	case opSchedule:
 		return "placements"
+	case opRelease:
+		return "releases"
+	case opDeploy:
+		return "deploys"
+	case opDestroy:
+		return "apps"
 	}
 	return c.Kind
 }
@@ -125,7 +136,7 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 			}
 		}
 		if k.admit != nil {
-			if err := k.admit(txn, index, obj); err != nil {
+			if err := k.admit(txn, index, c.Time, obj); err != nil {
 				return err
 			}
 		}
@@ -147,6 +158,12 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		return applyLease(txn, index, c, events)
 	case opSchedule:
 		return applySchedule(txn, index, c, events)
+	case opRelease:
+		return applyRelease(txn, index, c, events)
+	case opDeploy:
+		return applyDeploy(txn, index, c, events)
+	case opDestroy:
+		return applyDestroyApp(txn, index, c, events)
 	case opTouch:
 		for name := range kinds {
 			if err := touch(txn, name, index); err != nil {

@@ -36,7 +36,7 @@ var (
 	// work in flight per backend.
 	RouterAPIPort = 7950
 
-	reservedTCP = []int{53, RouterHTTPPort, RouterHTTPSPort, 7946, 7947, DefaultAPIPort, DefaultRaftPort, RouterAPIPort}
+	reservedTCP = []int{53, RouterHTTPPort, RouterHTTPSPort, 7946, 7947, DefaultAPIPort, DefaultRaftPort, RouterAPIPort, RegistryPort}
 	reservedUDP = []int{53, 7946}
 )
 
@@ -232,7 +232,7 @@ func isDNSLabel(s string) bool {
 // port: its service must be known, and its domain and path, or its
 // ports, must be free. A TCP route without a port gets the lowest free
 // one of the range; a route without an ID gets "<type>-<index>".
-func admitRoute(txn *memdb.Txn, index uint64, o object) error {
+func admitRoute(txn *memdb.Txn, index uint64, _ time.Time, o object) error {
 	r := o.(*Route)
 	if r.ID == "" {
 		r.ID = fmt.Sprintf("%s-%d", r.Type, index)

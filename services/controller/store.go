@@ -49,7 +49,7 @@ type kind struct {
 	keep func(old, obj object)
 	// admit, when set, checks an object against the rest of the state as
 	// its write is applied, and may complete it (an ID, a port).
-	admit func(txn *memdb.Txn, index uint64, obj object) error
+	admit func(txn *memdb.Txn, index uint64, t time.Time, obj object) error
 }
 
 var kinds = map[string]*kind{
@@ -64,6 +64,10 @@ var kinds = map[string]*kind{
 	"leases":     {name: "leases", field: "Name", new: func() object { return new(Lease) }},
 	"routes": {name: "routes", field: "ID", new: func() object { return new(Route) }, writable: true,
 		check: checkRoute, keep: keepRoutePort, admit: admitRoute},
+	"apps": {name: "apps", field: "Name", new: func() object { return new(App) }, writable: true,
+		check: checkApp, keep: keepApp, admit: admitApp},
+	"releases": {name: "releases", field: "ID", new: func() object { return new(Release) }, indexes: map[string]string{"app": "App"}},
+	"deploys":  {name: "deploys", field: "ID", new: func() object { return new(Deploy) }, indexes: map[string]string{"app": "App"}},
 }
 
 // indexTable records, per collection, the raft index of its last change:

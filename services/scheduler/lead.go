@@ -23,6 +23,16 @@ func (s *Scheduler) lead(ctx context.Context, token uint64) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.renew(ctx, cancel)
+	if s.cfg.WhileActive != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.cfg.WhileActive(ctx)
+		}()
+		// Not active any more once lead returns: wait for it to stop.
+		defer func() { <-done }()
+		defer cancel()
+	}
 	// Formations and instances start a step; a change of the hosts also
 	// ends the reading of the current one, which may be waiting on a
 	// host that just died.

@@ -96,6 +96,11 @@ type Config struct {
 	// flight to end) and stopped after.
 	DialRouter   func(addr string) *router.Client
 	DrainTimeout time.Duration
+	// WhileActive, when set, runs while this scheduler is the active
+	// one, and is ended (its ctx) when it no longer is: how the deployer
+	// runs once in the cluster, beside the scheduler whose formations it
+	// writes.
+	WhileActive func(ctx context.Context)
 
 	// Logger receives the scheduler's log; nil means slog.Default().
 	Logger *slog.Logger

@@ -1,0 +1,74 @@
+package controller
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// Apps lists the apps.
+func (c *Client) Apps(ctx context.Context, q QueryOptions) ([]App, QueryMeta, error) {
+	return listOf[App](c, ctx, "apps", q)
+}
+
+// App reads one app.
+func (c *Client) App(ctx context.Context, name string, q QueryOptions) (App, error) {
+	var out App
+	_, err := c.call(ctx, http.MethodGet, queryPath("/v1/apps/"+url.PathEscape(name), q), nil, &out)
+	return out, err
+}
+
+// PutApp writes an app's scale and strategy (cas 0 creates it); the
+// platform keeps its release numbers.
+func (c *Client) PutApp(ctx context.Context, a App, cas *uint64) (App, error) {
+	var out App
+	_, err := c.call(ctx, http.MethodPut, casPath("/v1/apps/"+url.PathEscape(a.Name), cas), a, &out)
+	return out, err
+}
+
+// DestroyApp removes an app, its releases, deploys and routes; the
+// deployer then removes its formations and the scheduler its instances.
+func (c *Client) DestroyApp(ctx context.Context, name string, cas *uint64) error {
+	_, err := c.call(ctx, http.MethodDelete, casPath("/v1/apps/"+url.PathEscape(name), cas), nil, nil)
+	return err
+}
+
+// Releases lists every app's releases.
+func (c *Client) Releases(ctx context.Context, q QueryOptions) ([]Release, QueryMeta, error) {
+	return listOf[Release](c, ctx, "releases", q)
+}
+
+// Release reads release version of app.
+func (c *Client) Release(ctx context.Context, app string, version int, q QueryOptions) (Release, error) {
+	var out Release
+	_, err := c.call(ctx, http.MethodGet, queryPath("/v1/releases/"+url.PathEscape(app)+"/v"+strconv.Itoa(version), q), nil, &out)
+	return out, err
+}
+
+// NewRelease makes a release of app, and its deploy when q.Deploy.
+func (c *Client) NewRelease(ctx context.Context, app string, q ReleaseRequest) (ReleaseResult, error) {
+	var out ReleaseResult
+	_, err := c.call(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(app)+"/releases", q, &out)
+	return out, err
+}
+
+// Deploys lists every app's deploys.
+func (c *Client) Deploys(ctx context.Context, q QueryOptions) ([]Deploy, QueryMeta, error) {
+	return listOf[Deploy](c, ctx, "deploys", q)
+}
+
+// Deploy reads one deploy.
+func (c *Client) Deploy(ctx context.Context, id string, q QueryOptions) (Deploy, QueryMeta, error) {
+	var out Deploy
+	m, err := c.call(ctx, http.MethodGet, queryPath("/v1/deploys/"+id, q), nil, &out)
+	return out, m, err
+}
+
+// UpdateDeploy records a deployer's progress: d's state, reason, log
+// and end, under compare-and-set with cas.
+func (c *Client) UpdateDeploy(ctx context.Context, d Deploy, cas uint64) (Deploy, error) {
+	var out Deploy
+	_, err := c.call(ctx, http.MethodPut, casPath("/v1/deploys/"+d.ID, &cas), d, &out)
+	return out, err
+}
