@@ -16,6 +16,7 @@ import (
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/discovery"
+	"github.com/plinth-os/plinth/services/registry"
 	"github.com/plinth-os/plinth/services/router"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
@@ -182,8 +183,10 @@ func (p *Platform) platformJob(name, expect string) (job.Spec, error) {
 		return scheduler.JobSpec(p.Binary), nil
 	case "router":
 		return router.JobSpec(p.Binary), nil
+	case "registry":
+		return registry.JobSpec(p.Binary), nil
 	}
-	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery, scheduler and router", name)
+	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery, scheduler, router and registry", name)
 }
 
 // startJobs starts a platform job on each of the hosts (node IDs) that

@@ -60,6 +60,9 @@ type Daemon struct {
 	jobs     *job.Manager
 	subnet   netip.Prefix // the container subnet, with ContainerNetwork
 	images   *imagestore.Store
+	// registryTransport pulls jobs' images from the platform's
+	// registries, with the host's certificate.
+	registryTransport http.RoundTripper
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -327,6 +330,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("hostd: host certificate: %w", err)
 	}
+	d.mu.Lock()
+	d.registryTransport = imagestore.TLSTransport(d.bundle.ClientTLS(cert))
+	d.mu.Unlock()
 	if err := d.members.start(adv); err != nil {
 		ln.Close()
 		return fmt.Errorf("hostd: %w", err)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host/imagestore"
@@ -30,6 +31,10 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&spec); err != nil {
 			writeJSON(w, http.StatusBadRequest, apiError{"job spec: " + err.Error()})
+			return
+		}
+		if err := d.pull(r.Context(), spec.Image); err != nil {
+			writeJSON(w, http.StatusBadGateway, apiError{err.Error()})
 			return
 		}
 		j, err := d.jobs.Create(spec)
@@ -255,3 +260,25 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
 	d.log.Info("image removed", "image", img.ID, "layers_deleted", len(removed))
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// pull fetches a job's image from its registry when the job names one
+// by a registry address and the store does not have it yet. The
+// registry is the platform's: this host's certificate gets it in.
+func (d *Daemon) pull(ctx context.Context, ref string) error {
+	if ref == "" || !imagestore.FromRegistry(ref) {
+		return nil
+	}
+	d.mu.Lock()
+	t := d.registryTransport
+	d.mu.Unlock()
+	if t == nil {
+		return fmt.Errorf("pull %s: the host API is not serving yet", ref)
+	}
+	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
+	defer cancel()
+	_, err := d.images.Pull(ctx, ref, remote.WithTransport(t))
+	return err
+}
+
+// pullTimeout bounds a job's image pull.
+const pullTimeout = 10 * time.Minute

@@ -26,9 +26,27 @@ const (
 	annotationRefName        = "org.opencontainers.image.ref.name"
 )
 
+// ArchiveImage is one image of an archive, with the names the archive
+// gives it.
+type ArchiveImage struct {
+	Image v1.Image
+	Names []string
+}
+
+// ReadArchive reads the images of the archive at p as Import does (a
+// `docker save` archive, or an OCI image layout, a directory or a tar of
+// one), unpacking a layout's tar under tmpDir; cleanup removes that.
+func ReadArchive(p, tmpDir string) (imgs []ArchiveImage, cleanup func(), err error) {
+	srcs, cleanup, err := openArchive(p, tmpDir)
+	for _, s := range srcs {
+		imgs = append(imgs, ArchiveImage{Image: s.img, Names: s.names})
+	}
+	return imgs, cleanup, err
+}
+
 // openArchive finds the images in the archive at p; cleanup removes what
-// reading them needed to unpack.
-func (s *Store) openArchive(p string) (srcs []source, cleanup func(), err error) {
+// reading them needed to unpack under tmpDir.
+func openArchive(p, tmpDir string) (srcs []source, cleanup func(), err error) {
 	cleanup = func() {}
 	fi, err := os.Stat(p)
 	if err != nil {
@@ -47,7 +65,7 @@ func (s *Store) openArchive(p string) (srcs []source, cleanup func(), err error)
 		srcs, err := dockerSources(p)
 		return srcs, cleanup, err
 	default:
-		dir, err := s.extractLayout(p)
+		dir, err := extractLayout(p, tmpDir)
 		if err != nil {
 			return nil, cleanup, err
 		}
@@ -224,13 +242,13 @@ var layoutEntry = regexp.MustCompile(`^(oci-layout|index\.json|blobs/[a-z0-9]+/[
 // extractLayout unpacks a tar of an OCI layout into a directory under
 // tmp/. It writes only regular files whose names the layout spec allows,
 // into directories it makes itself, so the tar cannot write elsewhere.
-func (s *Store) extractLayout(p string) (string, error) {
+func extractLayout(p, tmpDir string) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", fmt.Errorf("import: %w", err)
 	}
 	defer f.Close()
-	dir, err := os.MkdirTemp(s.path("tmp"), "layout-")
+	dir, err := os.MkdirTemp(tmpDir, "layout-")
 	if err != nil {
 		return "", fmt.Errorf("import: %w", err)
 	}

@@ -30,7 +30,7 @@ func (s *Store) Import(ctx context.Context, path string) ([]Image, error) {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
 
-	srcs, cleanup, err := s.openArchive(path)
+	srcs, cleanup, err := openArchive(path, s.path("tmp"))
 	if err != nil {
 		return nil, err
 	}

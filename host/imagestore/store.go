@@ -100,6 +100,8 @@ type Store struct {
 	// recordMu serialises changes to image records (names move between
 	// records, so a change may touch several).
 	recordMu sync.Mutex
+	// pullMu serialises pulls.
+	pullMu sync.Mutex
 }
 
 // Open opens the store in dir (for example /var/lib/plinth/images),

@@ -315,6 +315,10 @@ func setKey(obj object, key string) {
 		o.ID = key
 	case *App:
 		o.Name = key
+	case *Image:
+		o.ID = key
+	case *Tag:
+		o.ID = key
 	}
 }
 

@@ -72,3 +72,54 @@ func (c *Client) UpdateDeploy(ctx context.Context, d Deploy, cas uint64) (Deploy
 	_, err := c.call(ctx, http.MethodPut, casPath("/v1/deploys/"+d.ID, &cas), d, &out)
 	return out, err
 }
+
+// Images lists the images pushed to the cluster's registry.
+func (c *Client) Images(ctx context.Context, q QueryOptions) ([]Image, QueryMeta, error) {
+	return listOf[Image](c, ctx, "images", q)
+}
+
+// Image reads one image by ID ("<repo>@sha256:…").
+func (c *Client) Image(ctx context.Context, id string, q QueryOptions) (Image, error) {
+	var out Image
+	_, err := c.call(ctx, http.MethodGet, queryPath("/v1/images/"+id, q), nil, &out)
+	return out, err
+}
+
+// PutImage records an image the registry stored.
+func (c *Client) PutImage(ctx context.Context, i Image) (Image, error) {
+	var out Image
+	_, err := c.call(ctx, http.MethodPut, "/v1/images/"+i.ID, i, &out)
+	return out, err
+}
+
+// DeleteImage forgets an image; the registries remove the blobs no
+// image refers to any more.
+func (c *Client) DeleteImage(ctx context.Context, id string) error {
+	_, err := c.call(ctx, http.MethodDelete, "/v1/images/"+id, nil, nil)
+	return err
+}
+
+// Tags lists the registry's tags.
+func (c *Client) Tags(ctx context.Context, q QueryOptions) ([]Tag, QueryMeta, error) {
+	return listOf[Tag](c, ctx, "tags", q)
+}
+
+// Tag reads one tag by ID ("<repo>:<tag>").
+func (c *Client) Tag(ctx context.Context, id string, q QueryOptions) (Tag, error) {
+	var out Tag
+	_, err := c.call(ctx, http.MethodGet, queryPath("/v1/tags/"+id, q), nil, &out)
+	return out, err
+}
+
+// PutTag points a tag at an image.
+func (c *Client) PutTag(ctx context.Context, t Tag) (Tag, error) {
+	var out Tag
+	_, err := c.call(ctx, http.MethodPut, "/v1/tags/"+t.ID, t, &out)
+	return out, err
+}
+
+// DeleteTag removes a tag.
+func (c *Client) DeleteTag(ctx context.Context, id string) error {
+	_, err := c.call(ctx, http.MethodDelete, "/v1/tags/"+id, nil, nil)
+	return err
+}

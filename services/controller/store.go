@@ -68,6 +68,8 @@ var kinds = map[string]*kind{
 		check: checkApp, keep: keepApp, admit: admitApp},
 	"releases": {name: "releases", field: "ID", new: func() object { return new(Release) }, indexes: map[string]string{"app": "App"}},
 	"deploys":  {name: "deploys", field: "ID", new: func() object { return new(Deploy) }, indexes: map[string]string{"app": "App"}},
+	"images":   {name: "images", field: "ID", new: func() object { return new(Image) }, writable: true, check: checkImage, indexes: map[string]string{"repo": "Repo"}},
+	"tags":     {name: "tags", field: "ID", new: func() object { return new(Tag) }, writable: true, check: checkTag, indexes: map[string]string{"repo": "Repo"}},
 }
 
 // indexTable records, per collection, the raft index of its last change:
