@@ -24,6 +24,8 @@ func rootCommand() *cobra.Command {
 	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), selftestCommand(), netdCommand(), netCommand(),
 		hostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(), discoveryCommand(),
 		schedulerCommand(), hostsCommand(), statusCommand(), formationsCommand(), routerCommand(), routesCommand(), registryCommand(),
+		appsCommand(), deployCommand(), releasesCommand(), rollbackCommand(), configCommand(), psCommand(), logsCommand(), runCommand(),
+		deploysCommand(), eventsCommand(), applyCommand(), exportCommand(),
 		powerCommand("poweroff", "Power the machine off in order", unix.SIGUSR2),
 		powerCommand("reboot", "Reboot the machine in order", unix.SIGTERM))
 	return root
