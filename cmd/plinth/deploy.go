@@ -67,9 +67,11 @@ func deployRelease(ctx context.Context, c *controller.Client, app string, q cont
 // the deploy does.
 func followDeploy(ctx context.Context, c *controller.Client, id string) error {
 	printed := 0
-	var index uint64
+	// The first read at the leader: a follower may not have the deploy
+	// yet.
+	q := controller.QueryOptions{Consistent: true}
 	for {
-		d, m, err := c.Deploy(ctx, id, controller.QueryOptions{Index: index, Wait: controller.MaxWait})
+		d, m, err := c.Deploy(ctx, id, q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("stopped following deploy %s, which goes on (plinth deploys -a %s)", id, d.App)
@@ -87,7 +89,7 @@ func followDeploy(ctx context.Context, c *controller.Client, id string) error {
 		case controller.DeployFailed:
 			return fmt.Errorf("deploy of v%d failed, v%d serves: %s", d.To, d.From, d.Reason)
 		}
-		index = m.Index
+		q = controller.QueryOptions{Index: m.Index, Wait: controller.MaxWait}
 	}
 }
 

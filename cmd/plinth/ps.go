@@ -228,7 +228,7 @@ func logsCommand() *cobra.Command {
 	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new lines, from new instances too")
 	fl.IntVarP(&lines, "lines", "n", 100, "how many of the last lines to print first")
 	fl.StringVar(&typ, "type", "", "only this process type's instances")
-	fl.StringVar(&hostName, "host", "", "only the instances on this host (name or ID)")
+	fl.StringVar(&hostName, "on", "", "only the instances on this host (name or ID); --host is the host API the CLI talks to")
 	return cmd
 }
 

@@ -286,6 +286,14 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 	if err := h.LinkSetName(pl, "eth0"); err != nil {
 		return err
 	}
+	// The MAC follows from the address: a job that gets the address of
+	// one just removed also gets its MAC, so the neighbour entries other
+	// hosts and jobs keep for the address stay right. With a random MAC
+	// they would send to the old one until their entry went stale (about
+	// 5 s of lost connections after each deploy).
+	if err := h.LinkSetHardwareAddr(pl, MACFor(ip)); err != nil {
+		return fmt.Errorf("set eth0's MAC: %w", err)
+	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(n.cfg.Range.Bits(), 32)}}
 	if err := h.AddrAdd(pl, addr); err != nil {
 		return err
@@ -298,6 +306,13 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 		return err
 	}
 	return h.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: n.gw.AsSlice()})
+}
+
+// MACFor is the MAC of a job's eth0 at ip: locally administered,
+// unicast, 02:42 and the address's four bytes.
+func MACFor(ip netip.Addr) net.HardwareAddr {
+	b := ip.As4()
+	return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
 }
 
 // Detach deletes job id's namespace and, with it, its veth pair.

@@ -2,7 +2,7 @@
 // job that says who it is over HTTP, echoes TCP and UDP, and echoes the
 // bytes of an upgraded HTTP connection (as a websocket echo would).
 //
-//	echoback --name NAME [--http :8080] [--api :8081] [--tcp :9000] [--udp :9001]
+//	echoback [--name NAME] [--http :8080] [--api :8081] [--tcp :9000] [--udp :9001]
 //
 // HTTP answers "<service> <name> <local address> <path>\n" and the
 // request's X-Forwarded-* and X-Request-Id as headers; /slow?ms=N answers after
@@ -12,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
@@ -20,12 +21,13 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 )
 
 func main() {
-	name := flag.String("name", randomName(), "name in every answer (default: random)")
+	name := flag.String("name", cmp.Or(os.Getenv("ECHOBACK_NAME"), randomName()), "name in every answer (default: $ECHOBACK_NAME, else random)")
 	httpAddr := flag.String("http", "", "address of the \"web\" HTTP service")
 	apiAddr := flag.String("api", "", "address of the \"api\" HTTP service")
 	tcpAddr := flag.String("tcp", "", "address of the TCP echo")
@@ -62,6 +64,7 @@ func serveHTTP(addr, service, name string) {
 		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 		fmt.Fprintf(w, "%s %s %s %s\n", service, name, local, r.URL.Path)
 	})
+	log.Printf("%s serving %s on %s", name, service, addr)
 	log.Fatal(http.ListenAndServe(addr, h))
 }
 

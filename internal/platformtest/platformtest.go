@@ -100,6 +100,8 @@ type Platform struct {
 	// Client is a namespace on the segment for the test's own clients.
 	Client *netnstest.Host
 	Hosts  []*Host
+
+	containerNetwork bool
 }
 
 // Host is one host of the platform.
@@ -121,12 +123,24 @@ type Host struct {
 	Zone string
 }
 
+// Option changes how New starts the hosts.
+type Option func(*Platform)
+
+// WithContainerNetwork gives the hosts their container bridge and the
+// overlay, for bridge jobs (apps).
+func WithContainerNetwork() Option {
+	return func(p *Platform) { p.containerNetwork = true }
+}
+
 // New starts n hosts with the role controller on a segment whose
 // addresses are <subnet>.1 to .n; tag keeps the namespace names of test
 // packages apart.
-func New(t *testing.T, tag, subnet string, n int) *Platform {
+func New(t *testing.T, tag, subnet string, n int, opts ...Option) *Platform {
 	seg := netnstest.New(t, tag, subnet)
 	p := &Platform{t: t, Seg: seg, Bin: Binary(t), dir: t.TempDir()}
+	for _, o := range opts {
+		o(p)
+	}
 	b, err := bundle.Create("test")
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +187,7 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 	t.Helper()
 	cmd := p.Seg.Command(h.NS, p.Bin, "hostd", "--state-dir", filepath.Join(h.Dir, "host"), "--run-dir", filepath.Join(h.Dir, "run"),
 		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
-		"--container-network=false", "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"),
+		"--container-network="+strconv.FormatBool(p.containerNetwork), "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"),
 		"--labels", "zone="+h.Zone)
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -440,10 +454,16 @@ func (p *Platform) CLI(ctx context.Context, args ...string) (string, error) {
 			break
 		}
 	}
-	args = append(args, "--credentials", p.CredsFile)
+	// The flags go before a "--": what follows it is a command's.
+	flags := []string{"--credentials", p.CredsFile}
 	if !slices.Contains(args, "--host") {
-		args = append(args, "--host", seed.NS.Addr)
+		flags = append(flags, "--host", seed.NS.Addr)
 	}
+	at := len(args)
+	if i := slices.Index(args, "--"); i >= 0 {
+		at = i
+	}
+	args = slices.Concat(args[:at], flags, args[at:])
 	cmd := p.Seg.Command(p.Client, p.Bin, args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

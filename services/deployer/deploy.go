@@ -249,7 +249,9 @@ func (r *run) stillOurs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read deploy: %w", err)
 	}
-	if cur.ModifyIndex != r.dep.ModifyIndex || cur.State != controller.DeployRunning {
+	// A follower may answer an older version than this deployer's last
+	// write; only a newer one is another writer's.
+	if cur.ModifyIndex > r.dep.ModifyIndex || (cur.ModifyIndex == r.dep.ModifyIndex && cur.State != controller.DeployRunning) {
 		return errDeployMoved
 	}
 	return nil

@@ -1,0 +1,438 @@
+package deployer_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/plinth-os/plinth/host/imagestore"
+	"github.com/plinth-os/plinth/internal/platformtest"
+	"github.com/plinth-os/plinth/internal/testwait"
+	"github.com/plinth-os/plinth/services/controller"
+)
+
+func TestMain(m *testing.M) { platformtest.Main(m) }
+
+// appImage writes a docker-save archive of the test app: echoback
+// (built static) and busybox's sh, with echoback as the entrypoint.
+func appImage(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "echoback")
+	build := exec.Command("go", "build", "-o", bin, "github.com/plinth-os/plinth/internal/echoback")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build echoback: %v\n%s", err, out)
+	}
+	echo, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs busybox-static (scripts/deps.sh)")
+	}
+	files := []imagestore.File{
+		{Name: "bin/", Mode: 0o755}, {Name: "tmp/", Mode: 0o1777},
+		{Name: "bin/busybox", Data: bb, Mode: 0o755}, {Name: "bin/sh", Link: "busybox"},
+		{Name: "echoback", Data: echo, Mode: 0o755},
+	}
+	archive := filepath.Join(dir, "app.tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := imagestore.WriteArchive(f, "demo:v1", files, imagestore.ImageConfig{Entrypoint: []string{"/echoback"}}); err != nil {
+		t.Fatal(err)
+	}
+	return archive
+}
+
+// The app's declaration: web (HTTP, checked quickly) and echo (TCP),
+// routed from every host.
+const appTOML = `
+app = "demo"
+
+[processes.web]
+cmd = ["/echoback", "--http", ":8080"]
+port = 8080
+scale = 2
+[processes.web.check]
+type = "http"
+interval = "500ms"
+timeout = "400ms"
+
+[processes.echo]
+cmd = "/echoback --tcp :9000"
+port = 9000
+scale = 1
+
+[[routes]]
+type = "http"
+domain = "demo.test"
+
+[[routes]]
+type = "tcp"
+process = "echo"
+port = 30100
+`
+
+// TestAppLifecycle runs an app on three hosts with the whole platform:
+// deploy from an archive (through the registry), apply, requests through
+// every host's router, config changes and rollback as new releases,
+// scale, run, and deploys that fail (release command, health) leaving
+// the serving release serving, with a request loop through the deploys
+// that sees no failure.
+func TestAppLifecycle(t *testing.T) {
+	p := platformtest.New(t, "plap", "10.74.0", 3, platformtest.WithContainerNetwork())
+	p.Bootstrap(3 * time.Minute)
+	archive := appImage(t)
+	dir := t.TempDir()
+	decl := filepath.Join(dir, "plinth.toml")
+	if err := os.WriteFile(decl, []byte(appTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(timeout time.Duration, args ...string) string {
+		t.Helper()
+		out, err := p.CLI(testwait.Ctx(t, timeout), args...)
+		if err != nil {
+			t.Fatalf("plinth %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	cli(30*time.Second, "apps", "create", "demo")
+
+	// The first deploy: pushed through the registry, its processes from
+	// plinth.toml; apply then scales and routes it.
+	out := cli(3*time.Minute, "deploy", "-a", "demo", "--image", archive, "--file", decl)
+	for _, want := range []string{"pushed", "release v1", "web: health check GET :8080/", "deployed v1"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("deploy output lacks %q:\n%s", want, out)
+		}
+	}
+	out = cli(3*time.Minute, "apply", "-f", decl)
+	for _, want := range []string{"~ scale web 1 → 2", "~ scale echo 0 → 1", "+ route http demo.test to demo", "+ route tcp 30100 to demo-echo"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("apply output lacks %q:\n%s", want, out)
+		}
+	}
+	waitInstances(t, p, map[string]int{"web": 2, "echo": 1})
+	names := webNames(t, p, 2)
+	t.Logf("web instances answer as %v", names)
+	echoThroughEveryRouter(t, p, 30100)
+
+	// The registry kept the image's blobs on two hosts.
+	layerCopies(t, p)
+
+	// A config change is a new release, deployed under load without a
+	// failed request.
+	load := startLoad(t, p)
+	out = cli(3*time.Minute, "config", "set", "-a", "demo", "ECHOBACK_NAME=blue")
+	if !strings.Contains(out, "deployed v2") {
+		t.Fatalf("config set did not deploy v2:\n%s", out)
+	}
+	webNames(t, p, 2, "blue")
+	cli(3*time.Minute, "config", "set", "-a", "demo", "ECHOBACK_NAME=green", "--strategy", "all-at-once")
+	webNames(t, p, 2, "green")
+	ok, failed := load.stop()
+	if ok < 20 || failed != 0 {
+		t.Fatalf("requests through two deploys: %d answered, %d failed (want none failed)\n%s", ok, failed, load.errors())
+	}
+	t.Logf("requests during two deploys: %d answered, 0 failed", ok)
+
+	// Rollback makes v4 from v2: its image and config.
+	out = cli(3*time.Minute, "rollback", "-a", "demo")
+	if !strings.Contains(out, "rollback to v2") || !strings.Contains(out, "deployed v4") {
+		t.Fatalf("rollback:\n%s", out)
+	}
+	webNames(t, p, 2, "blue")
+
+	// Scale up and down.
+	cli(30*time.Second, "ps", "scale", "-a", "demo", "web=3")
+	waitInstances(t, p, map[string]int{"web": 3, "echo": 1})
+	cli(30*time.Second, "ps", "scale", "-a", "demo", "web=1")
+	waitInstances(t, p, map[string]int{"web": 1, "echo": 1})
+
+	// run: output streamed, exit code returned.
+	runOut, err := p.CLI(testwait.Ctx(t, 2*time.Minute), "run", "-a", "demo", "--", "/bin/sh", "-c", "echo one-off $ECHOBACK_NAME; exit 3")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.Contains(runOut, "one-off blue") {
+		t.Fatalf("plinth run: err %v, output:\n%s", err, runOut)
+	}
+
+	// A release command that fails stops the deploy before any instance
+	// starts; v4 serves on.
+	failing := strings.Replace(appTOML, `app = "demo"`, "app = \"demo\"\nrelease = \"/bin/sh -c 'echo migrating; exit 1'\"", 1)
+	if err := os.WriteFile(decl, []byte(failing), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = p.CLI(testwait.Ctx(t, 3*time.Minute), "deploy", "-a", "demo", "--image", "demo:latest", "--file", decl)
+	if err == nil || !strings.Contains(out, "release command exited 1: migrating") || !strings.Contains(out, "v4 serves") {
+		t.Fatalf("deploy with a failing release command: err %v\n%s", err, out)
+	}
+	webNames(t, p, 1, "blue")
+
+	// New instances that never get healthy: the deploy gives up after
+	// its health timeout and v4 serves on.
+	broken := strings.Replace(appTOML, `cmd = ["/echoback", "--http", ":8080"]`, `cmd = ["/echoback", "--http", ":8081"]`, 1)
+	if err := os.WriteFile(decl, []byte(broken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = p.CLI(testwait.Ctx(t, 3*time.Minute), "deploy", "-a", "demo", "--image", "demo:latest", "--file", decl, "--health-timeout", "5s")
+	if err == nil || !strings.Contains(out, "new instances healthy after 5s") || !strings.Contains(out, "v4 serves") {
+		t.Fatalf("deploy of unhealthy instances: err %v\n%s", err, out)
+	}
+	webNames(t, p, 1, "blue")
+	waitInstances(t, p, map[string]int{"web": 1, "echo": 1})
+
+	// A second deploy while one runs is refused, and makes no release.
+	first := make(chan string, 1)
+	go func() {
+		out, _ := p.CLI(testwait.Ctx(t, 3*time.Minute), "ps", "restart", "-a", "demo")
+		first <- out
+	}()
+	testwait.For(t, "the restart's deploy to start", 30*time.Second, func() error {
+		out, err := p.CLI(testwait.Ctx(t, 30*time.Second), "deploys", "-a", "demo")
+		if err != nil || !strings.Contains(out, "running") {
+			return fmt.Errorf("no running deploy: %v\n%s", err, out)
+		}
+		return nil
+	})
+	out, err = p.CLI(testwait.Ctx(t, time.Minute), "config", "set", "-a", "demo", "X=1")
+	if err == nil || !strings.Contains(out, "is running") || !strings.Contains(out, "no release was made") {
+		t.Fatalf("config set during a deploy: err %v\n%s", err, out)
+	}
+	if out := <-first; !strings.Contains(out, "deployed v") {
+		t.Fatalf("restart:\n%s", out)
+	}
+	rels := cli(30*time.Second, "releases", "-a", "demo", "--json")
+	var releases []controller.Release
+	if err := json.Unmarshal([]byte(rels), &releases); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range releases {
+		if r.Config["X"] != "" {
+			t.Fatalf("release v%d has the refused change: %v", r.Version, r.Config)
+		}
+	}
+
+	// logs: every instance's lines, prefixed with type, instance and host.
+	logs := cli(30*time.Second, "logs", "-a", "demo", "-n", "50")
+	if !strings.Contains(logs, "web demo.web.v") || !strings.Contains(logs, "blue serving web on :8080") {
+		t.Fatalf("logs lack the web instances' prefix:\n%s", logs)
+	}
+}
+
+// waitInstances waits until ps shows want instances of each type, each
+// running, and on distinct hosts for web.
+func waitInstances(t *testing.T, p *platformtest.Platform, want map[string]int) {
+	t.Helper()
+	testwait.For(t, fmt.Sprintf("instances %v", want), 2*time.Minute, func() error {
+		out, err := p.CLI(testwait.Ctx(t, 30*time.Second), "ps", "-a", "demo", "--json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		var ins []struct {
+			Type, State, Host, Health string
+		}
+		if err := json.Unmarshal([]byte(out), &ins); err != nil {
+			return err
+		}
+		got := map[string]int{}
+		for _, i := range ins {
+			if i.State != "running" || i.Host == "" {
+				return fmt.Errorf("instance %+v", i)
+			}
+			got[i.Type]++
+		}
+		for typ, n := range want {
+			if got[typ] != n {
+				return fmt.Errorf("%d %s instances, want %d: %s", got[typ], typ, n, out)
+			}
+		}
+		return nil
+	})
+}
+
+// webNames asks every host's router for demo.test until the answers
+// come from n distinct instances named with prefix (when given), and
+// returns their names.
+func webNames(t *testing.T, p *platformtest.Platform, n int, prefix ...string) []string {
+	t.Helper()
+	var names []string
+	testwait.For(t, fmt.Sprintf("%d web instances answering %v through every router", n, prefix), 2*time.Minute, func() error {
+		seen := map[string]bool{}
+		for round := 0; round < 4*n; round++ {
+			for _, h := range p.Hosts {
+				body, err := get(p, h.NS.Addr)
+				if err != nil {
+					return fmt.Errorf("through %s: %w", h.NS.Name, err)
+				}
+				f := strings.Fields(body)
+				if len(f) < 2 || f[0] != "web" {
+					return fmt.Errorf("through %s: %q", h.NS.Name, body)
+				}
+				if len(prefix) > 0 && f[1] != prefix[0] {
+					return fmt.Errorf("through %s: answered by %q, want %q", h.NS.Name, f[1], prefix[0])
+				}
+				seen[f[1]+" "+f[2]] = true
+			}
+		}
+		if len(seen) != n {
+			return fmt.Errorf("%d instances answered, want %d: %v", len(seen), n, seen)
+		}
+		names = names[:0]
+		for k := range seen {
+			names = append(names, k)
+		}
+		return nil
+	})
+	return names
+}
+
+// clients are the test clients, one per platform: each holds the
+// client namespace open.
+var clients sync.Map
+
+// get asks the router at addr for demo.test's root, on a new
+// connection each time (each may reach another instance).
+func get(p *platformtest.Platform, addr string) (string, error) {
+	c, ok := clients.Load(p)
+	if !ok {
+		c, _ = clients.LoadOrStore(p, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext:       p.Seg.DialContext(p.Client),
+			DisableKeepAlives: true,
+		}})
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	req.Host = "demo.test"
+	resp, err := c.(*http.Client).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	return string(body), nil
+}
+
+func echoThroughEveryRouter(t *testing.T, p *platformtest.Platform, port int) {
+	t.Helper()
+	dial := p.Seg.DialContext(p.Client)
+	testwait.For(t, "TCP echo through every router", time.Minute, func() error {
+		for _, h := range p.Hosts {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			conn, err := dial(ctx, "tcp", net.JoinHostPort(h.NS.Addr, fmt.Sprint(port)))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("through %s: %w", h.NS.Name, err)
+			}
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
+			fmt.Fprintf(conn, "ping %s\n", h.NS.Name)
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil || line != "ping "+h.NS.Name+"\n" {
+				return fmt.Errorf("through %s: %q %v", h.NS.Name, line, err)
+			}
+		}
+		return nil
+	})
+}
+
+// layerCopies checks that the app image's layer is on two hosts'
+// registries, or more.
+func layerCopies(t *testing.T, p *platformtest.Platform) {
+	t.Helper()
+	out, err := p.CLI(testwait.Ctx(t, 30*time.Second), "releases", "-a", "demo", "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var rels []controller.Release
+	if err := json.Unmarshal([]byte(out), &rels); err != nil {
+		t.Fatal(err)
+	}
+	c := p.Controllers()
+	img, err := c.Image(testwait.Ctx(t, 10*time.Second), rels[0].Image, controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, blob := range img.Blobs {
+		hex := strings.TrimPrefix(blob, "sha256:")
+		var on []string
+		for _, h := range p.Hosts {
+			if _, err := os.Stat(filepath.Join(h.Dir, "volumes", "var/lib/plinth/registry/sha256", hex)); err == nil {
+				on = append(on, h.NS.Name)
+			}
+		}
+		if len(on) < 2 {
+			t.Fatalf("blob %s is on %v, want two hosts or more", blob, on)
+		}
+	}
+}
+
+// load sends requests one after another through the first host's
+// router until stopped, counting answers and failures.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(t *testing.T, p *platformtest.Platform) *load {
+	l := &load{done: make(chan struct{})}
+	addr := p.Hosts[0].NS.Addr
+	l.wg.Go(func() {
+		// Bounded: at most 10 minutes of requests.
+		for end := time.Now().Add(10 * time.Minute); time.Now().Before(end); {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			if _, err := get(p, addr); err != nil {
+				l.failed.Add(1)
+				l.mu.Lock()
+				l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+				l.mu.Unlock()
+			} else {
+				l.ok.Add(1)
+			}
+		}
+	})
+	t.Cleanup(func() { l.stop() })
+	return l
+}
+
+func (l *load) stop() (ok, failed int64) {
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	l.wg.Wait()
+	return l.ok.Load(), l.failed.Load()
+}
+
+func (l *load) errors() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.errs, "\n")
+}
