@@ -38,6 +38,7 @@ func registryRunCommand() *cobra.Command {
 				cfg.Controller = controller.NewHostClient(hc, creds.TLS())
 				cfg.TLS = creds.ServerTLS()
 				cfg.PeerTLS = creds.TLS()
+				cfg.Host = hc
 				cfg.Logger = log
 				return registryService{cfg: cfg, host: hc, log: log}, nil
 			})

@@ -35,6 +35,7 @@ func schedulerRunCommand() *cobra.Command {
 				cfg.Dial = func(addr string) scheduler.HostAPI { return host.NewClient(addr, creds.TLS()) }
 				dcfg := deployer.DefaultConfig()
 				dcfg.Controller = cc
+				dcfg.Retention = cc
 				dcfg.Dial = func(addr string) deployer.HostAPI { return host.NewClient(addr, creds.TLS()) }
 				dcfg.Logger = log.With("service", "deployer")
 				dep, err := deployer.New(dcfg)

@@ -189,6 +189,16 @@ func (c *Controller) readTarget(r *http.Request) (*kind, QueryOptions, error) {
 	return k, q, err
 }
 
+// deleteTarget is writeTarget for a removal: collections the platform
+// writes may allow some removals (old releases).
+func (c *Controller) deleteTarget(r *http.Request) (*kind, *uint64, error) {
+	if k, err := c.kindOf(r); err == nil && k.removable != nil {
+		cas, err := casParam(r)
+		return k, cas, err
+	}
+	return c.writeTarget(r)
+}
+
 // writeTarget is what every generic write needs: a collection the API
 // may write and the compare-and-set index.
 func (c *Controller) writeTarget(r *http.Request) (*kind, *uint64, error) {
@@ -333,7 +343,7 @@ func (c *Controller) writeObject(w http.ResponseWriter, table, key string, index
 }
 
 func (c *Controller) serveDelete(w http.ResponseWriter, r *http.Request) {
-	k, cas, err := c.writeTarget(r)
+	k, cas, err := c.deleteTarget(r)
 	if err != nil {
 		writeError(w, 0, err)
 		return

@@ -558,3 +558,40 @@ func releaseJob(r *Release, typ string, cmd []string) job.Spec {
 func RegistryImage(image string) string {
 	return "127.0.0.1:" + strconv.Itoa(RegistryPort) + "/" + image
 }
+
+// Retention settings: how many releases of each app are kept with their
+// images, and how long an image or blob nothing refers to is kept (a
+// push in progress refers to nothing yet).
+const (
+	KeepReleasesSetting = "apps.keep_releases"
+	GCGraceSetting      = "registry.gc_grace"
+)
+
+// Retention defaults.
+const (
+	DefaultKeepReleases = 10
+	DefaultGCGrace      = time.Hour
+)
+
+// checkRemoveRelease refuses to remove a release that serves or that a
+// running deploy moves from or to.
+func checkRemoveRelease(txn *memdb.Txn, key string) error {
+	raw, err := txn.First("releases", "id", key)
+	if err != nil || raw == nil {
+		return err
+	}
+	r := raw.(*Release)
+	if a, err := txn.First("apps", "id", r.App); err != nil {
+		return err
+	} else if a != nil && a.(*App).Release == r.Version {
+		return fmt.Errorf("%w: release %s serves", ErrConflict, r.ID)
+	}
+	d, err := runningDeploy(txn, r.App)
+	if err != nil {
+		return err
+	}
+	if d != nil && (d.From == r.Version || d.To == r.Version) {
+		return fmt.Errorf("%w: release %s is being deployed", ErrConflict, r.ID)
+	}
+	return nil
+}

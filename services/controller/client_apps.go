@@ -123,3 +123,10 @@ func (c *Client) DeleteTag(ctx context.Context, id string) error {
 	_, err := c.call(ctx, http.MethodDelete, "/v1/tags/"+id, nil, nil)
 	return err
 }
+
+// DeleteRelease removes an old release; one that serves or is being
+// deployed stays (409).
+func (c *Client) DeleteRelease(ctx context.Context, app string, version int) error {
+	_, err := c.call(ctx, http.MethodDelete, "/v1/releases/"+url.PathEscape(app)+"/v"+strconv.Itoa(version), nil, nil)
+	return err
+}

@@ -142,8 +142,14 @@ func apply(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 		}
 		return put(txn, c.Kind, obj, index, c.CAS)
 	case opDelete:
-		if _, ok := kinds[c.Kind]; !ok {
+		k, ok := kinds[c.Kind]
+		if !ok {
 			return fmt.Errorf("%w: no collection %q", ErrInvalid, c.Kind)
+		}
+		if k.removable != nil {
+			if err := k.removable(txn, c.Key); err != nil {
+				return err
+			}
 		}
 		return remove(txn, c.Kind, c.Key, index, c.CAS)
 	case opReport:

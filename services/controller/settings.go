@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -28,6 +30,14 @@ func checkSetting(o object) error {
 		err = checkCertPEM(s.Value)
 	case DefaultKeySetting:
 		err = checkKeyPEM(s.Value)
+	case KeepReleasesSetting:
+		if n, perr := strconv.Atoi(s.Value); perr != nil || n < 1 || n > 1000 {
+			err = fmt.Errorf("%q: give 1 to 1000 releases", s.Value)
+		}
+	case GCGraceSetting:
+		if d, perr := time.ParseDuration(s.Value); perr != nil || d < 0 {
+			err = fmt.Errorf("%q: give a duration such as 1h", s.Value)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%w: setting %s: %v", ErrInvalid, s.Key, err)

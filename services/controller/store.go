@@ -50,6 +50,9 @@ type kind struct {
 	// admit, when set, checks an object against the rest of the state as
 	// its write is applied, and may complete it (an ID, a port).
 	admit func(txn *memdb.Txn, index uint64, t time.Time, obj object) error
+	// removable, when set, lets the platform remove objects of a kind
+	// the API does not write, when it says yes.
+	removable func(txn *memdb.Txn, key string) error
 }
 
 var kinds = map[string]*kind{
@@ -66,10 +69,11 @@ var kinds = map[string]*kind{
 		check: checkRoute, keep: keepRoutePort, admit: admitRoute},
 	"apps": {name: "apps", field: "Name", new: func() object { return new(App) }, writable: true,
 		check: checkApp, keep: keepApp, admit: admitApp},
-	"releases": {name: "releases", field: "ID", new: func() object { return new(Release) }, indexes: map[string]string{"app": "App"}},
-	"deploys":  {name: "deploys", field: "ID", new: func() object { return new(Deploy) }, indexes: map[string]string{"app": "App"}},
-	"images":   {name: "images", field: "ID", new: func() object { return new(Image) }, writable: true, check: checkImage, indexes: map[string]string{"repo": "Repo"}},
-	"tags":     {name: "tags", field: "ID", new: func() object { return new(Tag) }, writable: true, check: checkTag, indexes: map[string]string{"repo": "Repo"}},
+	"releases": {name: "releases", field: "ID", new: func() object { return new(Release) }, indexes: map[string]string{"app": "App"},
+		removable: checkRemoveRelease},
+	"deploys": {name: "deploys", field: "ID", new: func() object { return new(Deploy) }, indexes: map[string]string{"app": "App"}},
+	"images":  {name: "images", field: "ID", new: func() object { return new(Image) }, writable: true, check: checkImage, indexes: map[string]string{"repo": "Repo"}},
+	"tags":    {name: "tags", field: "ID", new: func() object { return new(Tag) }, writable: true, check: checkTag, indexes: map[string]string{"repo": "Repo"}},
 }
 
 // indexTable records, per collection, the raft index of its last change:

@@ -264,8 +264,9 @@ func (r *run) say(ctx context.Context, format string, args ...any) error {
 	return r.write(ctx, next)
 }
 
-// end records the deploy's end.
+// end records the deploy's end, and asks the next pass to prune.
 func (r *run) end(ctx context.Context, state, reason string) error {
+	r.d.ended.Store(true)
 	next := r.dep
 	next.State, next.Reason = state, reason
 	text := "deploy done: v" + fmt.Sprint(r.dep.To) + " serves"

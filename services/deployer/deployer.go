@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/plinth-os/plinth/host/job"
@@ -51,6 +52,8 @@ var _ Controller = (*controller.Client)(nil)
 // Controller and Dial.
 type Config struct {
 	Controller Controller
+	// Retention, when set, removes old releases and unused images.
+	Retention Retention
 	// Dial returns a client for the host API at addr: release commands
 	// run as one-off jobs on a host.
 	Dial func(addr string) HostAPI
@@ -62,6 +65,9 @@ type Config struct {
 	WatchWait time.Duration
 	// ReleaseTimeout bounds a release command.
 	ReleaseTimeout time.Duration
+	// PruneEvery is how often old releases and images are looked for,
+	// besides after each deploy.
+	PruneEvery time.Duration
 	Logger         *slog.Logger
 }
 
@@ -73,6 +79,7 @@ func DefaultConfig() Config {
 		Resync:         5 * time.Second,
 		WatchWait:      time.Minute,
 		ReleaseTimeout: 10 * time.Minute,
+		PruneEvery:     10 * time.Minute,
 	}
 }
 
@@ -84,6 +91,8 @@ type Deployer struct {
 
 	mu      sync.Mutex
 	running map[string]bool // deploy IDs being carried out
+	// ended is set when a deploy ends: time to prune.
+	ended atomic.Bool
 }
 
 // New checks cfg and returns a deployer.
@@ -96,6 +105,7 @@ func New(cfg Config) (*Deployer, error) {
 	cfg.Resync = cmp.Or(cfg.Resync, def.Resync)
 	cfg.WatchWait = cmp.Or(cfg.WatchWait, def.WatchWait)
 	cfg.ReleaseTimeout = cmp.Or(cfg.ReleaseTimeout, def.ReleaseTimeout)
+	cfg.PruneEvery = cmp.Or(cfg.PruneEvery, def.PruneEvery)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -124,9 +134,16 @@ func (d *Deployer) Lead(ctx context.Context) {
 		_, m, err := c.Instances(ctx, q)
 		return m.Index, err
 	})
+	var pruned time.Time
 	for {
 		if err := d.pass(ctx, &wg); err != nil && ctx.Err() == nil {
 			d.log.Warn("deployer pass", "err", err)
+		}
+		if d.cfg.Retention != nil && (time.Since(pruned) > d.cfg.PruneEvery || d.ended.Swap(false)) {
+			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
+				d.log.Warn("prune releases and images", "err", err)
+			}
+			pruned = time.Now()
 		}
 		select {
 		case <-ctx.Done():

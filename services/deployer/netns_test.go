@@ -28,7 +28,7 @@ func TestMain(m *testing.M) { platformtest.Main(m) }
 
 // appImage writes a docker-save archive of the test app: echoback
 // (built static) and busybox's sh, with echoback as the entrypoint.
-func appImage(t *testing.T) string {
+func appImage(t *testing.T, extra ...imagestore.File) string {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "echoback")
@@ -50,6 +50,7 @@ func appImage(t *testing.T) string {
 		{Name: "bin/busybox", Data: bb, Mode: 0o755}, {Name: "bin/sh", Link: "busybox"},
 		{Name: "echoback", Data: echo, Mode: 0o755},
 	}
+	files = append(files, extra...)
 	archive := filepath.Join(dir, "app.tar")
 	f, err := os.Create(archive)
 	if err != nil {
@@ -229,6 +230,8 @@ func TestAppLifecycle(t *testing.T) {
 			t.Fatalf("release v%d has the refused change: %v", r.Version, r.Config)
 		}
 	}
+
+	retention(t, p, decl)
 
 	// logs: every instance's lines, prefixed with type, instance and host.
 	logs := cli(30*time.Second, "logs", "-a", "demo", "-n", "50")
@@ -435,4 +438,69 @@ func (l *load) errors() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.errs, "\n")
+}
+
+// retention keeps one release: a deploy of a new image removes the old
+// image's record, its blobs from every registry, and the image from
+// every host that pulled it.
+func retention(t *testing.T, p *platformtest.Platform, decl string) {
+	t.Helper()
+	c := p.Controllers()
+	ctx := testwait.Ctx(t, time.Minute)
+	app, err := c.App(ctx, "demo", controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.Release(ctx, "demo", app.Release, controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldImg, err := c.Image(ctx, old.Image, controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range [][2]string{{controller.KeepReleasesSetting, "1"}, {controller.GCGraceSetting, "0s"}} {
+		if _, err := c.PutSetting(ctx, kv[0], kv[1], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(decl, []byte(appTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second := appImage(t, imagestore.File{Name: "version", Data: []byte("2\n"), Mode: 0o644})
+	out, err := p.CLI(testwait.Ctx(t, 3*time.Minute), "deploy", "-a", "demo", "--image", second, "--file", decl)
+	if err != nil {
+		t.Fatalf("deploy of a second image: %v\n%s", err, out)
+	}
+	layer := strings.TrimPrefix(oldImg.Blobs[len(oldImg.Blobs)-1], "sha256:")
+	testwait.For(t, "the old image gone from the controller, every registry and every host", 2*time.Minute, func() error {
+		rels, _, err := c.Releases(testwait.Ctx(t, 10*time.Second), controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		if len(rels) != 1 {
+			return fmt.Errorf("%d releases, want the serving one only", len(rels))
+		}
+		if _, err := c.Image(testwait.Ctx(t, 10*time.Second), oldImg.ID, controller.QueryOptions{}); !controller.IsNotFound(err) {
+			return fmt.Errorf("image record %s: %v", oldImg.ID, err)
+		}
+		for _, h := range p.Hosts {
+			if _, err := os.Stat(filepath.Join(h.Dir, "volumes", "var/lib/plinth/registry/sha256", layer)); err == nil {
+				return fmt.Errorf("the old layer is still in %s's registry", h.NS.Name)
+			}
+			imgs, err := p.HostClient(h).Images(testwait.Ctx(t, 10*time.Second))
+			if err != nil {
+				return err
+			}
+			for _, img := range imgs {
+				for _, n := range img.Names {
+					if strings.HasSuffix(n, oldImg.Digest) {
+						return fmt.Errorf("%s still has %s", h.NS.Name, n)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	webNames(t, p, 1)
 }

@@ -52,6 +52,7 @@ func (b *blobStore) Stat(ctx context.Context, repo string, h v1.Hash) (int64, er
 		return 0, err
 	}
 	if size, ok := b.has(h); ok {
+		b.touch(h)
 		return size, nil
 	}
 	if fromPeer(ctx) {

@@ -66,7 +66,10 @@ type Config struct {
 	// PeerTLS calls the other hosts' registries (a certificate of the
 	// cluster CA).
 	PeerTLS *tls.Config
-	Logger  *slog.Logger
+	// Host, when set, is this host's API: the images it pulled from the
+	// registry that no image record names any more are removed.
+	Host   HostImages
+	Logger *slog.Logger
 }
 
 // DefaultConfig listens on the registry's port.
@@ -134,6 +137,7 @@ func (s *Registry) Run(ctx context.Context) error {
 		ErrorLog: log.New(slogWriter{s.log}, "", 0)}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(tls.NewListener(ln, conf)) }()
+	go s.collect(ctx)
 	s.log.Info("registry serving", "addr", ln.Addr().String(), "dir", s.cfg.Dir)
 	select {
 	case <-ctx.Done():

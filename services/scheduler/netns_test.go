@@ -84,10 +84,10 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		}
 	}
 	ps, _, err := p.Controllers().Placements(testwait.Ctx(t, 5*time.Second), controller.QueryOptions{})
-	// Twelve: the nine adopted, and a router on each host, which the
-	// scheduler started itself.
-	if err != nil || len(ps) != 12 {
-		t.Fatalf("placements after adoption: %d (%v), want 12", len(ps), err)
+	// Fifteen: the nine adopted, and a router and a registry on each
+	// host, which the scheduler started itself.
+	if err != nil || len(ps) != 15 {
+		t.Fatalf("placements after adoption: %d (%v), want 15", len(ps), err)
 	}
 	if st.Scheduler == nil {
 		t.Fatal("no active scheduler in plinth status")
