@@ -18,6 +18,19 @@ import (
 // operator or another deployer ended it); it stops here.
 var errDeployMoved = errors.New("the deploy was changed by another writer")
 
+// failure is why a deploy cannot succeed (its instances are not
+// healthy, its release command failed): the deploy ends failed at once.
+// Other errors are tried again for up to maxTrouble.
+type failure struct{ error }
+
+func (f *failure) Unwrap() error { return f.error }
+
+func failed(format string, args ...any) error { return &failure{fmt.Errorf(format, args...)} }
+
+// maxTrouble is how long a deploy keeps trying steps that fail for
+// other reasons than a failure.
+const maxTrouble = 5 * time.Minute
+
 // run is one deploy being carried out.
 type run struct {
 	d   *Deployer
@@ -36,15 +49,34 @@ func (d *Deployer) carryOut(ctx context.Context, id string) {
 		return
 	}
 	r := &run{d: d, dep: dep}
-	err = r.steps(ctx)
-	switch {
-	case ctx.Err() != nil:
-		// Deposed or stopping: the next deployer carries on.
-		return
-	case errors.Is(err, errDeployMoved):
-		d.log.Info("deploy changed by another writer", "deploy", id)
-		return
-	case err != nil:
+	var troubleSince time.Time
+	for {
+		err = r.steps(ctx)
+		if err == nil {
+			break
+		}
+		var f *failure
+		switch {
+		case ctx.Err() != nil:
+			// Deposed or stopping: the next deployer carries on.
+			return
+		case errors.Is(err, errDeployMoved):
+			d.log.Info("deploy changed by another writer", "deploy", id)
+			return
+		case !errors.As(err, &f) && (troubleSince.IsZero() || time.Since(troubleSince) < maxTrouble):
+			// The controller between leaders, a write that raced the
+			// scheduler's: the steps carry on from what is recorded.
+			if troubleSince.IsZero() {
+				troubleSince = time.Now()
+			}
+			d.log.Warn("deploy step, trying again", "deploy", id, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d.cfg.Poll):
+			}
+			continue
+		}
 		d.log.Warn("deploy failed", "deploy", id, "err", err)
 		if err := r.end(ctx, controller.DeployFailed, err.Error()); err != nil {
 			d.log.Warn("record failed deploy", "deploy", id, "err", err)
@@ -122,7 +154,7 @@ func (r *run) rollType(ctx context.Context, to *controller.Release, typ string) 
 		}
 		app, ok := s.apps[to.App]
 		if !ok {
-			return fmt.Errorf("app %s was destroyed", to.App)
+			return failed("app %s was destroyed", to.App)
 		}
 		target := app.ScaleOf(typ)
 		cur, exists := findFormation(s.formations, name)
@@ -141,7 +173,11 @@ func (r *run) rollType(ctx context.Context, to *controller.Release, typ string) 
 		n := cur.Count
 		if n > 0 {
 			if err := r.awaitHealthy(ctx, name, n); err != nil {
-				return fmt.Errorf("%s: %w", typ, err)
+				var f *failure
+				if errors.As(err, &f) {
+					return failed("%s: %v", typ, err)
+				}
+				return err
 			}
 		}
 		if err := r.scaleOld(ctx, s, to, typ, max(0, target-n)); err != nil {
@@ -187,6 +223,8 @@ func (r *run) scaleOld(ctx context.Context, s *state, to *controller.Release, ty
 		f.Count -= cut
 		total -= cut
 		if _, err := r.d.cfg.Controller.PutFormation(ctx, f, &f.ModifyIndex); err != nil {
+			// A conflict (the scheduler wrote its status) is tried
+			// again from a new reading.
 			return fmt.Errorf("scale down %s: %w", f.Name, err)
 		}
 		if err := r.say(ctx, "%s: stopping %d of %s (drained first)", typ, cut, f.Name); err != nil {
@@ -222,14 +260,14 @@ func (r *run) awaitHealthy(ctx context.Context, name string, n int) error {
 		}
 		f, ok := findFormation(s.formations, name)
 		if !ok {
-			return fmt.Errorf("formation %s was removed", name)
+			return failed("formation %s was removed", name)
 		}
 		got := healthy(&f, s.instances)
 		if got >= n {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d new instances healthy after %s: %s", got, n, r.dep.HealthTimeout, unhealthyReason(&f, s.instances))
+			return failed("%d of %d new instances healthy after %s: %s", got, n, r.dep.HealthTimeout, unhealthyReason(&f, s.instances))
 		}
 		if err := r.stillOurs(ctx); err != nil {
 			return err
@@ -264,9 +302,8 @@ func (r *run) say(ctx context.Context, format string, args ...any) error {
 	return r.write(ctx, next)
 }
 
-// end records the deploy's end, and asks the next pass to prune.
+// end records the deploy's end.
 func (r *run) end(ctx context.Context, state, reason string) error {
-	r.d.ended.Store(true)
 	next := r.dep
 	next.State, next.Reason = state, reason
 	text := "deploy done: v" + fmt.Sprint(r.dep.To) + " serves"

@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/plinth-os/plinth/host/job"
@@ -91,8 +90,6 @@ type Deployer struct {
 
 	mu      sync.Mutex
 	running map[string]bool // deploy IDs being carried out
-	// ended is set when a deploy ends: time to prune.
-	ended atomic.Bool
 }
 
 // New checks cfg and returns a deployer.
@@ -134,16 +131,20 @@ func (d *Deployer) Lead(ctx context.Context) {
 		_, m, err := c.Instances(ctx, q)
 		return m.Index, err
 	})
+	// Prune after each deploy that ended (its index moved past the
+	// last one pruned for), and every PruneEvery.
 	var pruned time.Time
+	var prunedFor uint64
 	for {
-		if err := d.pass(ctx, &wg); err != nil && ctx.Err() == nil {
+		ended, err := d.pass(ctx, &wg)
+		if err != nil && ctx.Err() == nil {
 			d.log.Warn("deployer pass", "err", err)
 		}
-		if d.cfg.Retention != nil && (time.Since(pruned) > d.cfg.PruneEvery || d.ended.Swap(false)) {
+		if d.cfg.Retention != nil && (time.Since(pruned) > d.cfg.PruneEvery || ended > prunedFor) {
 			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
 				d.log.Warn("prune releases and images", "err", err)
 			}
-			pruned = time.Now()
+			pruned, prunedFor = time.Now(), ended
 		}
 		select {
 		case <-ctx.Done():
@@ -177,16 +178,17 @@ func (d *Deployer) follow(ctx context.Context, read func(context.Context, contro
 }
 
 // pass starts the deploys not yet under way and reconciles the apps that
-// no deploy holds.
-func (d *Deployer) pass(ctx context.Context, wg *sync.WaitGroup) error {
+// no deploy holds; it returns the highest index of a deploy that ended.
+func (d *Deployer) pass(ctx context.Context, wg *sync.WaitGroup) (ended uint64, err error) {
 	c := d.cfg.Controller
 	deploys, _, err := c.Deploys(ctx, controller.QueryOptions{})
 	if err != nil {
-		return fmt.Errorf("read deploys: %w", err)
+		return 0, fmt.Errorf("read deploys: %w", err)
 	}
 	busy := map[string]bool{}
 	for _, dep := range deploys {
 		if dep.State != controller.DeployRunning {
+			ended = max(ended, dep.ModifyIndex)
 			continue
 		}
 		busy[dep.App] = true
@@ -207,14 +209,14 @@ func (d *Deployer) pass(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	s, err := d.read(ctx)
 	if err != nil {
-		return err
+		return ended, err
 	}
 	for _, f := range reconcile(s, busy) {
 		if err := d.apply(ctx, f); err != nil {
 			d.log.Warn("reconcile", "formation", f.name, "err", err)
 		}
 	}
-	return nil
+	return ended, nil
 }
 
 // state is what reconcile and the deploys read of the controller.

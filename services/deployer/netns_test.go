@@ -504,3 +504,130 @@ func retention(t *testing.T, p *platformtest.Platform, decl string) {
 	})
 	webNames(t, p, 1)
 }
+
+// TestDeployThroughHostFailure cuts the power of the host whose
+// scheduler runs the deployer while a deploy is under way: another
+// host's deployer carries it on, and it ends done or failed, never half:
+// the app's serving release is the one that runs, at its scale, and
+// every other release's formations go.
+func TestDeployThroughHostFailure(t *testing.T) {
+	p := platformtest.New(t, "plak", "10.73.0", 3, platformtest.WithContainerNetwork())
+	p.Bootstrap(3 * time.Minute)
+	archive := appImage(t)
+	decl := filepath.Join(t.TempDir(), "plinth.toml")
+	if err := os.WriteFile(decl, []byte(appTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(timeout time.Duration, args ...string) string {
+		t.Helper()
+		out, err := p.CLI(testwait.Ctx(t, timeout), args...)
+		if err != nil {
+			t.Fatalf("plinth %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	cli(30*time.Second, "apps", "create", "demo")
+	cli(3*time.Minute, "deploy", "-a", "demo", "--image", archive, "--file", decl)
+	cli(3*time.Minute, "apply", "-f", decl)
+	waitInstances(t, p, map[string]int{"web": 2, "echo": 1})
+
+	c := p.Controllers()
+	lease, _, err := c.Leases(testwait.Ctx(t, 10*time.Second), controller.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim *platformtest.Host
+	for _, l := range lease {
+		if l.Name == "scheduler" {
+			victim = p.ByID(l.Host)
+		}
+	}
+	if victim == nil {
+		t.Fatal("no scheduler lease")
+	}
+	out := cli(time.Minute, "config", "set", "-a", "demo", "ECHOBACK_NAME=after", "--detach")
+	if !strings.Contains(out, "started") {
+		t.Fatalf("config set --detach:\n%s", out)
+	}
+	testwait.For(t, "the deploy's first new instance", time.Minute, func() error {
+		d, _, err := c.Deploy(testwait.Ctx(t, 10*time.Second), "demo/2", controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		for _, s := range d.Log {
+			if strings.Contains(s.Text, "starting") {
+				return nil
+			}
+		}
+		return fmt.Errorf("deploy log %v", d.Log)
+	})
+	t.Logf("power cut of %s, the deployer's host, mid-deploy", victim.NS.Name)
+	p.PowerCut(victim)
+	alive := func() *controller.Client {
+		var hs []*platformtest.Host
+		for _, h := range p.Hosts {
+			if h != victim {
+				hs = append(hs, h)
+			}
+		}
+		return p.Controllers(hs...)
+	}()
+	var dep controller.Deploy
+	testwait.For(t, "the deploy to end", 4*time.Minute, func() error {
+		dep, _, err = alive.Deploy(testwait.Ctx(t, 10*time.Second), "demo/2", controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		if dep.State == controller.DeployRunning {
+			return fmt.Errorf("deploy still running: %v", dep.Log[len(dep.Log)-1].Text)
+		}
+		return nil
+	})
+	t.Logf("deploy ended %s: %s", dep.State, dep.Reason)
+	testwait.For(t, "only the serving release's formations, at scale and healthy", 3*time.Minute, func() error {
+		ctx := testwait.Ctx(t, 10*time.Second)
+		app, err := alive.App(ctx, "demo", controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		want := dep.To
+		if dep.State == controller.DeployFailed {
+			want = dep.From
+		}
+		if app.Release != want {
+			return fmt.Errorf("app serves v%d after a deploy that ended %s (v%d → v%d)", app.Release, dep.State, dep.From, dep.To)
+		}
+		fs, _, err := alive.Formations(ctx, controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		for _, f := range fs {
+			if f.Job.Tags[controller.AppTag] != "demo" {
+				continue
+			}
+			if f.Job.Tags[controller.ReleaseTag] != fmt.Sprint(want) {
+				return fmt.Errorf("formation %s of another release is left (count %d)", f.Name, f.Count)
+			}
+			if f.Status.Running != f.Count {
+				return fmt.Errorf("formation %s: %d of %d running", f.Name, f.Status.Running, f.Count)
+			}
+		}
+		return nil
+	})
+	// Requests through the surviving routers reach the serving release.
+	testwait.For(t, "requests through the surviving routers", time.Minute, func() error {
+		for _, h := range p.Hosts {
+			if h == victim {
+				continue
+			}
+			body, err := get(p, h.NS.Addr)
+			if err != nil {
+				return err
+			}
+			if dep.State == controller.DeployDone && !strings.HasPrefix(body, "web after ") {
+				return fmt.Errorf("through %s: %q, want the new release's", h.NS.Name, body)
+			}
+		}
+		return nil
+	})
+}

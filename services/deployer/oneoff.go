@@ -100,7 +100,7 @@ func (r *run) releaseCommand(ctx context.Context, rel *controller.Release) error
 	}
 	h, err := PickHost(hosts)
 	if err != nil {
-		return fmt.Errorf("release command: %w", err)
+		return failed("release command: %v", err)
 	}
 	if err := r.say(ctx, "release command on %s: %s", h.Hostname, strings.Join(rel.ReleaseCommand, " ")); err != nil {
 		return err
@@ -119,11 +119,11 @@ func (r *run) releaseCommand(ctx context.Context, rel *controller.Release) error
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case rctx.Err() != nil:
-		return fmt.Errorf("release command did not end within %s", r.d.cfg.ReleaseTimeout)
+		return failed("release command did not end within %s", r.d.cfg.ReleaseTimeout)
 	case err != nil:
-		return fmt.Errorf("release command: %w", err)
+		return failed("release command: %v", err)
 	case ExitCode(j) != 0:
-		return fmt.Errorf("release command exited %d: %s", ExitCode(j), strings.Join(tail, " | "))
+		return failed("release command exited %d: %s", ExitCode(j), strings.Join(tail, " | "))
 	}
 	return r.say(ctx, "%s (exit 0)", releaseDone)
 }

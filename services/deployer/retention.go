@@ -31,7 +31,10 @@ var _ Retention = (*controller.Client)(nil)
 // pulled.
 func (d *Deployer) prune(ctx context.Context) error {
 	c := d.cfg.Retention
-	settings, _, err := c.Settings(ctx, controller.QueryOptions{})
+	// At the leader: a follower behind it could show a deploy ended but
+	// not yet the release it made serving.
+	q := controller.QueryOptions{Consistent: true}
+	settings, _, err := c.Settings(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -48,15 +51,15 @@ func (d *Deployer) prune(ctx context.Context) error {
 			}
 		}
 	}
-	apps, _, err := d.cfg.Controller.Apps(ctx, controller.QueryOptions{})
+	apps, _, err := d.cfg.Controller.Apps(ctx, q)
 	if err != nil {
 		return err
 	}
-	deploys, _, err := d.cfg.Controller.Deploys(ctx, controller.QueryOptions{})
+	deploys, _, err := d.cfg.Controller.Deploys(ctx, q)
 	if err != nil {
 		return err
 	}
-	releases, _, err := c.Releases(ctx, controller.QueryOptions{})
+	releases, _, err := c.Releases(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -67,11 +70,11 @@ func (d *Deployer) prune(ctx context.Context) error {
 		}
 		d.log.Info("release removed", "release", r.ID, "keep", keep)
 	}
-	images, _, err := c.Images(ctx, controller.QueryOptions{})
+	images, _, err := c.Images(ctx, q)
 	if err != nil {
 		return err
 	}
-	tags, _, err := c.Tags(ctx, controller.QueryOptions{})
+	tags, _, err := c.Tags(ctx, q)
 	if err != nil {
 		return err
 	}
