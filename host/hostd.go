@@ -63,6 +63,8 @@ type Daemon struct {
 	// registryTransport pulls jobs' images from the platform's
 	// registries, with the host's certificate.
 	registryTransport http.RoundTripper
+	// advertise is the address gossip starts on.
+	advertise netip.Addr
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -275,6 +277,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.useBundle(b)
 	}
 	adv, err := currentAdvertise(d.cfg.Advertise)
+	d.advertise = adv
 	if err != nil {
 		// The member moves once an address appears (followAddress).
 		d.log.Warn("no address to advertise yet; using loopback until one appears", "err", err)
@@ -394,7 +397,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 // so that platform services can speak mutual TLS with each other and
 // call hosts.
 func (d *Daemon) jobCredentials(jobID string) ([]byte, error) {
-	cert, err := d.bundle.HostCertificate(d.id, d.hostname, nil)
+	// The host's advertised address is in it, so that clients that check
+	// the name they dialled (docker, skopeo pushing to the registry)
+	// accept a platform service reached by the host's address. A job
+	// gets a new one at each start, after an address change too.
+	var ips []net.IP
+	if ip := d.members.localIP(); ip != nil {
+		ips = append(ips, ip)
+	} else if d.advertise.IsValid() {
+		ips = append(ips, d.advertise.AsSlice()) // before gossip starts
+	}
+	cert, err := d.bundle.HostCertificate(d.id, d.hostname, ips)
 	if err != nil {
 		return nil, err
 	}

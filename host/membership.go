@@ -232,6 +232,16 @@ func (m *membership) Members() []Member {
 	return out
 }
 
+// localIP is the address this host's gossip advertises now; nil before
+// gossip starts.
+func (m *membership) localIP() net.IP {
+	s := m.current()
+	if s == nil {
+		return nil
+	}
+	return s.LocalMember().Addr
+}
+
 // Local returns this host's own member entry.
 func (m *membership) Local() Member {
 	return toMember(m.current().LocalMember())

@@ -251,8 +251,9 @@ func webFormation() controller.Formation {
 }
 
 // TestPlatformColdStarts: three VMs with data disks bootstrap the
-// platform by themselves (bootstrap_expect); a killed VM's jobs run on
-// the others; then every QEMU is killed at once and started again on the
+// platform by themselves (bootstrap_expect); an app pushed to the
+// registry is deployed and served by every VM's router; a killed VM's
+// jobs run on the others; then every QEMU is killed at once and started again on the
 // same disks, 3 times (10 with PLINTH_VM_ALL): every time the platform
 // is healthy again with its state, and nothing runs twice.
 func TestPlatformColdStarts(t *testing.T) {
@@ -290,6 +291,8 @@ func TestPlatformColdStarts(t *testing.T) {
 		}
 	}
 	p.routesServe(ctx, "routes added")
+	p.deployApp(ctx)
+	p.appServes(ctx, "app deployed")
 
 	// One VM's power cut: its web job runs on another.
 	web, err := p.formationJobs(ctx, "web")
@@ -333,6 +336,7 @@ func TestPlatformColdStarts(t *testing.T) {
 			t.Fatalf("cold start %d: setting %+v %v", cycle, s, err)
 		}
 		p.routesServe(ctx, fmt.Sprintf("cold start %d", cycle))
+		p.appServes(ctx, fmt.Sprintf("cold start %d", cycle))
 		t.Logf("cold start %d: healthy %.1fs after power-on, scheduler %s", cycle, time.Since(start).Seconds(), st.Scheduler.Holder)
 		last = st.Scheduler.Token
 	}

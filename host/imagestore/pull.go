@@ -74,8 +74,12 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...remote.Option) (Im
 func TLSTransport(conf *tls.Config) http.RoundTripper {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = conf
-	return httpsOnly{t}
+	return HTTPSOnly(t)
 }
+
+// HTTPSOnly makes next's plain-HTTP requests HTTPS ones: next must hold
+// the TLS config (TLSTransport makes one).
+func HTTPSOnly(next http.RoundTripper) http.RoundTripper { return httpsOnly{next} }
 
 type httpsOnly struct{ next http.RoundTripper }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -136,8 +137,10 @@ func TestAppLifecycle(t *testing.T) {
 	t.Logf("web instances answer as %v", names)
 	echoThroughEveryRouter(t, p, 30100)
 
-	// The registry kept the image's blobs on two hosts.
+	// The registry kept the image's blobs on two hosts, and takes
+	// standard clients.
 	layerCopies(t, p)
+	registryClients(t, p, archive)
 
 	// A config change is a new release, deployed under load without a
 	// failed request.
@@ -630,4 +633,68 @@ func TestDeployThroughHostFailure(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// registryClients pushes with skopeo, a client without the cluster's
+// certificate: refused without the token, stored with it, and readable
+// through another host's registry; a blob whose bytes do not match its
+// digest is refused.
+func registryClients(t *testing.T, p *platformtest.Platform, archive string) {
+	t.Helper()
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatal("skopeo is not installed: run scripts/deps.sh")
+	}
+	certs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(certs, "ca.crt"), pemCert(p.Creds.CACert.Raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	skopeo := func(args ...string) (string, error) {
+		cmd := p.Seg.Command(p.Client, "skopeo", args...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	reg := func(h *platformtest.Host) string { return net.JoinHostPort(h.NS.Addr, fmt.Sprint(controller.RegistryPort)) }
+	dest := "docker://" + reg(p.Hosts[0]) + "/demo:skopeo"
+	if out, err := skopeo("copy", "--dest-cert-dir", certs, "docker-archive:"+archive, dest); err == nil {
+		t.Fatalf("skopeo pushed without the token:\n%s", out)
+	}
+	c := p.Controllers()
+	if _, err := c.Tag(testwait.Ctx(t, 10*time.Second), "demo:skopeo", controller.QueryOptions{}); !controller.IsNotFound(err) {
+		t.Fatalf("a refused push left a tag: %v", err)
+	}
+	token, err := p.CLI(testwait.Ctx(t, 30*time.Second), "registry", "token")
+	if err != nil {
+		t.Fatal(err, token)
+	}
+	creds := "plinth:" + strings.TrimSpace(token)
+	if out, err := skopeo("copy", "--dest-cert-dir", certs, "--dest-creds", creds, "docker-archive:"+archive, dest); err != nil {
+		t.Fatalf("skopeo copy with the token: %v\n%s", err, out)
+	}
+	out, err := skopeo("inspect", "--cert-dir", certs, "--creds", creds, "docker://"+reg(p.Hosts[2])+"/demo:skopeo")
+	if err != nil || !strings.Contains(out, `"Digest": "sha256:`) {
+		t.Fatalf("skopeo inspect through another host's registry: %v\n%s", err, out)
+	}
+	// A blob sent under another digest.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: p.Seg.DialContext(p.Client), TLSClientConfig: p.Creds.TLS()}}
+	wrong := "sha256:" + strings.Repeat("ab", 32)
+	resp, err := hc.Post("https://"+reg(p.Hosts[1])+"/v2/demo/blobs/uploads/?digest="+wrong, "application/octet-stream", strings.NewReader("not what the digest says"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "DIGEST_INVALID") {
+		t.Fatalf("a blob under a wrong digest: %s %s", resp.Status, body)
+	}
+	for _, h := range p.Hosts {
+		if _, err := os.Stat(filepath.Join(h.Dir, "volumes", "var/lib/plinth/registry/sha256", strings.TrimPrefix(wrong, "sha256:"))); err == nil {
+			t.Fatalf("the refused blob is stored on %s", h.NS.Name)
+		}
+	}
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

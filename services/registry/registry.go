@@ -183,12 +183,20 @@ func (s *Registry) tokenOK(r *http.Request) bool {
 	if !ok || pass == "" {
 		return false
 	}
-	want := s.setting(r.Context(), TokenSetting)
-	if want == "" {
-		return false
-	}
 	sum := sha256.Sum256([]byte(pass))
-	return subtle.ConstantTimeCompare([]byte(hex.EncodeToString(sum[:])), []byte(want)) == 1
+	got := []byte(hex.EncodeToString(sum[:]))
+	if subtle.ConstantTimeCompare(got, []byte(s.setting(r.Context(), TokenSetting))) == 1 {
+		return true
+	}
+	// A token made a moment ago is not in the settings read before it:
+	// read them again, at most once a second.
+	s.mu.Lock()
+	stale := time.Since(s.read) > time.Second
+	if stale {
+		s.read = time.Time{}
+	}
+	s.mu.Unlock()
+	return stale && subtle.ConstantTimeCompare(got, []byte(s.setting(r.Context(), TokenSetting))) == 1
 }
 
 // replicas is how many hosts keep each blob.
