@@ -67,7 +67,7 @@ type Config struct {
 	// PruneEvery is how often old releases and images are looked for,
 	// besides after each deploy.
 	PruneEvery time.Duration
-	Logger         *slog.Logger
+	Logger     *slog.Logger
 }
 
 // DefaultConfig returns the defaults of every field but Controller and

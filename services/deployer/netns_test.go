@@ -654,7 +654,9 @@ func registryClients(t *testing.T, p *platformtest.Platform, archive string) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	reg := func(h *platformtest.Host) string { return net.JoinHostPort(h.NS.Addr, fmt.Sprint(controller.RegistryPort)) }
+	reg := func(h *platformtest.Host) string {
+		return net.JoinHostPort(h.NS.Addr, fmt.Sprint(controller.RegistryPort))
+	}
 	dest := "docker://" + reg(p.Hosts[0]) + "/demo:skopeo"
 	if out, err := skopeo("copy", "--dest-cert-dir", certs, "docker-archive:"+archive, dest); err == nil {
 		t.Fatalf("skopeo pushed without the token:\n%s", out)
