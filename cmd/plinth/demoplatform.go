@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -104,22 +102,8 @@ func indent(s string) string {
 	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ")
 }
 
-// demoWebPort is where the web formation's servers listen, on the hosts'
-// network: not demoAppPort, which the example app has on node1.
-const demoWebPort = 8081
-
-// demoWeb is the demo's count formation: two busybox web servers, each
-// with a TCP health check, spread over the hosts.
-func demoWeb() controller.Formation {
-	return controller.Formation{Name: "web", Count: 2, Job: job.Spec{
-		Rootfs: "/var/testroot", Network: job.NetworkHost,
-		Cmd: []string{"httpd", "-f", "-p", strconv.Itoa(demoWebPort), "-h", "/"},
-		Services: []job.Service{{Name: "web", Port: demoWebPort, Check: &job.Check{
-			Type: job.CheckTCP, Interval: job.Duration{Duration: time.Second}}}},
-	}}
-}
-
-// webHosts returns the hosts (node IDs) running a web instance, by VM.
+// webHosts returns, by VM, the hosts running an instance of the demo
+// app's web process.
 func (d *demoCluster) webHosts(ctx context.Context) (map[int]bool, error) {
 	out := map[int]bool{}
 	for i, c := range d.hosts {
@@ -133,7 +117,7 @@ func (d *demoCluster) webHosts(ctx context.Context) (map[int]bool, error) {
 			return nil, err
 		}
 		for _, j := range jobs {
-			if j.Spec.Tags[controller.FormationTag] == "web" && j.Status.State == job.StateRunning {
+			if j.Spec.Tags[controller.AppTag] == demoApp && j.Spec.Tags[controller.TypeTag] == "web" && j.Status.State == job.StateRunning {
 				out[i] = true
 			}
 		}
@@ -141,7 +125,7 @@ func (d *demoCluster) webHosts(ctx context.Context) (map[int]bool, error) {
 	return out, nil
 }
 
-// webRuns checks that two web instances run on alive hosts.
+// webRuns checks that the app's two web instances run, on two hosts.
 func (d *demoCluster) webRuns(ctx context.Context) func(vmtest.PlatformStatus) error {
 	return func(vmtest.PlatformStatus) error {
 		web, err := d.webHosts(ctx)
@@ -149,7 +133,7 @@ func (d *demoCluster) webRuns(ctx context.Context) func(vmtest.PlatformStatus) e
 			return err
 		}
 		if len(web) != 2 {
-			return fmt.Errorf("web runs on %d hosts, want 2", len(web))
+			return fmt.Errorf("the app's web runs on %d hosts, want 2", len(web))
 		}
 		return nil
 	}
@@ -160,54 +144,4 @@ func (d *demoCluster) controller(i int) *controller.Client {
 	vm := d.vms[i]
 	return controller.NewClientTransport([]string{vm.HostAddr(vmtest.ControllerAPIPort)},
 		&http.Transport{TLSClientConfig: d.creds.TLS(), DialContext: vm.DialContext})
-}
-
-// demoDomain is the web formation's HTTP route.
-const demoDomain = "web.demo"
-
-// addRoute routes demoDomain to the web service on every host's router.
-func (d *demoCluster) addRoute(ctx context.Context) error {
-	r, err := d.controller(0).AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Domain: demoDomain, Service: "web"})
-	if err != nil {
-		return fmt.Errorf("add the web route: %w", err)
-	}
-	fmt.Printf("\nadded route %s: http %s → service web, on every host's router (port 80)\n", r.ID, demoDomain)
-	return nil
-}
-
-// showRoute fetches demoDomain through every alive VM's router, as a
-// client outside the cluster would, and prints who answered.
-func (d *demoCluster) showRoute(ctx context.Context) error {
-	for _, vm := range d.vms {
-		select {
-		case <-vm.Exited():
-			continue
-		default:
-		}
-		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: vm.DialContext}}
-		var last error
-		for try := 0; try < 60; try++ {
-			start := time.Now()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vm.HostAddr(vmtest.RouterHTTPPort)+"/", nil)
-			req.Host = demoDomain
-			resp, err := hc.Do(req)
-			if err == nil {
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					fmt.Printf("  GET http://%s/ via %s's router: %s in %.1f ms, %q (request %s)\n", demoDomain, vm.Name(), resp.Status,
-						float64(time.Since(start).Microseconds())/1000, strings.TrimSpace(string(body)), resp.Header.Get("X-Request-Id"))
-					last = nil
-					break
-				}
-				err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
-			}
-			last = err
-			time.Sleep(time.Second)
-		}
-		if last != nil {
-			return fmt.Errorf("%s's router: %w", vm.Name(), last)
-		}
-	}
-	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/services/controller"
 	vmtest "github.com/plinth-os/plinth/vm-tests"
 )
 
@@ -24,11 +25,13 @@ func vmClusterCommand() *cobra.Command {
 		Long: "Make a cluster bundle and a data disk per node, boot --nodes VMs on one private L2\n" +
 			"segment (inside a network namespace of their own) whose machine configs say\n" +
 			"bootstrap_expect, so that they start the platform by themselves; print the member\n" +
-			"table and plinth status once healthy, deploy an example web app (an image built\n" +
-			"here, imported into node1 and run as a job) and fetch its page through a forwarded\n" +
-			"port, register a formation of two web servers, kill a VM running one without\n" +
-			"warning and show the scheduler's replacement, then kill every VM at once, boot them\n" +
-			"again on the same disks and show the platform healthy once more. Then power off.",
+			"table and plinth status once healthy; push an example app's image (built here) to\n" +
+			"the cluster's registry, deploy it (two web instances and a TCP echo service), route\n" +
+			"it and fetch it through every node's router; change its config (a new release),\n" +
+			"roll it back, and restart it while a client sends requests, none failing; kill a VM\n" +
+			"running a web instance without warning and show the replacement, then kill every VM\n" +
+			"at once, boot them again on the same disks and show the app served once more. Then\n" +
+			"power off.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nodes != 3 && nodes != 5 {
@@ -82,13 +85,7 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 		if err != nil {
 			return err
 		}
-		cfg := vmtest.PlatformNode(i, n, kernel, initrd, seg, bundlePath, disk)
-		if i == 0 {
-			// The example app's port, as a user outside would reach it.
-			user := cfg.NICs[1].User
-			user.Forwards = append(user.Forwards, vmtest.Forward{GuestPort: demoAppPort})
-		}
-		d.cfgs = append(d.cfgs, cfg)
+		d.cfgs = append(d.cfgs, vmtest.PlatformNode(i, n, kernel, initrd, seg, bundlePath, disk))
 	}
 	fmt.Printf("every node's machine config says bootstrap_expect = %d: the platform starts itself\n", n)
 	start := time.Now()
@@ -104,27 +101,39 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.showStatus(ctx, start, "power-on", nil); err != nil {
 		return err
 	}
-	if err := deployDemoApp(ctx, d.vms[0], d.hosts[0]); err != nil {
+	// The example app: deployed, routed, changed, rolled back and
+	// restarted under requests, through the platform.
+	if err := d.deployDemoApp(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("\nthe app through every node's router (HTTP by domain, TCP by port):\n")
+	if err := d.showApp(ctx, "hello from"); err != nil {
+		return err
+	}
+	if err := d.deploy(ctx, controller.ReleaseRequest{Set: map[string]string{"GREETING": "bonjour"}}); err != nil {
+		return err
+	}
+	if err := d.showApp(ctx, "bonjour from"); err != nil {
+		return err
+	}
+	if err := d.deploy(ctx, controller.ReleaseRequest{From: 1}); err != nil {
+		return err
+	}
+	if err := d.showApp(ctx, "hello from"); err != nil {
+		return err
+	}
+	if err := d.plinth(ctx, "releases", "-a", demoApp); err != nil {
+		return err
+	}
+	err = d.underLoad(ctx, "a rolling restart", func() error {
+		return d.deploy(ctx, controller.ReleaseRequest{Description: "restart"})
+	})
+	if err != nil {
 		return err
 	}
 
-	placed := time.Now()
-	if _, err := d.controller(0).PutFormation(ctx, demoWeb(), nil); err != nil {
-		return fmt.Errorf("register the web formation: %w", err)
-	}
-	fmt.Printf("\nregistered formation web: 2 busybox web servers with health checks, spread by the scheduler\n")
-	if err := d.showStatus(ctx, placed, "placing web", d.webRuns(ctx)); err != nil {
-		return err
-	}
-	if err := d.addRoute(ctx); err != nil {
-		return err
-	}
-	if err := d.showRoute(ctx); err != nil {
-		return err
-	}
-
-	// The victim runs a web instance and is not node1, whose forwarded
-	// port serves the example app.
+	// The victim runs a web instance and is not node1, whose forwards
+	// the demo uses most.
 	web, err := d.webHosts(ctx)
 	if err != nil {
 		return err
@@ -147,7 +156,7 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.showStatus(ctx, killed, "the kill", d.webRuns(ctx)); err != nil {
 		return err
 	}
-	if err := d.showRoute(ctx); err != nil {
+	if err := d.showApp(ctx, "hello from"); err != nil {
 		return err
 	}
 
@@ -163,7 +172,10 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.showStatus(ctx, restart, "the cold start", d.webRuns(ctx)); err != nil {
 		return err
 	}
-	if err := d.showRoute(ctx); err != nil {
+	if err := d.showApp(ctx, "hello from"); err != nil {
+		return err
+	}
+	if err := d.plinth(ctx, "ps", "-a", demoApp); err != nil {
 		return err
 	}
 
