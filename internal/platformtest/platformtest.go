@@ -88,7 +88,7 @@ func Echoback(t testing.TB) string { return filepath.Join(filepath.Dir(Binary(t)
 
 // Platform is a segment of hosts that each run hostd.
 type Platform struct {
-	t   *testing.T
+	t   testing.TB
 	Seg *netnstest.Segment
 	// Bin is the plinth binary.
 	Bin    string
@@ -135,7 +135,7 @@ func WithContainerNetwork() Option {
 // New starts n hosts with the role controller on a segment whose
 // addresses are <subnet>.1 to .n; tag keeps the namespace names of test
 // packages apart.
-func New(t *testing.T, tag, subnet string, n int, opts ...Option) *Platform {
+func New(t testing.TB, tag, subnet string, n int, opts ...Option) *Platform {
 	seg := netnstest.New(t, tag, subnet)
 	p := &Platform{t: t, Seg: seg, Bin: Binary(t), dir: t.TempDir()}
 	for _, o := range opts {

@@ -28,20 +28,41 @@ import (
 func TestMain(m *testing.M) { platformtest.Main(m) }
 
 // appImage writes a docker-save archive of the test app: echoback
-// (built static) and busybox's sh, with echoback as the entrypoint.
-func appImage(t *testing.T, extra ...imagestore.File) string {
+// (built static) and busybox's sh, with echoback as the entrypoint, and
+// extra files.
+func appImage(t testing.TB, extra ...imagestore.File) string {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "echoback")
+	return appImageIn(t, t.TempDir(), "app.tar", extra...)
+}
+
+var echoback struct {
+	sync.Mutex
+	data []byte
+}
+
+// staticEchoback builds echoback without cgo once per test binary.
+func staticEchoback(t testing.TB) []byte {
+	echoback.Lock()
+	defer echoback.Unlock()
+	if echoback.data != nil {
+		return echoback.data
+	}
+	bin := filepath.Join(t.TempDir(), "echoback")
 	build := exec.Command("go", "build", "-o", bin, "github.com/plinth-os/plinth/internal/echoback")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build echoback: %v\n%s", err, out)
 	}
-	echo, err := os.ReadFile(bin)
+	data, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
+	echoback.data = data
+	return data
+}
+
+func appImageIn(t testing.TB, dir, name string, extra ...imagestore.File) string {
+	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Skip("needs busybox-static (scripts/deps.sh)")
@@ -49,10 +70,10 @@ func appImage(t *testing.T, extra ...imagestore.File) string {
 	files := []imagestore.File{
 		{Name: "bin/", Mode: 0o755}, {Name: "tmp/", Mode: 0o1777},
 		{Name: "bin/busybox", Data: bb, Mode: 0o755}, {Name: "bin/sh", Link: "busybox"},
-		{Name: "echoback", Data: echo, Mode: 0o755},
+		{Name: "echoback", Data: staticEchoback(t), Mode: 0o755},
 	}
 	files = append(files, extra...)
-	archive := filepath.Join(dir, "app.tar")
+	archive := filepath.Join(dir, name)
 	f, err := os.Create(archive)
 	if err != nil {
 		t.Fatal(err)
