@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy lint clean
 
 all: image
 
@@ -43,9 +43,10 @@ image: binary
 	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
 
 # Three VMs with data disks bootstrap the platform by themselves
-# (bootstrap_expect): plinth status healthy, an example app deployed, a web
-# formation placed, a VM running one of its jobs killed and the job run
-# elsewhere, every VM killed at once and booted again, healthy once more.
+# (bootstrap_expect): plinth status healthy, an example app pushed to the
+# registry and deployed, routed, changed, rolled back and restarted under
+# requests, a VM running it killed and its instance run elsewhere, every VM
+# killed at once and booted again, the app served once more.
 demo: image
 	$(OUT)/plinth vm cluster --nodes 3 --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img
 
@@ -72,7 +73,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -121,6 +122,11 @@ bench-router: deps
 	@scripts/deps.sh nginx-light haproxy wrk strace
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkHTTPvsNginx -benchtime 1x -timeout 10m ./services/router/httpproxy/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 10m ./services/router/l4/
+
+# plinth deploy of a 20 MB image to two instances on three netns hosts,
+# against importing it and starting the jobs by hand (the floor).
+bench-deploy: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkDeploy -benchtime 1x -timeout 20m ./services/deployer/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/
