@@ -63,6 +63,10 @@ func (f *appFlags) withApp(d time.Duration, do func(ctx context.Context, c *cont
 	return f.withController(d, func(ctx context.Context, c *controller.Client) error {
 		app, err := c.App(ctx, name, controller.QueryOptions{})
 		if controller.IsNotFound(err) {
+			// A follower may not have it yet: ask the leader.
+			app, err = c.App(ctx, name, controller.QueryOptions{Consistent: true})
+		}
+		if controller.IsNotFound(err) {
 			return fmt.Errorf("no app %q (plinth apps lists them; plinth apps create %s makes it)", name, name)
 		}
 		if err != nil {

@@ -437,8 +437,9 @@ func shortDigest(image string) string {
 	return image
 }
 
-// applyDestroyApp removes an app with its releases, deploys and the
-// routes to its services; the deployer removes its formations.
+// applyDestroyApp removes an app with its releases, deploys, the routes
+// to its services and its repository's images and tags; the deployer
+// removes its formations.
 func applyDestroyApp(txn *memdb.Txn, index uint64, c *command, events *eventLog) error {
 	raw, err := txn.First("apps", "id", c.Key)
 	if err != nil {
@@ -485,6 +486,23 @@ func applyDestroyApp(txn *memdb.Txn, index uint64, c *command, events *eventLog)
 	for _, r := range routes {
 		if services[r.Service] {
 			if err := remove(txn, "routes", r.ID, index, nil); err != nil {
+				return err
+			}
+		}
+	}
+	// The app's repository goes too; the registries then collect its
+	// blobs that no other image uses.
+	for _, table := range []string{"images", "tags"} {
+		it, err := txn.Get(table, "repo", app.Name)
+		if err != nil {
+			return err
+		}
+		var keys []string
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			keys = append(keys, raw.(object).key())
+		}
+		for _, k := range keys {
+			if err := remove(txn, table, k, index, nil); err != nil {
 				return err
 			}
 		}

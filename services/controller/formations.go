@@ -65,7 +65,12 @@ func checkFormation(o object) error {
 	default:
 		return fmt.Errorf("%w: formation %s: restart policy %q: a formation keeps its jobs running, so it is %q (run one-off jobs through a host's API)", ErrInvalid, f.Name, f.Job.Restart.Policy, job.RestartAlways)
 	}
-	if err := f.Job.Check(); err != nil {
+	spec := f.Job
+	if spec.Image != "" && len(spec.Cmd) == 0 {
+		// The host fills the command in from the image's entrypoint.
+		spec.Cmd = []string{"(the image's)"}
+	}
+	if err := spec.Check(); err != nil {
 		return fmt.Errorf("%w: formation %s: job: %v", ErrInvalid, f.Name, err)
 	}
 	return nil

@@ -79,7 +79,8 @@ func appImageIn(t testing.TB, dir, name string, extra ...imagestore.File) string
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := imagestore.WriteArchive(f, "demo:v1", files, imagestore.ImageConfig{Entrypoint: []string{"/echoback"}}); err != nil {
+	cfg := imagestore.ImageConfig{Entrypoint: []string{"/echoback"}, Cmd: []string{"--http", ":8080"}}
+	if err := imagestore.WriteArchive(f, "demo:v1", files, cfg); err != nil {
 		t.Fatal(err)
 	}
 	return archive
@@ -147,6 +148,32 @@ func TestAppLifecycle(t *testing.T) {
 			t.Fatalf("deploy output lacks %q:\n%s", want, out)
 		}
 	}
+	// An app deployed with nothing declared runs the image's entrypoint
+	// as web on port 8080; destroyed, its instances go.
+	cli(30*time.Second, "apps", "create", "plain")
+	out = cli(3*time.Minute, "deploy", "-a", "plain", "--image", archive)
+	for _, want := range []string{"web: health check tcp :8080", "deployed v1"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("deploy of an undeclared app lacks %q:\n%s", want, out)
+		}
+	}
+	if out, err := p.CLI(testwait.Ctx(t, 30*time.Second), "apps", "destroy", "-a", "plain"); err == nil || !strings.Contains(out, "--confirm plain") {
+		t.Fatalf("destroy without --confirm: %v\n%s", err, out)
+	}
+	cli(30*time.Second, "apps", "destroy", "-a", "plain", "--confirm", "plain")
+	testwait.For(t, "the destroyed app's formations gone", time.Minute, func() error {
+		fs, _, err := p.Controllers().Formations(testwait.Ctx(t, 10*time.Second), controller.QueryOptions{})
+		if err != nil {
+			return err
+		}
+		for _, f := range fs {
+			if f.Job.Tags[controller.AppTag] == "plain" {
+				return fmt.Errorf("formation %s (count %d, running %d) is left", f.Name, f.Count, f.Status.Running)
+			}
+		}
+		return nil
+	})
+
 	out = cli(3*time.Minute, "apply", "-f", decl)
 	for _, want := range []string{"~ scale web 1 → 2", "~ scale echo 0 → 1", "+ route http demo.test to demo", "+ route tcp 30100 to demo-echo"} {
 		if !strings.Contains(out, want) {
