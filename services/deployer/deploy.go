@@ -149,7 +149,7 @@ func (r *run) rollType(ctx context.Context, to *controller.Release, typ string) 
 	c := r.d.cfg.Controller
 	name := controller.ProcessFormationName(to.App, typ, to.Version)
 	for {
-		s, err := r.d.read(ctx)
+		s, err := r.d.read(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -258,7 +258,7 @@ func oldFormations(all []controller.Formation, to *controller.Release, typ strin
 func (r *run) awaitHealthy(ctx context.Context, name string, n int) error {
 	deadline := time.Now().Add(jobDuration(r.dep.HealthTimeout, controller.DefaultHealthTimeout))
 	for {
-		s, err := r.d.read(ctx)
+		s, err := r.d.read(ctx, true)
 		if err != nil {
 			return err
 		}

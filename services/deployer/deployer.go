@@ -207,7 +207,7 @@ func (d *Deployer) pass(ctx context.Context, wg *sync.WaitGroup) (ended uint64, 
 			})
 		}
 	}
-	s, err := d.read(ctx)
+	s, err := d.read(ctx, false)
 	if err != nil {
 		return ended, err
 	}
@@ -227,9 +227,12 @@ type state struct {
 	instances  []controller.Instance
 }
 
-func (d *Deployer) read(ctx context.Context) (*state, error) {
+// read reads the state; consistent reads it at the leader, to see this
+// deployer's last writes.
+func (d *Deployer) read(ctx context.Context, consistent bool) (*state, error) {
 	c := d.cfg.Controller
-	apps, _, err := c.Apps(ctx, controller.QueryOptions{})
+	q := controller.QueryOptions{Consistent: consistent}
+	apps, _, err := c.Apps(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("read apps: %w", err)
 	}
@@ -239,16 +242,16 @@ func (d *Deployer) read(ctx context.Context) (*state, error) {
 		if a.Release == 0 {
 			continue
 		}
-		r, err := c.Release(ctx, a.Name, a.Release, controller.QueryOptions{})
+		r, err := c.Release(ctx, a.Name, a.Release, q)
 		if err != nil {
 			return nil, fmt.Errorf("read release v%d of %s: %w", a.Release, a.Name, err)
 		}
 		s.releases[r.ID] = r
 	}
-	if s.formations, _, err = c.Formations(ctx, controller.QueryOptions{}); err != nil {
+	if s.formations, _, err = c.Formations(ctx, q); err != nil {
 		return nil, fmt.Errorf("read formations: %w", err)
 	}
-	if s.instances, _, err = c.Instances(ctx, controller.QueryOptions{}); err != nil {
+	if s.instances, _, err = c.Instances(ctx, q); err != nil {
 		return nil, fmt.Errorf("read instances: %w", err)
 	}
 	return s, nil
