@@ -123,10 +123,11 @@ bench-router: deps
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkHTTPvsNginx -benchtime 1x -timeout 10m ./services/router/httpproxy/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 10m ./services/router/l4/
 
-# plinth deploy of a 20 MB image to two instances on three netns hosts,
-# against importing it and starting the jobs by hand (the floor).
-bench-deploy: deps
+# plinth deploy of a 20 MB image to two instances on three netns hosts and
+# on three VMs, against importing it and starting the jobs by hand (the floor).
+bench-deploy: image
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDeploy -benchtime 1x -timeout 20m ./services/deployer/
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkDeploy -benchtime 1x -timeout 40m ./vm-tests/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/

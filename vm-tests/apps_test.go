@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -22,45 +23,49 @@ import (
 	"github.com/plinth-os/plinth/services/controller"
 )
 
-// deployApp pushes an image of echoback (built static here) to node 0's
-// registry, as a client outside the cluster, and deploys it as app demo:
-// two web instances on the container network, routed at demo.test.
-func (p *platformVMs) deployApp(ctx context.Context) {
-	p.t.Helper()
-	dir := p.t.TempDir()
+// appArchive writes an image of echoback (built static here) with
+// extra files, echoback serving HTTP on :8080 as its entrypoint.
+func appArchive(t testing.TB, dir string, extra ...imagestore.File) string {
+	t.Helper()
 	bin := filepath.Join(dir, "echoback")
-	build := exec.Command("go", "build", "-o", bin, "github.com/plinth-os/plinth/internal/echoback")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		p.t.Fatalf("build echoback: %v\n%s", err, out)
+	if _, err := os.Stat(bin); err != nil {
+		build := exec.Command("go", "build", "-o", bin, "github.com/plinth-os/plinth/internal/echoback")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build echoback: %v\n%s", err, out)
+		}
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
-	archive := filepath.Join(dir, "app.tar")
-	f, err := os.Create(archive)
+	f, err := os.CreateTemp(dir, "app-*.tar")
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
-	err = imagestore.WriteArchive(f, "demo:v1", []imagestore.File{{Name: "echoback", Data: data, Mode: 0o755}},
-		imagestore.ImageConfig{Entrypoint: []string{"/echoback", "--http", ":8080"}})
-	f.Close()
-	if err != nil {
-		p.t.Fatal(err)
+	defer f.Close()
+	files := append([]imagestore.File{{Name: "echoback", Data: data, Mode: 0o755}}, extra...)
+	if err := imagestore.WriteArchive(f, "demo:v1", files, imagestore.ImageConfig{Entrypoint: []string{"/echoback", "--http", ":8080"}}); err != nil {
+		t.Fatal(err)
 	}
-	imgs, cleanup, err := imagestore.ReadArchive(archive, dir)
+	return f.Name()
+}
+
+// pushApp pushes archive to node i's registry as demo:TAG, as a client
+// outside the cluster, and returns the image's digest.
+func (p *platformVMs) pushApp(ctx context.Context, i int, archive, tag string) string {
+	p.t.Helper()
+	imgs, cleanup, err := imagestore.ReadArchive(archive, filepath.Dir(archive))
 	defer cleanup()
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	vm := p.vms[0]
-	ref, err := name.ParseReference(vm.HostAddr(RegistryPort) + "/demo:v1")
+	vm := p.vms[i]
+	ref, err := name.ParseReference(vm.HostAddr(RegistryPort) + "/demo:" + tag)
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	tr := imagestore.HTTPSOnly(&http.Transport{TLSClientConfig: p.creds.TLS(), DialContext: vm.DialContext})
-	start := time.Now()
 	if err := remote.Write(ref, imgs[0].Image, remote.WithContext(ctx), remote.WithTransport(tr)); err != nil {
 		p.t.Fatalf("push to the registry: %v", err)
 	}
@@ -68,23 +73,25 @@ func (p *platformVMs) deployApp(ctx context.Context) {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	p.t.Logf("pushed the app image in %.1fs", time.Since(start).Seconds())
+	return digest.String()
+}
 
+// deployRelease deploys image (a digest in the demo repository) to the
+// app demo and waits for the deploy to end done.
+func (p *platformVMs) deployRelease(ctx context.Context, digest string) controller.Deploy {
+	p.t.Helper()
 	c := p.controller(0)
-	if _, err := c.PutApp(ctx, controller.App{Name: "demo", Scale: map[string]int{"web": 2}}, new(uint64)); err != nil {
-		p.t.Fatal(err)
-	}
 	quick := &job.Check{Type: job.CheckHTTP, Interval: job.Duration{Duration: time.Second}}
 	res, err := c.NewRelease(ctx, "demo", controller.ReleaseRequest{
-		Image: "demo@" + digest.String(), Deploy: true, HealthTimeout: job.Duration{Duration: 5 * time.Minute},
+		Image: "demo@" + digest, Deploy: true, HealthTimeout: job.Duration{Duration: 5 * time.Minute},
 		Processes: map[string]controller.Process{"web": {Port: 8080, Check: quick}},
 	})
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	start = time.Now()
+	var d controller.Deploy
 	testwait.For(p.t, "the app's deploy", 6*time.Minute, func() error {
-		d, _, err := c.Deploy(ctx, res.Deploy.ID, controller.QueryOptions{})
+		d, _, err = c.Deploy(ctx, res.Deploy.ID, controller.QueryOptions{})
 		switch {
 		case err != nil:
 			return err
@@ -95,6 +102,23 @@ func (p *platformVMs) deployApp(ctx context.Context) {
 		}
 		return nil
 	})
+	return d
+}
+
+// deployApp pushes the echoback app to node 0's registry and deploys it
+// as app demo: two web instances on the container network, routed at
+// demo.test.
+func (p *platformVMs) deployApp(ctx context.Context) {
+	p.t.Helper()
+	start := time.Now()
+	digest := p.pushApp(ctx, 0, appArchive(p.t, p.t.TempDir()), "v1")
+	p.t.Logf("pushed the app image in %.1fs", time.Since(start).Seconds())
+	c := p.controller(0)
+	if _, err := c.PutApp(ctx, controller.App{Name: "demo", Scale: map[string]int{"web": 2}}, new(uint64)); err != nil {
+		p.t.Fatal(err)
+	}
+	start = time.Now()
+	p.deployRelease(ctx, digest)
 	p.t.Logf("deployed the app on the VMs in %.1fs", time.Since(start).Seconds())
 	if _, err := c.AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "demo", Domain: "demo.test"}); err != nil {
 		p.t.Fatal(err)

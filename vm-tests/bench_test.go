@@ -5,15 +5,19 @@ package vmtest
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
@@ -264,4 +268,72 @@ func BenchmarkPlatform(b *testing.B) {
 // share formats a phase and its share of the whole.
 func share(d, whole time.Duration) string {
 	return fmt.Sprintf("%.1fs %.0f%%", d.Seconds(), 100*d.Seconds()/whole.Seconds())
+}
+
+// BenchmarkDeploy: a 20 MB image pushed to a VM's registry and deployed
+// to two web instances on three VMs, until both answer through a router,
+// against the floor: the same archive imported into two VMs through
+// their host APIs and a job started on each, until it runs. Each side
+// has an image of its own, new to every host.
+func BenchmarkDeploy(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	p := newPlatformVMs(b, 3)
+	p.boot(ctx)
+	p.healthy(ctx, "power-on", nil)
+	dir := b.TempDir()
+	noise := func(n int) imagestore.File {
+		data := make([]byte, 14<<20)
+		rand.Read(data)
+		return imagestore.File{Name: fmt.Sprintf("noise-%d", n), Data: data, Mode: 0o644}
+	}
+	if _, err := p.controller(0).PutApp(ctx, controller.App{Name: "demo", Scale: map[string]int{"web": 2}}, new(uint64)); err != nil {
+		b.Fatal(err)
+	}
+
+	archive := appArchive(b, dir, noise(1))
+	start := time.Now()
+	digest := p.pushApp(ctx, 0, archive, "bench")
+	pushed := time.Since(start)
+	d := p.deployRelease(ctx, digest)
+	if _, err := p.controller(0).AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "demo", Domain: "demo.test"}); err != nil && !controller.IsConflict(err) {
+		b.Fatal(err)
+	}
+	p.appServes(ctx, "bench")
+	plinth := time.Since(start)
+
+	floorArchive := appArchive(b, dir, noise(2))
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, hc := range p.hosts[1:] {
+		wg.Go(func() {
+			f, err := os.Open(floorArchive)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer f.Close()
+			imgs, err := hc.ImportImage(ctx, f)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			_, errs[i] = hc.CreateJob(ctx, job.Spec{ID: "floor", Image: imgs[0].ID, Network: job.NetworkBridge})
+		})
+	}
+	wg.Wait()
+	floor := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	var steps []string
+	prev := d.Started
+	for _, s := range d.Log {
+		steps = append(steps, fmt.Sprintf("%.1fs %q", s.Time.Sub(prev).Seconds(), s.Text))
+		prev = s.Time
+	}
+	fmt.Printf("bench deploy-vm: plinth=%.1fs floor=%.1fs ratio=%.2f (a 20 MB image to 2 instances on 3 VMs: push %.1fs, deploy %.1fs, routed %.1fs; floor: import into 2 VMs and the jobs started)\n",
+		plinth.Seconds(), floor.Seconds(), plinth.Seconds()/floor.Seconds(), pushed.Seconds(), d.Ended.Sub(d.Started).Seconds(), (plinth - pushed - d.Ended.Sub(d.Started)).Seconds())
+	fmt.Printf("bench deploy-vm phases: %s\n", strings.Join(steps, "; "))
 }
