@@ -65,6 +65,8 @@ type Daemon struct {
 	registryTransport http.RoundTripper
 	// advertise is the address gossip starts on.
 	advertise netip.Addr
+	// pulls are the image pulls under way, by reference (mu).
+	pulls map[string]*pulling
 
 	mu      sync.Mutex
 	apiAddr net.Addr

@@ -264,20 +264,53 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
 // pull fetches a job's image from its registry when the job names one
 // by a registry address and the store does not have it yet. The
 // registry is the platform's: this host's certificate gets it in.
+//
+// The pull outlives the request: a caller whose call times out (a
+// scheduler gives each call seconds; a pull under load may take a
+// minute) finds the image there when it tries again. Requests for an
+// image being pulled wait for that pull.
 func (d *Daemon) pull(ctx context.Context, ref string) error {
 	if ref == "" || !imagestore.FromRegistry(ref) {
 		return nil
 	}
+	if _, err := d.images.Get(ref); err == nil {
+		return nil
+	}
 	d.mu.Lock()
 	t := d.registryTransport
+	p, ok := d.pulls[ref]
+	if !ok && t != nil {
+		p = &pulling{done: make(chan struct{})}
+		if d.pulls == nil {
+			d.pulls = map[string]*pulling{}
+		}
+		d.pulls[ref] = p
+		go func() {
+			pctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
+			defer cancel()
+			_, p.err = d.images.Pull(pctx, ref, remote.WithTransport(t))
+			d.mu.Lock()
+			delete(d.pulls, ref)
+			d.mu.Unlock()
+			close(p.done)
+		}()
+	}
 	d.mu.Unlock()
 	if t == nil {
 		return fmt.Errorf("pull %s: the host API is not serving yet", ref)
 	}
-	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
-	defer cancel()
-	_, err := d.images.Pull(ctx, ref, remote.WithTransport(t))
-	return err
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return fmt.Errorf("pull %s: still pulling; try again: %w", ref, ctx.Err())
+	}
+}
+
+// pulling is an image pull under way.
+type pulling struct {
+	done chan struct{}
+	err  error
 }
 
 // pullTimeout bounds a job's image pull.

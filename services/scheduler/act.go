@@ -153,7 +153,7 @@ func (s *Scheduler) work(ctx context.Context, h controller.Host, w *hostWork) {
 		s.stopJob(ctx, h, id)
 	}
 	for _, spec := range w.start {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
 		_, err := c.CreateJob(cctx, spec)
 		cancel()
 		id := controller.PlacementID(h.ID, spec.ID)

@@ -85,6 +85,10 @@ type Config struct {
 	// CallTimeout bounds one call to a host's API; a host that does not
 	// answer in time is unreachable for this step.
 	CallTimeout time.Duration
+	// StartTimeout bounds a job's creation, which pulls its image when
+	// the host lacks it (hostd carries a pull on past it, and the next
+	// try finds the image there).
+	StartTimeout time.Duration
 	// StopGrace is how long a job being removed gets between SIGTERM
 	// and SIGKILL.
 	StopGrace time.Duration
@@ -114,6 +118,7 @@ func DefaultConfig() Config {
 		Retry:        time.Second,
 		Resync:       3 * time.Second,
 		CallTimeout:  3 * time.Second,
+		StartTimeout: 30 * time.Second,
 		StopGrace:    10 * time.Second,
 		WatchWait:    time.Minute,
 		DrainTimeout: 30 * time.Second,
@@ -148,7 +153,7 @@ func New(cfg Config) (*Scheduler, error) {
 		v   *time.Duration
 		def time.Duration
 	}{{&cfg.LeaseTTL, def.LeaseTTL}, {&cfg.Retry, def.Retry}, {&cfg.Resync, def.Resync},
-		{&cfg.CallTimeout, def.CallTimeout}, {&cfg.StopGrace, def.StopGrace}, {&cfg.WatchWait, def.WatchWait},
+		{&cfg.CallTimeout, def.CallTimeout}, {&cfg.StartTimeout, def.StartTimeout}, {&cfg.StopGrace, def.StopGrace}, {&cfg.WatchWait, def.WatchWait},
 		{&cfg.DrainTimeout, def.DrainTimeout}} {
 		if *d.v <= 0 {
 			*d.v = d.def
