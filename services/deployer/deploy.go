@@ -194,7 +194,9 @@ func (r *run) rollType(ctx context.Context, to *controller.Release, typ string) 
 			return nil
 		}
 		cur.Count = min(target, n+r.batch(target))
-		if _, err := c.PutFormation(ctx, cur, &cur.ModifyIndex); err != nil && !controller.IsConflict(err) {
+		if _, err := c.PutFormation(ctx, cur, &cur.ModifyIndex); controller.IsConflict(err) {
+			continue // the scheduler wrote its status: read again
+		} else if err != nil {
 			return fmt.Errorf("scale formation %s: %w", name, err)
 		}
 		if err := r.say(ctx, "%s: %d of %d healthy; starting %d more", typ, n, target, cur.Count-n); err != nil {
@@ -276,10 +278,16 @@ func (r *run) awaitHealthy(ctx context.Context, name string, n int) error {
 		if err := r.stillOurs(ctx); err != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(r.d.cfg.Poll):
+		// Until the instances change (discovery reports a check), or a
+		// second at most: a process without a service is counted from
+		// its formation's status, which this does not watch.
+		wait := min(time.Until(deadline), time.Second)
+		if _, _, err := r.d.cfg.Controller.Instances(ctx, controller.QueryOptions{Index: s.instancesIndex, Wait: max(wait, time.Millisecond)}); err != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(r.d.cfg.Poll):
+			}
 		}
 	}
 }

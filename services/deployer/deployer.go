@@ -225,6 +225,8 @@ type state struct {
 	releases   map[string]controller.Release // by ID, the serving ones
 	formations []controller.Formation
 	instances  []controller.Instance
+	// instancesIndex is the instances' index, to watch for a change.
+	instancesIndex uint64
 }
 
 // read reads the state; consistent reads it at the leader, to see this
@@ -251,9 +253,11 @@ func (d *Deployer) read(ctx context.Context, consistent bool) (*state, error) {
 	if s.formations, _, err = c.Formations(ctx, q); err != nil {
 		return nil, fmt.Errorf("read formations: %w", err)
 	}
-	if s.instances, _, err = c.Instances(ctx, q); err != nil {
+	var m controller.QueryMeta
+	if s.instances, m, err = c.Instances(ctx, q); err != nil {
 		return nil, fmt.Errorf("read instances: %w", err)
 	}
+	s.instancesIndex = m.Index
 	return s, nil
 }
 

@@ -206,6 +206,13 @@ func (a *Agent) startLoop(ctx context.Context, host string, t target) *running {
 	return r
 }
 
+// firstRetry is the pause after a new instance's first failed check; it
+// doubles up to the check's interval until a check passes, so that an
+// instance that starts listening a moment late (every new one, in a
+// deploy that waits on it) is found healthy in a fraction of the
+// interval.
+const firstRetry = 100 * time.Millisecond
+
 // checkLoop checks t every interval and records the result.
 func (a *Agent) checkLoop(ctx context.Context, host string, t target) {
 	if t.check.kind == "" {
@@ -214,10 +221,9 @@ func (a *Agent) checkLoop(ctx context.Context, host string, t target) {
 	}
 	a.local.set(t.instance(host, result{false, "not checked yet"}))
 	a.log.Info("checking instance", "instance", t.id, "addr", t.addr.String(), "check", t.check.kind, "interval", t.check.interval)
-	tick := time.NewTicker(t.check.interval)
-	defer tick.Stop()
-	healthy := false
+	healthy, passed, retry := false, false, firstRetry
 	for {
+		start := time.Now()
 		r := a.checker.run(ctx, t.check, t.job, t.addr.String())
 		if ctx.Err() != nil {
 			return
@@ -227,10 +233,15 @@ func (a *Agent) checkLoop(ctx context.Context, host string, t target) {
 			healthy = r.healthy
 			a.log.Info("instance health", "instance", t.id, "healthy", healthy, "output", r.output)
 		}
+		passed = passed || r.healthy
+		wait := t.check.interval - time.Since(start)
+		if !passed {
+			wait, retry = min(retry, t.check.interval), retry*2
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 	}
 }
