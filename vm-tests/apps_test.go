@@ -90,19 +90,18 @@ func (p *platformVMs) deployRelease(ctx context.Context, digest string) controll
 		p.t.Fatal(err)
 	}
 	var d controller.Deploy
-	testwait.For(p.t, "the app's deploy", 6*time.Minute, func() error {
+	for deadline := time.Now().Add(6 * time.Minute); ; time.Sleep(time.Second) {
 		d, _, err = c.Deploy(ctx, res.Deploy.ID, controller.QueryOptions{})
-		switch {
-		case err != nil:
-			return err
-		case d.State == controller.DeployFailed:
-			p.t.Fatalf("deploy failed: %s\n%v", d.Reason, d.Log)
-		case d.State != controller.DeployDone:
-			return fmt.Errorf("deploy %s: %v", d.State, d.Log)
+		if err == nil && d.State == controller.DeployDone {
+			return d
 		}
-		return nil
-	})
-	return d
+		if (err == nil && d.State == controller.DeployFailed) || time.Now().After(deadline) {
+			for i, vm := range p.vms {
+				p.logJobs(vm.Name(), p.hosts[i])
+			}
+			p.t.Fatalf("deploy %s: %v %s %s\n%v", res.Deploy.ID, err, d.State, d.Reason, d.Log)
+		}
+	}
 }
 
 // deployApp pushes the echoback app to node 0's registry and deploys it

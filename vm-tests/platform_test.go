@@ -131,7 +131,7 @@ func (p *platformVMs) logJobs(name string, c *host.Client) {
 	}
 	for _, j := range jobs {
 		p.t.Logf("%s: job %s %s pid %d restarts %d exit %+v %s", name, j.Spec.ID, j.Status.State, j.Status.Pid, j.Status.Restarts, j.Status.Exit, j.Status.Error)
-		if !strings.HasPrefix(j.Spec.ID, "plinth-") {
+		if !strings.HasPrefix(j.Spec.ID, "plinth-") && j.Spec.Tags[controller.AppTag] == "" {
 			continue
 		}
 		c.JobLogs(ctx, j.Spec.ID, job.LogOptions{Tail: 20}, func(l job.LogLine) error {

@@ -219,6 +219,9 @@ func (d *Deployer) pass(ctx context.Context, wg *sync.WaitGroup) (ended uint64, 
 	return ended, nil
 }
 
+// readTimeout bounds one reading of the state.
+const readTimeout = 30 * time.Second
+
 // state is what reconcile and the deploys read of the controller.
 type state struct {
 	apps       map[string]controller.App
@@ -232,6 +235,10 @@ type state struct {
 // read reads the state; consistent reads it at the leader, to see this
 // deployer's last writes.
 func (d *Deployer) read(ctx context.Context, consistent bool) (*state, error) {
+	// Bounded: a controller that takes no answer must not hold a
+	// deploy past its health timeout.
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
 	c := d.cfg.Controller
 	q := controller.QueryOptions{Consistent: consistent}
 	apps, _, err := c.Apps(ctx, q)
