@@ -281,8 +281,11 @@ func (r *run) awaitHealthy(ctx context.Context, name string, n int) error {
 		// Until the instances change (discovery reports a check), or a
 		// second at most: a process without a service is counted from
 		// its formation's status, which this does not watch.
-		wait := min(time.Until(deadline), time.Second)
-		if _, _, err := r.d.cfg.Controller.Instances(ctx, controller.QueryOptions{Index: s.instancesIndex, Wait: max(wait, time.Millisecond)}); err != nil {
+		wait := max(min(time.Until(deadline), time.Second), time.Millisecond)
+		wctx, cancel := context.WithTimeout(ctx, wait+readTimeout)
+		_, _, err = r.d.cfg.Controller.Instances(wctx, controller.QueryOptions{Index: s.instancesIndex, Wait: wait})
+		cancel()
+		if err != nil {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
