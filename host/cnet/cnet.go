@@ -274,7 +274,7 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return err
 	}
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // only rtnetlink: the image has no xfrm
 	if err != nil {
 		return err
 	}
