@@ -77,13 +77,14 @@ func (p *platformVMs) pushApp(ctx context.Context, i int, archive, tag string) s
 }
 
 // deployRelease deploys image (a digest in the demo repository) to the
-// app demo and waits for the deploy to end done.
-func (p *platformVMs) deployRelease(ctx context.Context, digest string) controller.Deploy {
+// app demo with strategy (empty: the default) and waits for the deploy
+// to end done.
+func (p *platformVMs) deployRelease(ctx context.Context, digest, strategy string) controller.Deploy {
 	p.t.Helper()
 	c := p.controller(0)
 	quick := &job.Check{Type: job.CheckHTTP, Interval: job.Duration{Duration: time.Second}}
 	res, err := c.NewRelease(ctx, "demo", controller.ReleaseRequest{
-		Image: "demo@" + digest, Deploy: true, HealthTimeout: job.Duration{Duration: 5 * time.Minute},
+		Image: "demo@" + digest, Deploy: true, Strategy: strategy, HealthTimeout: job.Duration{Duration: 5 * time.Minute},
 		Processes: map[string]controller.Process{"web": {Port: 8080, Check: quick}},
 	})
 	if err != nil {
@@ -117,7 +118,7 @@ func (p *platformVMs) deployApp(ctx context.Context) {
 		p.t.Fatal(err)
 	}
 	start = time.Now()
-	p.deployRelease(ctx, digest)
+	p.deployRelease(ctx, digest, "")
 	p.t.Logf("deployed the app on the VMs in %.1fs", time.Since(start).Seconds())
 	if _, err := c.AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "demo", Domain: "demo.test"}); err != nil {
 		p.t.Fatal(err)

@@ -271,7 +271,8 @@ func share(d, whole time.Duration) string {
 }
 
 // BenchmarkDeploy: a 20 MB image pushed to a VM's registry and deployed
-// to two web instances on three VMs, until both answer through a router,
+// all at once to two web instances on three VMs, until both answer
+// through a router,
 // against the floor: the same archive imported into two VMs through
 // their host APIs and a job started on each, until it runs. Each side
 // has an image of its own, new to every host.
@@ -295,7 +296,7 @@ func BenchmarkDeploy(b *testing.B) {
 	start := time.Now()
 	digest := p.pushApp(ctx, 0, archive, "bench")
 	pushed := time.Since(start)
-	d := p.deployRelease(ctx, digest)
+	d := p.deployRelease(ctx, digest, controller.StrategyAllAtOnce)
 	if _, err := p.controller(0).AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "demo", Domain: "demo.test"}); err != nil && !controller.IsConflict(err) {
 		b.Fatal(err)
 	}
