@@ -189,6 +189,12 @@ func (p *Platform) startHostd(h *Host, seeds []string) {
 		"--bundle", p.bundle, "--join", strings.Join(seeds, ","), "--advertise", "eth0", "--roles", controller.RoleController, "--hostname", h.NS.Name,
 		"--container-network="+strconv.FormatBool(p.containerNetwork), "--job-dns", "--cgroup-parent", h.Cgroup, "--volume-root", filepath.Join(h.Dir, "volumes"),
 		"--labels", "zone="+h.Zone)
+	if p.containerNetwork {
+		// Each host its own /24: hosts that start together may pick the
+		// same one from their IDs' hashes (1 start in 85 for three),
+		// which hostd reports but cannot mend.
+		cmd.Args = append(cmd.Args, "--container-subnet", fmt.Sprintf("10.200.%d.0/24", slices.Index(p.Hosts, h)+1))
+	}
 	log, err := os.OpenFile(filepath.Join(p.dir, h.NS.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
