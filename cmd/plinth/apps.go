@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -265,7 +266,7 @@ func appInfo(ctx context.Context, c *controller.Client, f *appFlags, app control
 	fmt.Printf("release:   v%d (%s): %s\n", rel.Version, serving, rel.Description)
 	fmt.Printf("image:     %s\n", rel.Image)
 	fmt.Printf("scale:     %s\n", scaleString(app, rel))
-	fmt.Printf("strategy:  %s\n", cmpOr(app.Strategy, controller.StrategyRolling))
+	fmt.Printf("strategy:  %s\n", cmp.Or(app.Strategy, controller.StrategyRolling))
 	for _, typ := range slices.Sorted(maps.Keys(rel.Processes)) {
 		p := rel.Processes[typ]
 		cmd := "(the image's entrypoint)"
@@ -290,13 +291,6 @@ func appInfo(ctx context.Context, c *controller.Client, f *appFlags, app control
 		fmt.Println()
 	}
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // appDeploys are app's deploys, newest first.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -72,7 +73,7 @@ func appInstances(ctx context.Context, f *clusterFlags, c *controller.Client, ap
 		}
 		rel, _ := strconv.Atoi(fm.Job.Tags[controller.ReleaseTag])
 		h := byID[p.Host]
-		in := instance{Type: fm.Job.Tags[controller.TypeTag], Job: p.Job, Release: rel, Host: cmpOr(h.Hostname, p.Host), HostID: p.Host, State: "unknown", api: h.API}
+		in := instance{Type: fm.Job.Tags[controller.TypeTag], Job: p.Job, Release: rel, Host: cmp.Or(h.Hostname, p.Host), HostID: p.Host, State: "unknown", api: h.API}
 		for _, i := range instances {
 			if i.Host == p.Host && i.Job == p.Job {
 				switch {
@@ -139,7 +140,7 @@ func psCommand() *cobra.Command {
 				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "TYPE\tINSTANCE\tHOST\tSTATE\tAGE\tRESTARTS\tRELEASE\tHEALTH")
 				for _, i := range ins {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\tv%d\t%s\n", i.Type, i.Job, i.Host, i.State, age(i.Started), i.Restarts, i.Release, cmpOr(i.Health, "-"))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\tv%d\t%s\n", i.Type, i.Job, i.Host, i.State, age(i.Started), i.Restarts, i.Release, cmp.Or(i.Health, "-"))
 				}
 				return tw.Flush()
 			})

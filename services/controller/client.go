@@ -157,6 +157,13 @@ func IsConflict(err error) bool {
 	return errors.As(err, &e) && e.StatusCode == http.StatusConflict
 }
 
+// IsInvalid reports whether err is a 400: the controller refused the
+// request as wrong, and sending it again cannot help.
+func IsInvalid(err error) bool {
+	var e *APIError
+	return errors.As(err, &e) && e.StatusCode == http.StatusBadRequest
+}
+
 // IsNotFound reports whether err is a 404.
 func IsNotFound(err error) bool {
 	var e *APIError

@@ -110,3 +110,27 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// WatchIndex signals changed (without blocking) each time the index that
+// read returns moves, asking with blocking queries of wait; after a
+// failed query it pauses for retry. It returns when ctx ends.
+func WatchIndex(ctx context.Context, wait, retry time.Duration, read func(context.Context, QueryOptions) (uint64, error), changed chan<- struct{}) {
+	var index uint64
+	for ctx.Err() == nil {
+		next, err := read(ctx, QueryOptions{Index: index, Wait: wait})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(retry):
+			}
+			continue
+		}
+		if next != index && index != 0 {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+		index = next
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -162,7 +161,7 @@ func (r *run) rollType(ctx context.Context, to *controller.Release, typ string) 
 		if !exists {
 			f := controller.ProcessFormation(to, typ, min(target, r.batch(target)))
 			if _, err := c.PutFormation(ctx, f, new(uint64)); err != nil && !controller.IsConflict(err) {
-				if isInvalid(err) {
+				if controller.IsInvalid(err) {
 					return failed("make formation %s: %v", name, err)
 				}
 				return fmt.Errorf("make formation %s: %w", name, err)
@@ -368,11 +367,4 @@ func describeCheck(c *job.Check, port int) string {
 		return fmt.Sprintf("command %q exits 0, every %s, timeout %s", strings.Join(c.Command, " "), c.Interval, c.Timeout)
 	}
 	return fmt.Sprintf("tcp :%d accepts, every %s, timeout %s", port, c.Interval, c.Timeout)
-}
-
-// isInvalid reports a write the controller refused as wrong (400):
-// trying it again cannot help.
-func isInvalid(err error) bool {
-	var e *controller.APIError
-	return errors.As(err, &e) && e.StatusCode == http.StatusBadRequest
 }

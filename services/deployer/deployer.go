@@ -117,7 +117,7 @@ func (d *Deployer) Lead(ctx context.Context) {
 	defer wg.Wait()
 	c := d.cfg.Controller
 	watch := func(read func(context.Context, controller.QueryOptions) (uint64, error)) {
-		wg.Go(func() { d.follow(ctx, read, changed) })
+		wg.Go(func() { controller.WatchIndex(ctx, d.cfg.WatchWait, d.cfg.Poll, read, changed) })
 	}
 	watch(func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
 		_, m, err := c.Apps(ctx, q)
@@ -152,28 +152,6 @@ func (d *Deployer) Lead(ctx context.Context) {
 		case <-changed:
 		case <-time.After(d.cfg.Resync):
 		}
-	}
-}
-
-// follow signals changed each time a collection's index moves.
-func (d *Deployer) follow(ctx context.Context, read func(context.Context, controller.QueryOptions) (uint64, error), changed chan<- struct{}) {
-	var index uint64
-	for ctx.Err() == nil {
-		next, err := read(ctx, controller.QueryOptions{Index: index, Wait: d.cfg.WatchWait})
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(d.cfg.Poll):
-			}
-			continue
-		}
-		if next != index && index != 0 {
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
-		}
-		index = next
 	}
 }
 

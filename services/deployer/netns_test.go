@@ -130,14 +130,7 @@ func TestAppLifecycle(t *testing.T) {
 	if err := os.WriteFile(decl, []byte(appTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cli := func(timeout time.Duration, args ...string) string {
-		t.Helper()
-		out, err := p.CLI(testwait.Ctx(t, timeout), args...)
-		if err != nil {
-			t.Fatalf("plinth %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	cli := mustCLI(t, p)
 	cli(30*time.Second, "apps", "create", "demo")
 
 	// The first deploy: pushed through the registry, its processes from
@@ -569,14 +562,7 @@ func TestDeployThroughHostFailure(t *testing.T) {
 	if err := os.WriteFile(decl, []byte(appTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cli := func(timeout time.Duration, args ...string) string {
-		t.Helper()
-		out, err := p.CLI(testwait.Ctx(t, timeout), args...)
-		if err != nil {
-			t.Fatalf("plinth %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	cli := mustCLI(t, p)
 	cli(30*time.Second, "apps", "create", "demo")
 	cli(3*time.Minute, "deploy", "-a", "demo", "--image", archive, "--file", decl)
 	cli(3*time.Minute, "apply", "-f", decl)
@@ -747,4 +733,17 @@ func registryClients(t *testing.T, p *platformtest.Platform, archive string) {
 
 func pemCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// mustCLI runs the plinth CLI against p, failing the test with its
+// output when it fails.
+func mustCLI(t *testing.T, p *platformtest.Platform) func(timeout time.Duration, args ...string) string {
+	return func(timeout time.Duration, args ...string) string {
+		t.Helper()
+		out, err := p.CLI(testwait.Ctx(t, timeout), args...)
+		if err != nil {
+			t.Fatalf("plinth %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
 }

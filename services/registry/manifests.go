@@ -187,7 +187,7 @@ func (s *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, ref
 	if !strings.HasPrefix(ref, "sha256:") {
 		t := controller.Tag{ID: controller.TagID(repo, ref), Repo: repo, Tag: ref, Digest: digest}
 		if _, err := s.cfg.Controller.PutTag(r.Context(), t); err != nil {
-			if isInvalid(err) {
+			if controller.IsInvalid(err) {
 				return &regError{http.StatusBadRequest, "TAG_INVALID", err.Error()}
 			}
 			return fmt.Errorf("record tag %s: %w", t.ID, err)
@@ -198,11 +198,6 @@ func (s *Registry) putManifest(w http.ResponseWriter, r *http.Request, repo, ref
 	w.Header().Set("Location", "/v2/"+repo+"/manifests/"+digest)
 	w.WriteHeader(http.StatusCreated)
 	return nil
-}
-
-func isInvalid(err error) bool {
-	var ae *controller.APIError
-	return errors.As(err, &ae) && ae.StatusCode == http.StatusBadRequest
 }
 
 // manifestBlobs returns a manifest's media type and the digests it

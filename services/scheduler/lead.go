@@ -38,15 +38,15 @@ func (s *Scheduler) lead(ctx context.Context, token uint64) {
 	// host that just died.
 	changed := make(chan struct{}, 1)
 	hostsChanged := make(chan struct{}, 1)
-	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+	go controller.WatchIndex(ctx, s.cfg.WatchWait, s.cfg.Retry, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
 		_, m, err := s.cfg.Controller.Formations(ctx, q)
 		return m.Index, err
 	}, changed)
-	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+	go controller.WatchIndex(ctx, s.cfg.WatchWait, s.cfg.Retry, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
 		_, m, err := s.cfg.Controller.Instances(ctx, q)
 		return m.Index, err
 	}, changed)
-	go s.follow(ctx, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
+	go controller.WatchIndex(ctx, s.cfg.WatchWait, s.cfg.Retry, func(ctx context.Context, q controller.QueryOptions) (uint64, error) {
 		_, m, err := s.cfg.Controller.Hosts(ctx, q)
 		return m.Index, err
 	}, hostsChanged)
@@ -109,27 +109,5 @@ func (s *Scheduler) renew(ctx context.Context, stop context.CancelFunc) {
 		default:
 			s.log.Debug("renew the lease", "err", err)
 		}
-	}
-}
-
-// follow signals changed each time a collection's index moves.
-func (s *Scheduler) follow(ctx context.Context, read func(context.Context, controller.QueryOptions) (uint64, error), changed chan<- struct{}) {
-	var index uint64
-	for ctx.Err() == nil {
-		next, err := read(ctx, controller.QueryOptions{Index: index, Wait: s.cfg.WatchWait})
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(s.cfg.Retry):
-			}
-			continue
-		}
-		if next != index && index != 0 {
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
-		}
-		index = next
 	}
 }
