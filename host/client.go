@@ -306,6 +306,16 @@ func (c *Client) JobLogs(ctx context.Context, id string, opts job.LogOptions, em
 	}
 }
 
+// JobChanges opens what an ended image job wrote on top of its image, as
+// an uncompressed OCI layer tar. A job still running is a 409 *APIError.
+func (c *Client) JobChanges(ctx context.Context, id string) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/changes", nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
 // ImportImage sends a `docker save` archive or a tar of an OCI layout and
 // returns the images it held.
 func (c *Client) ImportImage(ctx context.Context, archive io.Reader) ([]imagestore.Image, error) {

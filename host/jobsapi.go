@@ -104,6 +104,20 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, j)
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}/logs", d.serveLogs)
+	mux.HandleFunc("GET /v1/jobs/{id}/changes", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		dir, err := d.jobs.ChangesDir(id)
+		if err != nil {
+			writeJobError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-tar")
+		// A failure midway cuts the stream short, which a tar reader
+		// reports as an unexpected EOF.
+		if err := imagestore.WriteLayer(w, dir); err != nil {
+			d.log.Warn("job changes", "job", id, "err", err)
+		}
+	})
 	mux.HandleFunc("POST /v1/jobs/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
 		var req execRequest
 		dec := json.NewDecoder(io.LimitReader(r.Body, maxSpecSize))

@@ -18,31 +18,54 @@ import (
 // `mkfs.ext4 -L PLINTH-DATA /dev/...`.
 const DataLabel = "PLINTH-DATA"
 
-// dataWait bounds the wait for the disk driver to show its disks, which it
-// probes asynchronously after loading.
-const dataWait = 5 * time.Second
+// diskWait bounds the wait for the disk driver to show the disks the PCI
+// bus has: it probes them asynchronously after it loads, which took over
+// 5 s in a loaded TCG guest. A disk that is on the bus is waited for
+// rather than given up on, since booting without the data partition gives
+// the host a new identity.
+const diskWait = 2 * time.Minute
 
-// virtioBlockPresent reports whether the PCI bus has a virtio block device
-// (legacy 0x1001 or modern 0x1042 of vendor 0x1af4). Only then does init
-// load the disk driver before ready; a diskless machine pays nothing.
-func virtioBlockPresent() bool {
-	devs, _ := filepath.Glob("/sys/bus/pci/devices/*")
+// partitionGrace is how long init keeps looking for the label after every
+// disk has shown up: the kernel adds a disk's partitions just after the
+// disk itself.
+const partitionGrace = time.Second
+
+// virtioBlockDevices returns the sysfs directories of the PCI bus's virtio
+// block devices (legacy 0x1001 or modern 0x1042 of vendor 0x1af4) under
+// sys. Only when there is one does init load the disk driver before
+// ready; a diskless machine pays nothing.
+func virtioBlockDevices(sys string) []string {
+	devs, _ := filepath.Glob(filepath.Join(sys, "bus/pci/devices/*"))
+	var blk []string
 	for _, d := range devs {
 		vendor, _ := os.ReadFile(filepath.Join(d, "vendor"))
 		device, _ := os.ReadFile(filepath.Join(d, "device"))
 		v, dev := strings.TrimSpace(string(vendor)), strings.TrimSpace(string(device))
 		if v == "0x1af4" && (dev == "0x1001" || dev == "0x1042") {
-			return true
+			blk = append(blk, d)
 		}
 	}
-	return false
+	return blk
+}
+
+// disksShown reports whether the driver has made a block device for each
+// of the PCI devices pcis (sysfs: <pci>/virtioN/block/vdX).
+func disksShown(pcis []string) bool {
+	for _, d := range pcis {
+		if b, _ := filepath.Glob(filepath.Join(d, "virtio*", "block", "*")); len(b) == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // mountData mounts the filesystem labelled DataLabel at /var, over the
-// tmpfs stage 1 put there. It returns the device, or "" when there is
-// none.
-func mountData() (string, error) {
-	deadline := time.Now().Add(dataWait)
+// tmpfs stage 1 put there, once the disks of pcis have shown up. It
+// returns the device, or "" when no disk carries the label.
+func mountData(pcis []string) (string, error) {
+	start := time.Now()
+	var shown time.Time
+	nextSay := start.Add(10 * time.Second)
 	for {
 		if dev := findLabel(DataLabel); dev != "" {
 			if err := unix.Mount(dev, "/var", "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, ""); err != nil {
@@ -50,8 +73,18 @@ func mountData() (string, error) {
 			}
 			return dev, nil
 		}
-		if time.Now().After(deadline) {
+		now := time.Now()
+		if shown.IsZero() && disksShown(pcis) {
+			shown = now
+		}
+		switch {
+		case !shown.IsZero() && now.Sub(shown) > partitionGrace:
 			return "", nil
+		case shown.IsZero() && now.Sub(start) > diskWait:
+			return "", fmt.Errorf("%d virtio disk(s) on the PCI bus, but the driver showed no block device for some within %s", len(pcis), diskWait)
+		case shown.IsZero() && now.After(nextSay):
+			say("waiting for the disk driver to show %d disk(s) (%s so far)", len(pcis), now.Sub(start).Round(time.Second))
+			nextSay = now.Add(10 * time.Second)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

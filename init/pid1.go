@@ -37,14 +37,16 @@ func pid1() {
 	must(mountSystem())
 	phase("init: filesystems mounted")
 
-	disk := virtioBlockPresent()
-	loadModules(filepath.Join("/lib/modules", kernelRelease()), disk)
-	if disk {
-		switch dev, err := mountData(); {
+	disks := virtioBlockDevices("/sys")
+	loadModules(filepath.Join("/lib/modules", kernelRelease()), len(disks) > 0)
+	if len(disks) > 0 {
+		switch dev, err := mountData(disks); {
 		case err != nil:
 			say("%v; /var stays on tmpfs", err)
 		case dev != "":
 			phase("init: data partition %s mounted at /var", dev)
+		default:
+			say("no %s filesystem on the %d disk(s); /var is a tmpfs and nothing survives a reboot", DataLabel, len(disks))
 		}
 	}
 	// Armed before anything can stop for a person (maintenance, ready), so
