@@ -397,8 +397,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 // jobCredentials issues the credentials file of a job that asks for
 // them: a certificate of this host's, good for serving and for calling,
 // so that platform services can speak mutual TLS with each other and
-// call hosts.
-func (d *Daemon) jobCredentials(jobID string) ([]byte, error) {
+// call hosts, with names added to its DNS names.
+func (d *Daemon) jobCredentials(jobID string, names []string) ([]byte, error) {
 	// The host's advertised address is in it, so that clients that check
 	// the name they dialled (docker, skopeo pushing to the registry)
 	// accept a platform service reached by the host's address. A job
@@ -409,7 +409,7 @@ func (d *Daemon) jobCredentials(jobID string) ([]byte, error) {
 	} else if d.advertise.IsValid() {
 		ips = append(ips, d.advertise.AsSlice()) // before gossip starts
 	}
-	cert, err := d.bundle.HostCertificate(d.id, d.hostname, ips)
+	cert, err := d.bundle.HostCertificate(d.id, d.hostname, ips, names...)
 	if err != nil {
 		return nil, err
 	}

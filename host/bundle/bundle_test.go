@@ -323,6 +323,16 @@ func TestHostCertificate(t *testing.T) {
 	if _, err := b.HostCertificate("", "web-1", nil); err == nil {
 		t.Error("empty node ID accepted")
 	}
+	named, err := b.HostCertificate("abcdefghijklmnop", "web-1", nil, "git.plinth", "web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(named.Leaf.DNSNames, []string{"abcdefghijklmnop", "web-1", "git.plinth"}) {
+		t.Errorf("DNS names with extra names: %q", named.Leaf.DNSNames)
+	}
+	if _, err := b.HostCertificate("abcdefghijklmnop", "", nil, "bad name"); err == nil {
+		t.Error("an extra name that is no DNS name accepted")
+	}
 }
 
 // serve starts an HTTPS server on 127.0.0.1 that answers with the client

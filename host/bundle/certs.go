@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -27,9 +28,10 @@ const (
 // HostCertificate issues a certificate for a host's API, good both for
 // serving and for calling other hosts, with a fresh ed25519 key. Its
 // common name and first DNS name are nodeID (which must be a DNS label);
-// hostname is added when it is a valid DNS name, and ips as IP addresses.
-// The chain includes the CA certificate.
-func (b *Bundle) HostCertificate(nodeID, hostname string, ips []net.IP) (tls.Certificate, error) {
+// hostname is added when it is a valid DNS name, ips as IP addresses, and
+// names, which must be valid DNS names. The chain includes the CA
+// certificate.
+func (b *Bundle) HostCertificate(nodeID, hostname string, ips []net.IP, names ...string) (tls.Certificate, error) {
 	if !isDNSLabel(nodeID) {
 		return tls.Certificate{}, fmt.Errorf("host certificate: node ID %q is not a DNS label", nodeID)
 	}
@@ -40,6 +42,14 @@ func (b *Bundle) HostCertificate(nodeID, hostname string, ips []net.IP) (tls.Cer
 	}
 	if hostname != nodeID && isDNSName(hostname) {
 		tmpl.DNSNames = append(tmpl.DNSNames, hostname)
+	}
+	for _, n := range names {
+		if !isDNSName(n) {
+			return tls.Certificate{}, fmt.Errorf("host certificate for %s: %q is not a DNS name", nodeID, n)
+		}
+		if !slices.Contains(tmpl.DNSNames, n) {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	for _, ip := range ips {
 		if ip != nil && !containsIP(tmpl.IPAddresses, ip) {

@@ -40,7 +40,7 @@ func (m *Manager) jobFiles(s Spec) ([]container.Mount, error) {
 		if m.cfg.Credentials == nil {
 			return nil, fmt.Errorf("job %s: this host issues no credentials", s.ID)
 		}
-		data, err := m.cfg.Credentials(s.ID)
+		data, err := m.cfg.Credentials(s.ID, s.CredentialNames)
 		if err != nil {
 			return nil, fmt.Errorf("job %s: issue credentials: %w", s.ID, err)
 		}

@@ -113,7 +113,7 @@ type Config struct {
 	// Credentials, if set, issues the credentials file (see package
 	// bundle) of a job that asks for them (Spec.Credentials), at each of
 	// its starts. Without it such jobs are refused.
-	Credentials func(jobID string) ([]byte, error) `json:"-"`
+	Credentials func(jobID string, names []string) ([]byte, error) `json:"-"`
 	// JobDNS gives every job with a network an /etc/resolv.conf that
 	// names this host first (127.0.0.1 for host-network jobs, the
 	// bridge's gateway for bridge jobs), where a DNS server the platform

@@ -388,7 +388,7 @@ func TestSystemRootfs(t *testing.T) {
 func TestSystemRootfsVolumesAndCredentials(t *testing.T) {
 	busyboxRoot(t) // root and tini
 	cfg := testConfig(t)
-	cfg.Credentials = func(id string) ([]byte, error) { return []byte("credentials of " + id + "\n"), nil }
+	cfg.Credentials = func(id string, _ []string) ([]byte, error) { return []byte("credentials of " + id + "\n"), nil }
 	m := newManager(t, cfg)
 	data := filepath.Join(t.TempDir(), "volumes", "data")
 	s := Spec{ID: "sysvol", Rootfs: SystemRootfs, Credentials: true,

@@ -76,6 +76,10 @@ type Spec struct {
 	// both serving and calling (mutual TLS between platform services),
 	// readable by the job's user only.
 	Credentials bool `json:"credentials,omitempty"`
+	// CredentialNames are DNS names added to the job's certificate, for
+	// a service that clients reach by a name of its own wherever it runs
+	// (the builder's git endpoint).
+	CredentialNames []string `json:"credential_names,omitempty"`
 	// Resurrect starts the job again when the host boots.
 	Resurrect bool `json:"resurrect,omitempty"`
 	// Tags are free-form labels for the job's owner.

@@ -52,6 +52,7 @@ func (c *Controller) handler() http.Handler {
 	mux.HandleFunc("POST /v1/instances/{id...}", c.write(c.serveInstanceDrain))
 	mux.HandleFunc("POST /v1/apps/{name}/releases", c.write(c.serveRelease))
 	mux.HandleFunc("DELETE /v1/apps/{name}", c.write(c.serveDestroyApp))
+	mux.HandleFunc("POST /v1/apps/{name}/builds", c.write(c.serveStartBuild))
 	mux.HandleFunc("PUT /v1/deploys/{id...}", c.write(c.serveDeployUpdate))
 	mux.HandleFunc("GET /v1/{kind}", c.consistent(c.serveList))
 	mux.HandleFunc("GET /v1/{kind}/{key...}", c.consistent(c.serveGet))
@@ -557,6 +558,46 @@ func (c *Controller) serveRelease(w http.ResponseWriter, r *http.Request) {
 		res.Deploy = raw.(*Deploy)
 	}
 	answer(w, index, &res, nil)
+}
+
+// serveStartBuild starts a build of an app, numbered by the controller,
+// and answers it; 409 while another build of the app runs.
+func (c *Controller) serveStartBuild(w http.ResponseWriter, r *http.Request) {
+	var b Build
+	err := decodeBody(r, &b)
+	switch {
+	case err != nil:
+	case b.ID != "" || b.Number != 0:
+		err = fmt.Errorf("%w: a new build gets its number from the controller; leave id and number out", ErrInvalid)
+	case b.App != "" && b.App != r.PathValue("name"):
+		err = fmt.Errorf("%w: the body's app %q is not the path's %q", ErrInvalid, b.App, r.PathValue("name"))
+	default:
+		b.App, b.State = r.PathValue("name"), BuildRunning
+		err = checkBuild(&b)
+	}
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	data, _ := json.Marshal(&b)
+	index, err := c.propose(&command{Op: opPut, Kind: "builds", Object: data})
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	txn := c.fsm.store.current().Txn(false)
+	builds, err := appBuilds(txn, b.App)
+	if err != nil {
+		writeError(w, 0, err)
+		return
+	}
+	for _, o := range builds {
+		if o.CreateIndex == index {
+			answer(w, index, o, nil)
+			return
+		}
+	}
+	writeError(w, http.StatusConflict, fmt.Errorf("%w: the build made at index %d was removed since (app destroyed?)", ErrConflict, index))
 }
 
 func (c *Controller) serveDestroyApp(w http.ResponseWriter, r *http.Request) {

@@ -479,6 +479,15 @@ func applyDestroyApp(txn *memdb.Txn, index uint64, c *command, events *eventLog)
 			}
 		}
 	}
+	builds, err := appBuilds(txn, app.Name)
+	if err != nil {
+		return err
+	}
+	for _, b := range builds {
+		if err := remove(txn, "builds", b.ID, index, nil); err != nil {
+			return err
+		}
+	}
 	routes, err := list[*Route](txn, "routes")
 	if err != nil {
 		return err

@@ -73,6 +73,34 @@ func (c *Client) UpdateDeploy(ctx context.Context, d Deploy, cas uint64) (Deploy
 	return out, err
 }
 
+// Builds lists every app's builds.
+func (c *Client) Builds(ctx context.Context, q QueryOptions) ([]Build, QueryMeta, error) {
+	return listOf[Build](c, ctx, "builds", q)
+}
+
+// Build reads one build ("<app>/<number>").
+func (c *Client) Build(ctx context.Context, id string, q QueryOptions) (Build, QueryMeta, error) {
+	var out Build
+	m, err := c.call(ctx, http.MethodGet, queryPath("/v1/builds/"+id, q), nil, &out)
+	return out, m, err
+}
+
+// StartBuild starts a build of b.App (its commit, ref and deadline); a
+// conflict while another build of the app runs.
+func (c *Client) StartBuild(ctx context.Context, b Build) (Build, error) {
+	var out Build
+	_, err := c.call(ctx, http.MethodPost, "/v1/apps/"+url.PathEscape(b.App)+"/builds", b, &out)
+	return out, err
+}
+
+// UpdateBuild records a builder's progress on a running build: its
+// state, reason, host, release, log and deadline.
+func (c *Client) UpdateBuild(ctx context.Context, b Build, cas uint64) (Build, error) {
+	var out Build
+	_, err := c.call(ctx, http.MethodPut, casPath("/v1/builds/"+b.ID, &cas), b, &out)
+	return out, err
+}
+
 // Images lists the images pushed to the cluster's registry.
 func (c *Client) Images(ctx context.Context, q QueryOptions) ([]Image, QueryMeta, error) {
 	return listOf[Image](c, ctx, "images", q)
