@@ -14,6 +14,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/services/builder"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/discovery"
 	"github.com/plinth-os/plinth/services/registry"
@@ -51,6 +52,7 @@ func (p *Platform) Actions() map[string]Action {
 		"start-jobs":         &action{[]string{"hosts", "job", "expect"}, []string{"jobs"}, p.startJobs},
 		"wait-controller":    &action{[]string{"expect", "timeout"}, []string{"leader"}, p.waitController},
 		"register-formation": &action{[]string{"name", "job", "role", "expect"}, []string{"formation"}, p.registerFormation},
+		"register-service":   &action{[]string{"name", "job", "count"}, []string{"formation"}, p.registerService},
 		"wait-formations":    &action{[]string{"names", "timeout"}, []string{"placements"}, p.waitFormations},
 		"mark-bootstrapped":  &action{[]string{}, []string{"at"}, p.markBootstrapped},
 	}
@@ -185,8 +187,10 @@ func (p *Platform) platformJob(name, expect string) (job.Spec, error) {
 		return router.JobSpec(p.Binary), nil
 	case "registry":
 		return registry.JobSpec(p.Binary), nil
+	case "builder":
+		return builder.JobSpec(p.Binary), nil
 	}
-	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery, scheduler, router and registry", name)
+	return job.Spec{}, fmt.Errorf("job %q: the platform's jobs are controller, discovery, scheduler, router, registry and builder", name)
 }
 
 // startJobs starts a platform job on each of the hosts (node IDs) that
@@ -287,6 +291,11 @@ func (p *Platform) registerFormation(ctx context.Context, in map[string]string, 
 	if in["role"] != "" {
 		f.Constraints = map[string]string{"role": in["role"]}
 	}
+	return p.putFormation(ctx, f, log)
+}
+
+// putFormation writes f unless a formation of its name exists.
+func (p *Platform) putFormation(ctx context.Context, f controller.Formation, log func(string, ...any)) (Result, error) {
 	c := p.controller()
 	zero := uint64(0)
 	if _, err := c.PutFormation(ctx, f, &zero); controller.IsConflict(err) {
@@ -296,6 +305,20 @@ func (p *Platform) registerFormation(ctx context.Context, in map[string]string, 
 		return Result{}, fmt.Errorf("register formation %s: %w", f.Name, err)
 	}
 	return Result{Outputs: map[string]string{"formation": f.Name}, Changed: true}, nil
+}
+
+// registerService registers the formation of a platform job that runs
+// count instances wherever the scheduler places them, unless it exists.
+func (p *Platform) registerService(ctx context.Context, in map[string]string, log func(string, ...any)) (Result, error) {
+	n, err := strconv.Atoi(in["count"])
+	if err != nil || n < 1 {
+		return Result{}, fmt.Errorf("count %q: want how many instances run", in["count"])
+	}
+	spec, err := p.platformJob(in["job"], "")
+	if err != nil {
+		return Result{}, err
+	}
+	return p.putFormation(ctx, controller.Formation{Name: in["name"], Count: n, Job: spec}, log)
 }
 
 // waitFormations waits until the scheduler runs every named formation

@@ -142,7 +142,33 @@ type File struct {
 	Config    map[string]string   `toml:"config,omitempty"`
 	Routes    []Route             `toml:"routes,omitempty"`
 	Deploy    Deploy              `toml:"deploy,omitempty"`
+	// Build says how a pushed tree becomes the app's image (git push).
+	Build *Build `toml:"build,omitempty"`
 }
+
+// Build is plinth.toml's [build].
+type Build struct {
+	// Base is the image the build runs on and the release is made on:
+	// REPO:TAG or REPO@sha256:… in the cluster's registry.
+	Base string `toml:"base"`
+	// Command runs on Base with the tree at /app and the app's build
+	// cache at /cache; what it writes becomes the image's top layer.
+	// Without one, the tree is added to Base as it is.
+	Command command `toml:"command,omitempty"`
+	// Timeout bounds the command; default DefaultBuildTimeout.
+	Timeout duration `toml:"timeout,omitempty"`
+	// Memory ("1G") and CPUs limit the build; defaults
+	// DefaultBuildMemory and no CPU limit.
+	Memory string  `toml:"memory,omitempty"`
+	CPUs   float64 `toml:"cpus,omitempty"`
+}
+
+// Build defaults and bounds.
+const (
+	DefaultBuildTimeout = 15 * time.Minute
+	MaxBuildTimeout     = 2 * time.Hour
+	DefaultBuildMemory  = 1 << 30
+)
 
 // Process is one process type in plinth.toml.
 type Process struct {
@@ -337,7 +363,56 @@ func (f *File) check() error {
 	default:
 		return bad([]string{"deploy"}, "strategy", "use %s or %s", controller.StrategyRolling, controller.StrategyAllAtOnce)
 	}
+	if b := f.Build; b != nil {
+		at := []string{"build"}
+		switch {
+		case b.Base == "":
+			return bad(at, "base", "give the image to build on, as REPO:TAG in the cluster's registry (push one with plinth deploy, skopeo or docker)")
+		case registryHost(b.Base):
+			return bad(at, "base", "%q: name an image in the cluster's registry (REPO:TAG or REPO@sha256:…), without a registry host", b.Base)
+		case b.Timeout.Duration < 0 || b.Timeout.Duration > MaxBuildTimeout:
+			return bad(at, "timeout", "give up to %s", MaxBuildTimeout)
+		case b.CPUs < 0:
+			return bad(at, "cpus", "cannot be negative")
+		}
+		if b.Memory != "" {
+			if _, err := ParseBytes(b.Memory); err != nil {
+				return bad(at, "memory", "%v", err)
+			}
+		}
+	}
 	return nil
+}
+
+// registryHost reports whether ref starts with a registry's host, as
+// "docker.io/library/busybox" or "localhost:5000/app" do.
+func registryHost(ref string) bool {
+	first, _, more := strings.Cut(ref, "/")
+	return more && (strings.ContainsAny(first, ".:") || first == "localhost")
+}
+
+// ParseTree reads an app's declaration from the files of a source tree:
+// plinth.toml and the Procfile, either of which may be nil (absent); nil
+// when both are.
+func ParseTree(file, procfile []byte) (*File, error) {
+	var decl *File
+	if file != nil {
+		var err error
+		if decl, err = ParseFile("plinth.toml", file); err != nil {
+			return nil, err
+		}
+	}
+	if procfile != nil {
+		p, err := ParseProcfile("Procfile", procfile)
+		if err != nil {
+			return nil, err
+		}
+		if decl == nil {
+			decl = &File{}
+		}
+		decl.WithProcfile(p)
+	}
+	return decl, nil
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)

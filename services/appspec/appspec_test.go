@@ -93,3 +93,36 @@ func TestExportReadsBack(t *testing.T) {
 		t.Fatalf("processes read back %+v", procs)
 	}
 }
+
+func TestBuildSection(t *testing.T) {
+	f, err := ParseTree([]byte(`app = "site"
+[build]
+base = "busybox:1.36"
+command = "make -C /app"
+timeout = "5m"
+memory = "512M"
+`), []byte("web: httpd -f -p $PORT -h /app/public\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Build == nil || f.Build.Base != "busybox:1.36" || !slices.Equal(f.Build.Command, []string{"make", "-C", "/app"}) || f.Build.Timeout.Minutes() != 5 {
+		t.Fatalf("build %+v", f.Build)
+	}
+	if p := f.ReleaseProcesses()["web"]; len(p.Cmd) == 0 {
+		t.Fatalf("the Procfile's web is missing: %+v", f.ReleaseProcesses())
+	}
+	for _, c := range []struct{ in, want string }{
+		{"[build]\ncommand = \"make\"\n", "plinth.toml:1: build.base: give the image to build on"},
+		{"[build]\nbase = \"docker.io/library/busybox\"\n", "plinth.toml:2: build.base: \"docker.io/library/busybox\": name an image in the cluster's registry"},
+		{"[build]\nbase = \"b:1\"\ntimeout = \"3h\"\n", "plinth.toml:3: build.timeout: give up to 2h0m0s"},
+		{"[build]\nbase = \"b:1\"\nmemory = \"lots\"\n", "plinth.toml:3: build.memory:"},
+		{"[build]\nbase = \"b:1\"\nsteps = 2\n", "plinth.toml:3: build.steps: unknown key"},
+	} {
+		if _, err := ParseTree([]byte(c.in), nil); err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.in, err, c.want)
+		}
+	}
+	if f, err := ParseTree(nil, nil); f != nil || err != nil {
+		t.Errorf("no files: %+v, %v", f, err)
+	}
+}

@@ -40,6 +40,12 @@ func PickHost(hosts []controller.Host) (controller.Host, error) {
 // its output to emit as it comes, removes it, and returns how it exited.
 // Ending ctx kills it.
 func RunJob(ctx context.Context, h HostAPI, spec job.Spec, emit func(job.LogLine)) (job.Job, error) {
+	return RunJobThen(ctx, h, spec, emit, nil)
+}
+
+// RunJobThen is RunJob that calls then, when it is set, with the ended
+// job before it removes it (to read what the job left).
+func RunJobThen(ctx context.Context, h HostAPI, spec job.Spec, emit func(job.LogLine), then func(job.Job) error) (job.Job, error) {
 	spec.Restart = job.Restart{Policy: job.RestartNever}
 	if _, err := h.CreateJob(ctx, spec); err != nil {
 		return job.Job{}, fmt.Errorf("start %s: %w", spec.ID, err)
@@ -75,6 +81,9 @@ func RunJob(ctx context.Context, h HostAPI, spec job.Spec, emit func(job.LogLine
 		}
 		return nil
 	})
+	if then != nil {
+		return j, then(j)
+	}
 	return j, nil
 }
 

@@ -3,13 +3,11 @@ package registry
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -87,12 +85,7 @@ func (p *peers) list(ctx context.Context) []peer {
 // (rendezvous hashing), so every registry picks the same hosts and a
 // host's leaving moves only its own share.
 func replicasFor(all []peer, digest string, n int) []peer {
-	score := func(p peer) string {
-		s := sha256.Sum256([]byte(p.id + "\x00" + digest))
-		return string(s[:])
-	}
-	sorted := slices.Clone(all)
-	slices.SortFunc(sorted, func(a, b peer) int { return cmp.Compare(score(b), score(a)) })
+	sorted := controller.Rendezvous(all, func(p peer) string { return p.id }, digest)
 	return sorted[:min(n, len(sorted))]
 }
 

@@ -16,10 +16,7 @@ package registry
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log"
@@ -87,10 +84,9 @@ type Registry struct {
 	blobs *blobStore
 	peers *peers
 	proto http.Handler // go-containerregistry's, for blobs
+	sets  *controller.SettingsCache
 
-	mu       sync.Mutex
-	settings map[string]string
-	read     time.Time
+	mu sync.Mutex // guards what collect shares
 }
 
 // New checks cfg and makes a registry.
@@ -113,7 +109,7 @@ func New(cfg Config) (*Registry, error) {
 	if p == 0 {
 		p = controller.RegistryPort
 	}
-	s := &Registry{cfg: cfg, log: logger}
+	s := &Registry{cfg: cfg, log: logger, sets: &controller.SettingsCache{Controller: cfg.Controller, TTL: settingsTTL, Log: logger}}
 	s.peers = &peers{
 		ctrl: cfg.Controller, self: cfg.HostID, port: p, log: logger,
 		transport: peerTransport{next: imagestore.TLSTransport(cfg.PeerTLS), self: cfg.HostID},
@@ -180,23 +176,7 @@ func (s *Registry) Handler() http.Handler {
 // hash in the settings.
 func (s *Registry) tokenOK(r *http.Request) bool {
 	_, pass, ok := r.BasicAuth()
-	if !ok || pass == "" {
-		return false
-	}
-	sum := sha256.Sum256([]byte(pass))
-	got := []byte(hex.EncodeToString(sum[:]))
-	if subtle.ConstantTimeCompare(got, []byte(s.setting(r.Context(), TokenSetting))) == 1 {
-		return true
-	}
-	// A token made a moment ago is not in the settings read before it:
-	// read them again, at most once a second.
-	s.mu.Lock()
-	stale := time.Since(s.read) > time.Second
-	if stale {
-		s.read = time.Time{}
-	}
-	s.mu.Unlock()
-	return stale && subtle.ConstantTimeCompare(got, []byte(s.setting(r.Context(), TokenSetting))) == 1
+	return ok && s.sets.TokenOK(r.Context(), TokenSetting, pass)
 }
 
 // replicas is how many hosts keep each blob.
@@ -211,23 +191,7 @@ func (s *Registry) replicas(ctx context.Context) int {
 // settingsTTL is how long settings read are used.
 const settingsTTL = 5 * time.Second
 
-func (s *Registry) setting(ctx context.Context, key string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if time.Since(s.read) > settingsTTL {
-		all, _, err := s.cfg.Controller.Settings(ctx, controller.QueryOptions{})
-		if err != nil {
-			s.log.Warn("read settings", "err", err)
-		} else {
-			s.settings = map[string]string{}
-			for _, st := range all {
-				s.settings[st.Key] = st.Value
-			}
-			s.read = time.Now()
-		}
-	}
-	return s.settings[key]
-}
+func (s *Registry) setting(ctx context.Context, key string) string { return s.sets.Get(ctx, key) }
 
 // slogWriter passes go-containerregistry's log lines to slog at debug.
 type slogWriter struct{ log *slog.Logger }
