@@ -177,6 +177,9 @@ func addGitRemote(gitDir, remote, app, ip string, creds *bundle.Credentials, tok
 		return err
 	}
 	fmt.Printf("remote %s: %s (through %s's router)\ngit push %s main builds and deploys %s\n", remote, url, ip, remote, app)
+	if v := os.Getenv("GIT_SSL_CAINFO"); v != "" {
+		fmt.Printf("note: GIT_SSL_CAINFO=%s is set and wins over the remote's CA: unset it for git push %s\n", v, remote)
+	}
 	return nil
 }
 

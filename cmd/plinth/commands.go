@@ -25,7 +25,7 @@ func rootCommand() *cobra.Command {
 		hostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(), discoveryCommand(),
 		schedulerCommand(), hostsCommand(), statusCommand(), formationsCommand(), routerCommand(), routesCommand(), registryCommand(),
 		appsCommand(), deployCommand(), releasesCommand(), rollbackCommand(), configCommand(), psCommand(), logsCommand(), runCommand(),
-		deploysCommand(), eventsCommand(), applyCommand(), exportCommand(), builderCommand(), gitCommand(), buildsCommand(),
+		deploysCommand(), eventsCommand(), applyCommand(), exportCommand(), builderCommand(), gitCommand(), buildsCommand(), settingsCommand(),
 		powerCommand("poweroff", "Power the machine off in order", unix.SIGUSR2),
 		powerCommand("reboot", "Reboot the machine in order", unix.SIGTERM))
 	return root

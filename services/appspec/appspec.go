@@ -462,8 +462,13 @@ func ParseBytes(s string) (int64, error) {
 	return v * mult, nil
 }
 
+// DefaultWebPort is the port of a web process that names none, given to
+// it as $PORT.
+const DefaultWebPort = 8080
+
 // Processes are the release processes the file declares, or nil when it
-// declares none.
+// declares none. A web process without a port listens on
+// DefaultWebPort.
 func (f *File) ReleaseProcesses() map[string]controller.Process {
 	if len(f.Processes) == 0 {
 		return nil
@@ -471,6 +476,9 @@ func (f *File) ReleaseProcesses() map[string]controller.Process {
 	out := map[string]controller.Process{}
 	for typ, p := range f.Processes {
 		cp := controller.Process{Cmd: p.Cmd, Port: p.Port, Proto: p.Proto}
+		if typ == controller.WebProcess && cp.Port == 0 {
+			cp.Port = DefaultWebPort
+		}
 		if p.Memory != "" {
 			cp.Resources.MemoryBytes, _ = ParseBytes(p.Memory)
 		}

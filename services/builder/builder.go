@@ -199,10 +199,16 @@ func (b *Builder) Handler() http.Handler {
 	})
 }
 
-// maxPush is the push size limit.
+// maxPush is the push size limit, read at each push (one read is little
+// beside a push, and a change applies to the next one).
 func (b *Builder) maxPush(ctx context.Context) int64 {
-	n, err := strconv.ParseInt(b.sets.Get(ctx, MaxPushSetting), 10, 64)
+	s, _, err := b.cfg.Controller.Setting(ctx, MaxPushSetting, controller.QueryOptions{})
+	if err != nil {
+		return DefaultMaxPush
+	}
+	n, err := strconv.ParseInt(s.Value, 10, 64)
 	if err != nil || n <= 0 {
+		b.log.Warn("setting is not a positive number of bytes; the default applies", "setting", MaxPushSetting, "value", s.Value)
 		return DefaultMaxPush
 	}
 	return n
