@@ -16,7 +16,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build lint clean
 
 all: image
 
@@ -73,7 +73,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -128,6 +128,11 @@ bench-router: deps
 bench-deploy: image
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDeploy -benchtime 1x -timeout 20m ./services/deployer/
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkDeploy -benchtime 1x -timeout 40m ./vm-tests/
+
+# git push of a small app to its new page served, against the same image
+# made by hand and released through the API (3 netns hosts).
+bench-build: deps
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkBuild -benchtime 1x -v -timeout 20m ./services/builder/
 
 bench-boot: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkBootReady -benchtime 1x -v -timeout 30m ./vm-tests/

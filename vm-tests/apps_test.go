@@ -55,18 +55,24 @@ func appArchive(t testing.TB, dir string, extra ...imagestore.File) string {
 // outside the cluster, and returns the image's digest.
 func (p *platformVMs) pushApp(ctx context.Context, i int, archive, tag string) string {
 	p.t.Helper()
+	return p.pushImage(ctx, i, archive, "demo:"+tag)
+}
+
+// pushImage pushes archive to node i's registry as REPO:TAG ref.
+func (p *platformVMs) pushImage(ctx context.Context, i int, archive, ref string) string {
+	p.t.Helper()
 	imgs, cleanup, err := imagestore.ReadArchive(archive, filepath.Dir(archive))
 	defer cleanup()
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	vm := p.vms[i]
-	ref, err := name.ParseReference(vm.HostAddr(RegistryPort) + "/demo:" + tag)
+	r, err := name.ParseReference(vm.HostAddr(RegistryPort) + "/" + ref)
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	tr := imagestore.HTTPSOnly(&http.Transport{TLSClientConfig: p.creds.TLS(), DialContext: vm.DialContext})
-	if err := remote.Write(ref, imgs[0].Image, remote.WithContext(ctx), remote.WithTransport(tr)); err != nil {
+	if err := remote.Write(r, imgs[0].Image, remote.WithContext(ctx), remote.WithTransport(tr)); err != nil {
 		p.t.Fatalf("push to the registry: %v", err)
 	}
 	digest, err := imgs[0].Image.Digest()
@@ -158,4 +164,84 @@ func (p *platformVMs) appServes(ctx context.Context, what string) {
 			return nil
 		})
 	}
+}
+
+// gitPushApp pushes a small app with the system git client through
+// node 1's router (the builder may run on any node) with the client
+// certificate: built on a busybox base pushed to node 0's registry, by a
+// build step on the cluster, deployed, and served through node 2's
+// router.
+func (p *platformVMs) gitPushApp(ctx context.Context) {
+	p.t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		p.t.Fatal("git is not installed: run scripts/deps.sh")
+	}
+	dir := p.t.TempDir()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	base := filepath.Join(dir, "base.tar")
+	f, err := os.Create(base)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	files := []imagestore.File{{Name: "bin/", Mode: 0o755}, {Name: "bin/busybox", Data: bb, Mode: 0o755}, {Name: "bin/sh", Link: "busybox"}}
+	if err := imagestore.WriteArchive(f, "busybox:base", files, imagestore.ImageConfig{Env: []string{"PATH=/bin"}}); err != nil {
+		p.t.Fatal(err)
+	}
+	f.Close()
+	p.pushImage(ctx, 0, base, "busybox:base")
+	c := p.controller(0)
+	if _, err := c.PutApp(ctx, controller.App{Name: "site"}, new(uint64)); err != nil {
+		p.t.Fatal(err)
+	}
+
+	repo := filepath.Join(dir, "repo")
+	git := func(args ...string) string {
+		p.t.Helper()
+		var out strings.Builder
+		if err := Git(ctx, p.vms[1], p.creds, repo, &out, args...); err != nil {
+			p.t.Fatalf("%v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	if err := os.MkdirAll(repo, 0o755); err != nil {
+		p.t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"plinth.toml": "app = \"site\"\n[build]\nbase = \"busybox:base\"\ncommand = \"sh -c 'mkdir -p public && echo built on the cluster > public/index.html'\"\n",
+		"Procfile":    "web: busybox httpd -f -p $PORT -h /app/public\n",
+	} {
+		if err := os.WriteFile(filepath.Join(repo, name), []byte(data), 0o644); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	git("init", "-q", "-b", "main")
+	git("add", ".")
+	git("commit", "-q", "-m", "site")
+	start := time.Now()
+	out := git("push", GitURL(p.vms[1], "site"), "main")
+	if !strings.Contains(out, "v1 of site serves") {
+		p.t.Fatalf("git push:\n%s", out)
+	}
+	p.t.Logf("git push built and deployed the app on the VMs in %.1fs", time.Since(start).Seconds())
+	if _, err := c.AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "site", Domain: "site.test"}); err != nil {
+		p.t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: p.vms[2].DialContext, DisableKeepAlives: true}}
+	testwait.For(p.t, "the pushed app through "+p.vms[2].Name(), 2*time.Minute, func() error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.vms[2].HostAddr(RouterHTTPPort)+"/index.html", nil)
+		req.Host = "site.test"
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.TrimSpace(string(body)) != "built on the cluster" {
+			return fmt.Errorf("%s: %q", resp.Status, body)
+		}
+		return nil
+	})
 }

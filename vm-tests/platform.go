@@ -24,7 +24,7 @@ func PlatformNode(i, n int, kernel, initrd string, seg *Segment, bundlePath, dis
 	// The routers' HTTP port and a TCP route's, as a client outside the
 	// cluster reaches them.
 	user := cfg.NICs[1].User
-	user.Forwards = append(user.Forwards, Forward{GuestPort: RouterHTTPPort}, Forward{GuestPort: RouteTestPort}, Forward{GuestPort: RegistryPort})
+	user.Forwards = append(user.Forwards, Forward{GuestPort: RouterHTTPPort}, Forward{GuestPort: RouteTestPort}, Forward{GuestPort: RegistryPort}, Forward{GuestPort: GitPort})
 	cfg.MachineConfig = fmt.Appendf(cfg.MachineConfig, "bootstrap_expect = %d\n", n)
 	cfg.Disks = []string{disk}
 	return cfg
@@ -39,6 +39,8 @@ const (
 	// RegistryPort is the registry's (services/controller's
 	// RegistryPort), where tests push app images.
 	RegistryPort = 7951
+	// GitPort is the routers' git port (services/builder's GitPort).
+	GitPort = 7952
 )
 
 // DataDisk makes dir/data.img, a sparse ext4 image of size bytes

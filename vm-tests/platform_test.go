@@ -293,6 +293,7 @@ func TestPlatformColdStarts(t *testing.T) {
 	p.routesServe(ctx, "routes added")
 	p.deployApp(ctx)
 	p.appServes(ctx, "app deployed")
+	p.gitPushApp(ctx)
 
 	// One VM's power cut: its web job runs on another.
 	web, err := p.formationJobs(ctx, "web")

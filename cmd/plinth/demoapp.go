@@ -254,3 +254,69 @@ func (d *demoCluster) underLoad(ctx context.Context, what string, deploy func() 
 	}
 	return nil
 }
+
+// gitPushDemo ends the demo as a developer's day starts: a repository
+// with a Procfile and a build step, pushed with git through node2's
+// router, built on the cluster on the app image already in the registry,
+// deployed, and fetched through every router.
+func (d *demoCluster) gitPushDemo(ctx context.Context) error {
+	const app, domain = "site", "site.demo"
+	c := d.controller(0)
+	if _, err := c.PutApp(ctx, controller.App{Name: app}, new(uint64)); err != nil {
+		return fmt.Errorf("create the app: %w", err)
+	}
+	repo := d.dir + "/site"
+	files := map[string]string{
+		"plinth.toml": "app = \"site\"\n\n[build]\nbase = \"" + demoApp + ":1\"   # already in the cluster's registry\ncommand = \"sh build.sh\"\n",
+		"Procfile":    "web: busybox httpd -f -p $PORT -h /app/public\n",
+		"build.sh":    "set -e\nmkdir -p public\necho \"built by git push on $(hostname), build $PLINTH_BUILD\" > public/index.html\necho wrote public/index.html\n",
+	}
+	if err := os.MkdirAll(repo, 0o755); err != nil {
+		return err
+	}
+	for name, data := range files {
+		if err := os.WriteFile(repo+"/"+name, []byte(data), 0o644); err != nil {
+			return err
+		}
+	}
+	vm := d.vms[1]
+	fmt.Printf("\na git repository with a Procfile and a build step, pushed through %s's router:\n\n$ git push %s main\n", vm.Name(), vmtest.GitURL(vm, app))
+	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "."}, {"commit", "-q", "-m", "the site"}} {
+		if err := vmtest.Git(ctx, vm, d.creds, repo, io.Discard, args...); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	if err := vmtest.Git(ctx, vm, d.creds, repo, os.Stdout, "push", vmtest.GitURL(vm, app), "main"); err != nil {
+		return err
+	}
+	fmt.Printf("pushed, built and deployed in %.1fs\n", time.Since(start).Seconds())
+	r, err := c.AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: app, Domain: domain})
+	if err != nil {
+		return fmt.Errorf("add a route: %w", err)
+	}
+	fmt.Printf("route %s: http %s → service %s\n", r.ID, domain, app)
+	for _, v := range d.vms {
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: v.DialContext, DisableKeepAlives: true}}
+		var page string
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+v.HostAddr(vmtest.RouterHTTPPort)+"/", nil)
+			req.Host = domain
+			resp, err := hc.Do(req)
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				page = strings.TrimSpace(string(body))
+				if resp.StatusCode == http.StatusOK && strings.HasPrefix(page, "built by git push") {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s through %s's router: %q, %v", domain, v.Name(), page, err)
+			}
+			time.Sleep(time.Second)
+		}
+		fmt.Printf("  %s via %s: %s\n", domain, v.Name(), page)
+	}
+	return d.plinth(ctx, "builds", "-a", app)
+}

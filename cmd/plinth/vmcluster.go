@@ -178,6 +178,9 @@ func runVMCluster(ctx context.Context, kernel, initrd, dir string, n int) error 
 	if err := d.plinth(ctx, "ps", "-a", demoApp); err != nil {
 		return err
 	}
+	if err := d.gitPushDemo(ctx); err != nil {
+		return err
+	}
 
 	pctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,7 +56,7 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	if _, err := exec.LookPath("git"); err != nil {
 		t.Fatal("git is not installed: run scripts/deps.sh")
 	}
-	p := platformtest.New(t, "plbd", "10.72.0", 3, platformtest.WithContainerNetwork())
+	p := platformtest.New(t, "plbu", "10.71.0", 3, platformtest.WithContainerNetwork())
 	p.Bootstrap(3 * time.Minute)
 	cli := func(timeout time.Duration, args ...string) string {
 		t.Helper()
@@ -135,6 +137,12 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 		t.Fatalf("a build over its timeout: %v\n%s", err, out)
 	}
 
+	// A push whose client goes away cancels its build.
+	write(t, repo, "plinth.toml", plinthTOML)
+	write(t, repo, "build.sh", "echo started; sleep 60\n")
+	git("commit", "-q", "-am", "abandoned")
+	canceledPush(t, p, repo)
+
 	// No [build]: a clear message.
 	git("reset", "-q", "--hard", "HEAD~1")
 	write(t, repo, "plinth.toml", "app = \"site\"\n")
@@ -185,8 +193,73 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	}
 }
 
+// canceledPush starts a push whose build sleeps, kills the git client
+// once the build runs, and waits for the build to end failed, canceled.
+func canceledPush(t *testing.T, p *platformtest.Platform, repo string) {
+	t.Helper()
+	cmd := p.Seg.Command(p.Client, "git", "-C", repo, "push", "--force", "plinth", "main")
+	cmd.Env = gitEnv(repo)
+	// Its own process group, killed whole as Ctrl-C would: git push runs
+	// helpers that hold the connection.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	c := p.Controllers()
+	var running controller.Build
+	testwait.For(t, "the build to run", time.Minute, func() error {
+		builds, _, err := c.Builds(testwait.Ctx(t, 10*time.Second), controller.QueryOptions{Consistent: true})
+		if err != nil {
+			return err
+		}
+		for _, b := range builds {
+			if b.State == controller.BuildRunning && strings.Contains(out.String(), "started") {
+				running = b
+				return nil
+			}
+		}
+		return fmt.Errorf("no running build that has started; push says:\n%s", out.String())
+	})
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-done
+	killed := time.Now()
+	testwait.For(t, "the abandoned build to end", 30*time.Second, func() error {
+		b, _, err := c.Build(testwait.Ctx(t, 10*time.Second), running.ID, controller.QueryOptions{Consistent: true})
+		if err != nil {
+			return err
+		}
+		if b.State != controller.BuildFailed || !strings.Contains(b.Reason, "canceled") {
+			return fmt.Errorf("build %s is %s: %s", b.ID, b.State, b.Reason)
+		}
+		return nil
+	})
+	t.Logf("build canceled %.1fs after its git client was killed", time.Since(killed).Seconds())
+}
+
+// syncBuffer is output written by one goroutine and read by another.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // pushBase pushes a busybox image, the build's base, to the registry.
-func pushBase(t *testing.T, p *platformtest.Platform) {
+func pushBase(t testing.TB, p *platformtest.Platform) {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
@@ -221,7 +294,7 @@ func pushBase(t *testing.T, p *platformtest.Platform) {
 	}
 }
 
-func write(t *testing.T, dir, name, data string) {
+func write(t testing.TB, dir, name, data string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
 		t.Fatal(err)
@@ -235,7 +308,7 @@ func resolve(p *platformtest.Platform) string {
 
 // gitIn runs git in dir in the client namespace, failing the test when
 // it fails.
-func gitIn(t *testing.T, p *platformtest.Platform, dir string) func(args ...string) string {
+func gitIn(t testing.TB, p *platformtest.Platform, dir string) func(args ...string) string {
 	return func(args ...string) string {
 		t.Helper()
 		out, err := gitErr(t, p, dir, args...)
@@ -246,14 +319,10 @@ func gitIn(t *testing.T, p *platformtest.Platform, dir string) func(args ...stri
 	}
 }
 
-func gitErr(t *testing.T, p *platformtest.Platform, dir string, args ...string) (string, error) {
+func gitErr(t testing.TB, p *platformtest.Platform, dir string, args ...string) (string, error) {
 	t.Helper()
 	cmd := p.Seg.Command(p.Client, "git", append([]string{"-C", dir}, args...)...)
-	// GIT_SSL_CAINFO (set on some machines) would win over the remote's
-	// http.sslCAInfo.
-	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GIT_SSL_CAINFO=") })
-	cmd.Env = append(env, "HOME="+dir, "GIT_TERMINAL_PROMPT=0",
-		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@test", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@test")
+	cmd.Env = gitEnv(dir)
 	timer := time.AfterFunc(5*time.Minute, func() {
 		if cmd.Process != nil {
 			cmd.Process.Kill()
@@ -264,8 +333,17 @@ func gitErr(t *testing.T, p *platformtest.Platform, dir string, args ...string) 
 	return string(out), err
 }
 
+// gitEnv is git's environment for a test repository in dir.
+func gitEnv(dir string) []string {
+	// GIT_SSL_CAINFO (set on some machines) would win over the remote's
+	// http.sslCAInfo.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GIT_SSL_CAINFO=") })
+	return append(env, "HOME="+dir, "GIT_TERMINAL_PROMPT=0",
+		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@test", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@test")
+}
+
 // gitCLI runs a plinth command in the repository's directory.
-func gitCLI(t *testing.T, p *platformtest.Platform, dir string, args ...string) {
+func gitCLI(t testing.TB, p *platformtest.Platform, dir string, args ...string) {
 	t.Helper()
 	cmd := p.Seg.Command(p.Client, p.Bin, append(args, "--credentials", p.CredsFile, "--host", p.Hosts[0].NS.Addr)...)
 	cmd.Dir = dir
@@ -275,7 +353,7 @@ func gitCLI(t *testing.T, p *platformtest.Platform, dir string, args ...string) 
 }
 
 // waitBody waits until site.test's page through every router is want.
-func waitBody(t *testing.T, p *platformtest.Platform, want string) {
+func waitBody(t testing.TB, p *platformtest.Platform, want string) {
 	t.Helper()
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: p.Seg.DialContext(p.Client), DisableKeepAlives: true}}
 	deadline := time.Now().Add(time.Minute)
