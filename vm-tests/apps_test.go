@@ -225,7 +225,7 @@ func (p *platformVMs) gitPushApp(ctx context.Context) {
 	if !strings.Contains(out, "v1 of site serves") {
 		p.t.Fatalf("git push:\n%s", out)
 	}
-	p.t.Logf("git push built and deployed the app on the VMs in %.1fs", time.Since(start).Seconds())
+	p.t.Logf("git push built and deployed the app on the VMs in %.1fs:\n%s", time.Since(start).Seconds(), out)
 	if _, err := c.AddRoute(ctx, controller.Route{Type: controller.RouteHTTP, Service: "site", Domain: "site.test"}); err != nil {
 		p.t.Fatal(err)
 	}

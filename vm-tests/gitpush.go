@@ -19,7 +19,8 @@ import (
 // Git runs git in repo as a client outside the cluster reaching the
 // builder through vm's router (its forwarded GitPort), with the client
 // certificate of creds: what plinth git remote sets up, given as -c
-// options. Its output goes to out.
+// options; in the VM's network namespace when it has one. Its output goes
+// to out.
 func Git(ctx context.Context, vm *VM, creds *bundle.Credentials, repo string, out io.Writer, args ...string) error {
 	addr := vm.HostAddr(GitPort)
 	if addr == "" {
@@ -44,11 +45,16 @@ func Git(ctx context.Context, vm *VM, creds *bundle.Credentials, repo string, ou
 			return err
 		}
 	}
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", repo,
+	name, args := "git", append([]string{"-C", repo,
 		"-c", "http.sslCAInfo=" + filepath.Join(dir, "ca.pem"),
 		"-c", "http.sslCert=" + filepath.Join(dir, "client.pem"),
 		"-c", "http.sslKey=" + filepath.Join(dir, "client-key.pem"),
-		"-c", "http.curloptResolve=plinth-git:" + port + ":127.0.0.1"}, args...)...)
+		"-c", "http.curloptResolve=plinth-git:" + port + ":127.0.0.1"}, args...)
+	if vm.cfg.Netns != "" {
+		// The forwarded port is on the namespace's loopback.
+		name, args = "ip", append([]string{"netns", "exec", vm.cfg.Netns, "git"}, args...)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
 	// GIT_SSL_CAINFO, set on some machines, would win over sslCAInfo.
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GIT_SSL_CAINFO=") }),
 		"GIT_AUTHOR_NAME=plinth", "GIT_AUTHOR_EMAIL=plinth@localhost", "GIT_COMMITTER_NAME=plinth",

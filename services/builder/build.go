@@ -80,15 +80,20 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 	}
 	var logMu sync.Mutex
 	var log strings.Builder
-	p.tee = func(line string) {
+	// The record keeps the end of the output; a build that says much
+	// keeps its start in memory no longer than that.
+	p.setTee(func(line string) {
 		logMu.Lock()
 		defer logMu.Unlock()
-		if log.Len() < 4*maxKeptLog {
-			log.WriteString(line + "\n")
+		log.WriteString(line + "\n")
+		if log.Len() > 4*maxKeptLog {
+			rest := tail(log.String(), maxKeptLog)
+			log.Reset()
+			log.WriteString(rest)
 		}
-	}
+	})
 	defer func() {
-		p.tee = nil
+		p.setTee(nil)
 		rec.State, rec.Reason = controller.BuildSucceeded, ""
 		if err != nil {
 			rec.State, rec.Reason = controller.BuildFailed, err.Error()
@@ -155,7 +160,7 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 	if err := b.followDeploy(ctx, res.Deploy.ID, p); err != nil {
 		return failf(p, "%v", err)
 	}
-	p.say("-----> v%d of %s serves%s", res.Release.Version, app.Name, b.where(ctx, app.Name))
+	p.say("-----> v%d of %s serves%s", res.Release.Version, app.Name, b.where(ctx, res.Release))
 	return nil
 }
 
@@ -485,15 +490,19 @@ func (b *Builder) followDeploy(ctx context.Context, id string, p *progress) erro
 	}
 }
 
-// where says how the app's web process is reached: its routes.
-func (b *Builder) where(ctx context.Context, app string) string {
+// where says how the release's processes are reached: their routes.
+func (b *Builder) where(ctx context.Context, rel controller.Release) string {
 	routes, _, err := b.cfg.Controller.Routes(ctx, controller.QueryOptions{})
 	if err != nil {
 		return ""
 	}
+	services := map[string]bool{}
+	for typ := range rel.Processes {
+		services[controller.ServiceName(rel.App, typ)] = true
+	}
 	var at []string
 	for _, r := range routes {
-		if r.Service != controller.ServiceName(app, controller.WebProcess) && !strings.HasPrefix(r.Service, app+"-") {
+		if !services[r.Service] {
 			continue
 		}
 		switch r.Type {
@@ -504,7 +513,7 @@ func (b *Builder) where(ctx context.Context, app string) string {
 		}
 	}
 	if len(at) == 0 {
-		return fmt.Sprintf(" (no route yet: plinth routes add http DOMAIN --service %s)", app)
+		return fmt.Sprintf(" (no route yet: plinth routes add http DOMAIN --service %s)", controller.ServiceName(rel.App, controller.WebProcess))
 	}
 	slices.Sort(at)
 	return " at " + strings.Join(at, ", ")

@@ -212,6 +212,13 @@ type progress struct {
 	tee func(string)
 }
 
+// setTee makes tee get every line said from now on (nil: none).
+func (p *progress) setTee(tee func(string)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tee = tee
+}
+
 func (p *progress) say(format string, args ...any) {
 	line := fmt.Sprintf(format, args...)
 	p.mu.Lock()

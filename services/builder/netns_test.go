@@ -166,6 +166,18 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	}
 	waitBody(t, p, "build 2: world")
 
+	// A first push without process types.
+	cli(30*time.Second, "apps", "create", "bare")
+	bare := t.TempDir()
+	gitIn(t, p, bare)("init", "-q", "-b", "main")
+	write(t, bare, "plinth.toml", "app = \"bare\"\n[build]\nbase = \"busybox:base\"\n")
+	gitIn(t, p, bare)("add", ".")
+	gitIn(t, p, bare)("commit", "-q", "-m", "no processes")
+	gitCLI(t, p, bare, "git", "remote", "-a", "bare")
+	if out, err := gitErr(t, p, bare, "push", "plinth", "main"); err == nil || !strings.Contains(out, "no process types: add a Procfile") {
+		t.Fatalf("a first push without process types: %v\n%s", err, out)
+	}
+
 	// Unknown app.
 	git("remote", "add", "nope", fmt.Sprintf("https://%s:%d/nope.git", builder.ServerName, builder.GitPort))
 	if out, err := gitErr(t, p, repo, "push", "nope", "main"); err == nil || !strings.Contains(out, "not found") && !strings.Contains(out, "no app nope") {
