@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -139,7 +141,7 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 	} else {
 		p.say("-----> no build command: the tree is added to %s as it is", spec.Base)
 	}
-	ref2, err := b.push(ctx, app.Name, img)
+	ref2, err := b.push(ctx, b.cfg.Registry, app.Name, img)
 	if err != nil {
 		return failf(p, "push the image to the registry: %v", err)
 	}
@@ -335,14 +337,14 @@ func (b *Builder) image(ctx context.Context, ref string) (v1.Image, error) {
 	return remote.Image(r, append(b.regOpts, remote.WithContext(ctx))...)
 }
 
-// push writes img to app's repository by digest and returns the release
-// image name, "<app>@sha256:…".
-func (b *Builder) push(ctx context.Context, app string, img v1.Image) (string, error) {
+// push writes img to app's repository by digest in the registry at reg
+// and returns the release image name, "<app>@sha256:…".
+func (b *Builder) push(ctx context.Context, reg, app string, img v1.Image) (string, error) {
 	d, err := img.Digest()
 	if err != nil {
 		return "", err
 	}
-	ref, err := name.NewDigest(b.cfg.Registry + "/" + app + "@" + d.String())
+	ref, err := name.NewDigest(reg + "/" + app + "@" + d.String())
 	if err != nil {
 		return "", err
 	}
@@ -356,10 +358,6 @@ func (b *Builder) push(ctx context.Context, app string, img v1.Image) (string, e
 // img (the base with the tree), and returns img with what the command
 // wrote on top.
 func (b *Builder) runBuild(ctx context.Context, rec *controller.Build, img v1.Image, spec *appspec.Build, timeout time.Duration, work string, p *progress) (v1.Image, error) {
-	stageRef, err := b.push(ctx, rec.App, img)
-	if err != nil {
-		return nil, failf(p, "push the build's image: %v", err)
-	}
 	hosts, _, err := b.cfg.Controller.Hosts(ctx, controller.QueryOptions{})
 	if err != nil {
 		return nil, failf(p, "read hosts: %v", err)
@@ -369,6 +367,16 @@ func (b *Builder) runBuild(ctx context.Context, rec *controller.Build, img v1.Im
 		return nil, failf(p, "%v", err)
 	}
 	rec.Host = h.ID
+	// Pushed to the build host's own registry, which its hostd pulls
+	// from: no copy between registries before the job starts.
+	ip, _, err := net.SplitHostPort(h.API)
+	if err != nil {
+		return nil, failf(p, "host %s: API address %q: %v", h.ID, h.API, err)
+	}
+	stageRef, err := b.push(ctx, net.JoinHostPort(ip, strconv.Itoa(controller.RegistryPort)), rec.App, img)
+	if err != nil {
+		return nil, failf(p, "push the build's image to %s: %v", cmp.Or(h.Hostname, h.ID), err)
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return nil, err

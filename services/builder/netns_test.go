@@ -367,13 +367,19 @@ func gitCLI(t testing.TB, p *platformtest.Platform, dir string, args ...string) 
 // waitBody waits until site.test's page through every router is want.
 func waitBody(t testing.TB, p *platformtest.Platform, want string) {
 	t.Helper()
+	waitPage(t, p, "site.test", want)
+}
+
+// waitPage waits until domain's index.html through every router is want.
+func waitPage(t testing.TB, p *platformtest.Platform, domain, want string) {
+	t.Helper()
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: p.Seg.DialContext(p.Client), DisableKeepAlives: true}}
 	deadline := time.Now().Add(time.Minute)
 	for _, h := range p.Hosts {
 		var last string
 		for {
 			req, _ := http.NewRequest(http.MethodGet, "http://"+h.NS.Addr+"/index.html", nil)
-			req.Host = "site.test"
+			req.Host = domain
 			resp, err := hc.Do(req)
 			if err == nil {
 				body, _ := io.ReadAll(resp.Body)
@@ -386,9 +392,9 @@ func waitBody(t testing.TB, p *platformtest.Platform, want string) {
 				last = err.Error()
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("site.test through %s: %s, want %q", h.NS.Name, last, want)
+				t.Fatalf("%s through %s: %s, want %q", domain, h.NS.Name, last, want)
 			}
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }
