@@ -42,12 +42,13 @@ import (
 const (
 	// RepoTag is the tag, in the app's repository, of the image that
 	// holds its git repository.
-	RepoTag = "git"
-	// packMediaType marks a layer that is a git pack, not a tar.
-	packMediaType types.MediaType = "application/vnd.plinth.git.pack"
-	refsLabel                     = "dev.plinth.git.refs"
-	packsDir                      = "plinth-packs"
+	RepoTag   = "git"
+	refsLabel = "dev.plinth.git.refs"
+	packsDir  = "plinth-packs"
 )
+
+// packMediaType marks a layer that is a git pack, not a tar.
+const packMediaType types.MediaType = "application/vnd.plinth.git.pack"
 
 // repos are the builder's repositories, one push or fetch of an app at a
 // time.
