@@ -39,11 +39,11 @@ const (
 	ServerName = "plinth-git"
 	// Port is where the builder listens on its host; the routers take
 	// GitPort to it.
-	Port = 7953
+	Port = controller.BuilderPort
 	// GitPort is the routers' port for git.
-	GitPort = 7952
+	GitPort = controller.GitPort
 	// RouteID is the route the builder keeps for itself.
-	RouteID = "platform-git"
+	RouteID = controller.GitRouteID
 	// ServiceName is the builder's discovery service.
 	ServiceName = "builder"
 	// MaxPushSetting bounds the bytes of one push; DefaultMaxPush when

@@ -36,8 +36,16 @@ var (
 	// work in flight per backend.
 	RouterAPIPort = 7950
 
-	reservedTCP = []int{53, RouterHTTPPort, RouterHTTPSPort, 7946, 7947, DefaultAPIPort, DefaultRaftPort, RouterAPIPort, RegistryPort}
+	reservedTCP = []int{53, RouterHTTPPort, RouterHTTPSPort, 7946, 7947, DefaultAPIPort, DefaultRaftPort, RouterAPIPort, RegistryPort, BuilderPort}
 	reservedUDP = []int{53, 7946}
+)
+
+// GitPort is the routers' port for git push, taken to the builder (which
+// listens on BuilderPort) by the route GitRouteID only.
+const (
+	GitPort     = 7952
+	BuilderPort = 7953
+	GitRouteID  = "platform-git"
 )
 
 // TCPPortsSetting is the setting that holds the range TCP routes without
@@ -267,6 +275,9 @@ func admitTCPPort(txn *memdb.Txn, r *Route, others []*Route) error {
 	used, err := hostPorts(txn, reservedTCP, true)
 	if err != nil {
 		return err
+	}
+	if r.ID != GitRouteID {
+		used[GitPort] = true
 	}
 	owner := map[int]string{}
 	for _, o := range others {

@@ -191,6 +191,13 @@ func TestRouteAdmission(t *testing.T) {
 	refused(Route{Type: RouteTCP, Service: "db", Port: 7002}, "is route "+a.ID)
 	refused(Route{Type: RouteTCP, Service: "db", Port: 443}, "platform's own")
 	refused(Route{Type: RouteTCP, Service: "db", Port: 7001}, "platform's own")
+	// git's port is the builder's route's alone, the builder's own port
+	// no route's.
+	refused(Route{Type: RouteTCP, Service: "db", Port: GitPort}, "platform's own")
+	refused(Route{Type: RouteTCP, Service: "db", Port: BuilderPort}, "platform's own")
+	if git := must(Route{ID: GitRouteID, Type: RouteTCP, Service: "db", Port: GitPort}); git.Port != GitPort {
+		t.Fatalf("the builder's route: %+v", git)
+	}
 	// A write of the route that gives no port keeps its port.
 	a.Leader = true
 	a.Port = 0
