@@ -84,10 +84,10 @@ func TestPlatformBootstrapFailoverAndColdStart(t *testing.T) {
 		}
 	}
 	ps, _, err := p.Controllers().Placements(testwait.Ctx(t, 5*time.Second), controller.QueryOptions{})
-	// Fifteen: the nine adopted, and a router and a registry on each
-	// host, which the scheduler started itself.
-	if err != nil || len(ps) != 15 {
-		t.Fatalf("placements after adoption: %d (%v), want 15", len(ps), err)
+	// Sixteen: the nine adopted, a router and a registry on each host
+	// and the builder on one, which the scheduler started itself.
+	if err != nil || len(ps) != 16 {
+		t.Fatalf("placements after adoption: %d (%v), want 16", len(ps), err)
 	}
 	if st.Scheduler == nil {
 		t.Fatal("no active scheduler in plinth status")
