@@ -112,10 +112,11 @@ func (d *Daemon) jobRoutes(mux *http.ServeMux) {
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-tar")
-		// A failure midway cuts the stream short, which a tar reader
-		// reports as an unexpected EOF.
 		if err := imagestore.WriteLayer(w, dir); err != nil {
 			d.log.Warn("job changes", "job", id, "err", err)
+			// Abort the response: a body that ends cleanly would pass
+			// for the whole layer.
+			panic(http.ErrAbortHandler)
 		}
 	})
 	mux.HandleFunc("POST /v1/jobs/{id}/exec", func(w http.ResponseWriter, r *http.Request) {

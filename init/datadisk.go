@@ -25,8 +25,9 @@ const DataLabel = "PLINTH-DATA"
 // the host a new identity.
 const diskWait = 2 * time.Minute
 
-// partitionGrace is how long init keeps looking for the label after every
-// disk has shown up: the kernel adds a disk's partitions just after the
+// partitionGrace is how long, at least, init keeps looking for the label
+// after every disk has shown up (as long again as the disks took, when
+// that is longer): the kernel adds a disk's partitions just after the
 // disk itself.
 const partitionGrace = time.Second
 
@@ -78,7 +79,9 @@ func mountData(pcis []string) (string, error) {
 			shown = now
 		}
 		switch {
-		case !shown.IsZero() && now.Sub(shown) > partitionGrace:
+		// A guest slow to show its disks is slow to scan their
+		// partitions too: the grace grows with the wait.
+		case !shown.IsZero() && now.Sub(shown) > max(partitionGrace, shown.Sub(start)):
 			return "", nil
 		case shown.IsZero() && now.Sub(start) > diskWait:
 			return "", fmt.Errorf("%d virtio disk(s) on the PCI bus, but the driver showed no block device for some within %s", len(pcis), diskWait)

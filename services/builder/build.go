@@ -159,7 +159,9 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 	if res.Deploy == nil {
 		return failf(p, "release v%d has no deploy", res.Release.Version)
 	}
-	if err := b.followDeploy(ctx, res.Deploy.ID, p); err != nil {
+	// Followed to its end even if the client goes away: the deploy goes
+	// on, and the build's record and the branch say how it ended.
+	if err := b.followDeploy(context.WithoutCancel(ctx), app.Name, res.Deploy.ID, p); err != nil {
 		return failf(p, "%v", err)
 	}
 	p.say("-----> v%d of %s serves%s", res.Release.Version, app.Name, b.where(ctx, res.Release))
@@ -415,7 +417,7 @@ func (b *Builder) runBuild(ctx context.Context, rec *controller.Build, img v1.Im
 	switch {
 	case ctx.Err() != nil:
 		return nil, failf(p, "canceled: the push's connection closed")
-	case rctx.Err() != nil:
+	case err != nil && rctx.Err() != nil:
 		return nil, failf(p, "the build command did not end within %s (set [build] timeout)", timeout)
 	case err != nil:
 		return nil, failf(p, "build job: %v", err)
@@ -440,6 +442,19 @@ func changes(ctx context.Context, api HostAPI, id, dir string) (v1.Layer, error)
 	}
 	defer f.Close()
 	zw := gzip.NewWriter(f)
+	// Read through as a tar while it is copied: a stream cut short is an
+	// error here, never a layer with files missing.
+	tr := tar.NewReader(io.TeeReader(rc, zw))
+	for {
+		_, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the build's output: %w", err)
+		}
+	}
+	// The tar's end-of-archive blocks and padding are copied too.
 	if _, err := io.Copy(zw, rc); err != nil {
 		return nil, fmt.Errorf("read the build's output: %w", err)
 	}
@@ -466,7 +481,7 @@ func BuildHost(hosts []controller.Host, app string) (controller.Host, error) {
 }
 
 // followDeploy says a deploy's steps as they come, until it ends.
-func (b *Builder) followDeploy(ctx context.Context, id string, p *progress) error {
+func (b *Builder) followDeploy(ctx context.Context, app, id string, p *progress) error {
 	c := b.cfg.Controller
 	dctx, cancel := context.WithTimeout(ctx, deployWait)
 	defer cancel()
@@ -476,7 +491,7 @@ func (b *Builder) followDeploy(ctx context.Context, id string, p *progress) erro
 		d, m, err := c.Deploy(dctx, id, q)
 		if err != nil {
 			if dctx.Err() != nil {
-				return fmt.Errorf("stopped following deploy %s, which goes on (plinth deploys -a %s)", id, d.App)
+				return fmt.Errorf("stopped following deploy %s after %s; it goes on (plinth deploys -a %s)", id, deployWait, app)
 			}
 			if !controller.Sleep(dctx, time.Second) {
 				continue

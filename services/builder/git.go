@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/pktline"
@@ -61,7 +63,13 @@ func (b *Builder) serveRefs(w http.ResponseWriter, r *http.Request, app, service
 		http.Error(w, "dumb HTTP is not served: use a git client of 1.6.6 or later (smart HTTP)", http.StatusForbidden)
 		return
 	}
-	repo, err := b.repos.open(r.Context(), app)
+	// A push is refused at once while another holds the app; a fetch
+	// waits for it.
+	open := b.repos.open
+	if service == receivePack {
+		open = b.repos.tryOpen
+	}
+	repo, err := open(r.Context(), app)
 	if err != nil {
 		b.gitError(w, app, err)
 		return
@@ -292,9 +300,17 @@ func (b *Builder) serveReceivePack(w http.ResponseWriter, r *http.Request, app s
 	}
 	rs := packp.NewReportStatus()
 	rs.UnpackStatus = "ok"
+	var pack *bufio.Reader
 	if req.Packfile != nil {
-		err := repo.receive(ctx, req.Packfile, counted, limit)
-		req.Packfile.Close()
+		defer req.Packfile.Close()
+		// A push that only deletes refs sends no pack at all.
+		pack = bufio.NewReader(req.Packfile)
+		if _, err := pack.Peek(1); err != nil {
+			pack = nil
+		}
+	}
+	if pack != nil {
+		err := repo.receive(ctx, pack, counted, limit)
 		if err != nil {
 			rs.UnpackStatus = err.Error()
 			for _, c := range req.Commands {
@@ -312,7 +328,11 @@ func (b *Builder) serveReceivePack(w http.ResponseWriter, r *http.Request, app s
 		}
 		rs.CommandStatuses = append(rs.CommandStatuses, &packp.CommandStatus{ReferenceName: c.Name, Status: status})
 	}
-	if err := repo.save(ctx); err != nil {
+	// Saved whether or not the client is still there: the branch may
+	// have moved.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := repo.save(sctx); err != nil {
 		b.log.Warn("git: save repository", "app", app, "err", err)
 		p.say("warning: the repository was not saved to the registry (%v); the next push sends what is missing", err)
 	}
@@ -340,6 +360,12 @@ func (b *Builder) update(ctx context.Context, repo *repo, c *packp.Command, p *p
 			return fmt.Errorf("the deploy branch cannot be deleted")
 		}
 		return repo.setRef(name, plumbing.ZeroHash)
+	}
+	if strings.HasPrefix(name.String(), "refs/tags/") {
+		if !repo.hasObject(c.New) {
+			return fmt.Errorf("%.12s is not an object this push sent", c.New)
+		}
+		return repo.setRef(name, c.New)
 	}
 	if !repo.hasCommit(c.New) {
 		return fmt.Errorf("%.12s is not a commit this push sent", c.New)

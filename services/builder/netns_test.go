@@ -161,10 +161,12 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	git("add", "big.bin")
 	git("commit", "-q", "-m", "big")
 	out, err = gitErr(t, p, repo, "push", "plinth", "main")
-	if err == nil || !strings.Contains(out, "the push is over 0 MB") && !strings.Contains(out, "builder.max_push_bytes") {
+	if err == nil || !strings.Contains(out, "the push is over 200000 bytes (setting builder.max_push_bytes)") {
 		t.Fatalf("a push over the limit: %v\n%s", err, out)
 	}
 	waitBody(t, p, "build 2: world")
+	git("reset", "-q", "--hard", "HEAD~1")
+	cli(30*time.Second, "settings", "unset", builder.MaxPushSetting)
 
 	// A first push without process types.
 	cli(30*time.Second, "apps", "create", "bare")
@@ -182,6 +184,18 @@ func TestGitPushBuildsAndDeploys(t *testing.T) {
 	git("remote", "add", "nope", fmt.Sprintf("https://%s:%d/nope.git", builder.ServerName, builder.GitPort))
 	if out, err := gitErr(t, p, repo, "push", "nope", "main"); err == nil || !strings.Contains(out, "not found") && !strings.Contains(out, "no app nope") {
 		t.Fatalf("a push to an unknown app: %v\n%s", err, out)
+	}
+
+	// An annotated tag and a branch are stored without a build; pushes
+	// that only delete them carry no pack.
+	git("tag", "-a", "v1", "-m", "the first")
+	git("push", "plinth", "v1", "main:refs/heads/topic")
+	if out := git("ls-remote", "plinth"); !strings.Contains(out, "refs/tags/v1") || !strings.Contains(out, "refs/heads/topic") {
+		t.Fatalf("after pushing a tag and a branch:\n%s", out)
+	}
+	git("push", "plinth", ":refs/tags/v1", ":refs/heads/topic")
+	if out := git("ls-remote", "plinth"); strings.Contains(out, "refs/tags/v1") || strings.Contains(out, "topic") {
+		t.Fatalf("after deleting them:\n%s", out)
 	}
 
 	// The builds, as plinth builds lists them.

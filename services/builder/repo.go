@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -255,7 +256,9 @@ func (r *repo) addPack(rd io.Reader, digest string) error {
 	if err := os.Rename(tmp.Name(), filepath.Join(filepath.Dir(dst), got+".pack")); err != nil {
 		return err
 	}
-	r.packs = append(r.packs, got)
+	if !slices.Contains(r.packs, got) {
+		r.packs = append(r.packs, got)
+	}
 	return os.WriteFile(filepath.Join(r.dir, packsDir, "list"), []byte(strings.Join(r.packs, "\n")+"\n"), 0o600)
 }
 
@@ -264,7 +267,11 @@ func (r *repo) addPack(rd io.Reader, digest string) error {
 func (r *repo) receive(ctx context.Context, pack io.Reader, counted *limitReader, limit int64) error {
 	err := r.addPack(pack, "")
 	if counted.over || errors.Is(err, errTooLarge) {
-		return fmt.Errorf("the push is over %d MB (setting %s): keep large files out of the repository", limit>>20, MaxPushSetting)
+		size := fmt.Sprintf("%d MB", limit>>20)
+		if limit < 1<<20 {
+			size = fmt.Sprintf("%d bytes", limit)
+		}
+		return fmt.Errorf("the push is over %s (setting %s): keep large files out of the repository", size, MaxPushSetting)
 	}
 	if err != nil {
 		return fmt.Errorf("unpack: %w", err)
@@ -285,13 +292,25 @@ func (r *repo) ref(n plumbing.ReferenceName) (plumbing.Hash, error) {
 	return ref.Hash(), nil
 }
 
-// setRef points name at h, or removes it for the zero hash.
+// setRef points name at h, or removes it for the zero hash. HEAD
+// follows the deploy branch pushed last (main or master), so that a
+// clone checks out what serves.
 func (r *repo) setRef(n plumbing.ReferenceName, h plumbing.Hash) error {
 	r.changed = true
 	if h.IsZero() {
 		return r.storer.RemoveReference(n)
 	}
-	return r.storer.SetReference(plumbing.NewHashReference(n, h))
+	if err := r.storer.SetReference(plumbing.NewHashReference(n, h)); err != nil {
+		return err
+	}
+	if isDeployBranch(n) {
+		return r.storer.SetReference(plumbing.NewSymbolicReference(plumbing.HEAD, n))
+	}
+	return nil
+}
+
+func (r *repo) hasObject(h plumbing.Hash) bool {
+	return r.storer.HasEncodedObject(h) == nil
 }
 
 func (r *repo) hasCommit(h plumbing.Hash) bool {
