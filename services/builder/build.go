@@ -88,8 +88,8 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 		logMu.Lock()
 		defer logMu.Unlock()
 		log.WriteString(line + "\n")
-		if log.Len() > 4*maxKeptLog {
-			rest := tail(log.String(), maxKeptLog)
+		if log.Len() > 4*controller.MaxBuildLog {
+			rest := controller.LogTail(log.String(), controller.MaxBuildLog)
 			log.Reset()
 			log.WriteString(rest)
 		}
@@ -101,7 +101,7 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 			rec.State, rec.Reason = controller.BuildFailed, err.Error()
 		}
 		logMu.Lock()
-		rec.Log = tail(log.String(), maxKeptLog)
+		rec.Log = controller.LogTail(log.String(), controller.MaxBuildLog)
 		logMu.Unlock()
 		// The push's context may be gone (a client that went away): the
 		// record is written in any case.
@@ -168,24 +168,10 @@ func (b *Builder) build(ctx context.Context, repo *repo, ref plumbing.ReferenceN
 	return nil
 }
 
-// maxKeptLog is how much of a build's output its record keeps.
-const maxKeptLog = 32 << 10
-
 func failf(p *progress, format string, args ...any) error {
 	err := fmt.Errorf(format, args...)
 	p.say("-----> build failed: %v", err)
 	return err
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	s = s[len(s)-n:]
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
 }
 
 func firstLine(s string) string {

@@ -69,9 +69,7 @@ type repo struct {
 	storer storer.Storer
 	rs     *repos
 	// packs are the digests of the pushes' packs, oldest first.
-	packs []string
-	// saved is the digest of the registry image the local copy matches.
-	saved   string
+	packs   []string
 	changed bool
 }
 
@@ -158,7 +156,6 @@ func (r *repo) load(ctx context.Context) error {
 		}
 	}
 	r.packs = readLines(filepath.Join(r.dir, packsDir, "list"))
-	r.saved = string(data)
 	if stale && latest != "" {
 		return r.restore(ctx, latest)
 	}
@@ -379,7 +376,7 @@ func (r *repo) save(ctx context.Context) error {
 }
 
 func (r *repo) markSaved(digest string) error {
-	r.saved, r.changed = digest, false
+	r.changed = false
 	return os.WriteFile(filepath.Join(r.dir, packsDir, "saved"), []byte(digest), 0o600)
 }
 

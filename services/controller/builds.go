@@ -30,7 +30,7 @@ type Build struct {
 	Host string `json:"host,omitempty"`
 	// Release is the release made of the build, 0 until it is made.
 	Release int `json:"release,omitempty"`
-	// Log is the end of the build's output (maxBuildLog bytes).
+	// Log is the end of the build's output (MaxBuildLog bytes).
 	Log     string    `json:"log,omitempty"`
 	Started time.Time `json:"started"`
 	// Deadline is when a running build counts as abandoned: a push can
@@ -51,8 +51,8 @@ const (
 
 // Bounds of builds.
 const (
-	// maxBuildLog is how much of a build's output is kept, its end.
-	maxBuildLog = 32 << 10
+	// MaxBuildLog is how much of a build's output is kept, its end.
+	MaxBuildLog = 32 << 10
 	// keepBuilds is how many builds an app keeps; older ones go as new
 	// ones start.
 	keepBuilds = 20
@@ -79,14 +79,21 @@ func checkBuild(o object) error {
 	case b.Commit != "" && !isHex(b.Commit):
 		return fmt.Errorf("%w: commit %q: want a hex object name", ErrInvalid, b.Commit)
 	}
-	if len(b.Log) > maxBuildLog {
-		cut := len(b.Log) - maxBuildLog
-		if i := strings.IndexByte(b.Log[cut:], '\n'); i >= 0 {
-			cut += i + 1
-		}
-		b.Log = b.Log[cut:]
-	}
+	b.Log = LogTail(b.Log, MaxBuildLog)
 	return nil
+}
+
+// LogTail is the end of log in at most n bytes, from a line's start when
+// one begins in them.
+func LogTail(log string, n int) string {
+	if len(log) <= n {
+		return log
+	}
+	log = log[len(log)-n:]
+	if i := strings.IndexByte(log, '\n'); i >= 0 {
+		return log[i+1:]
+	}
+	return log
 }
 
 func isHex(s string) bool {

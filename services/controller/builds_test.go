@@ -50,13 +50,13 @@ func TestBuildsOneAtATimePerApp(t *testing.T) {
 	// The builder's update: its commit and start stay the controller's.
 	upd := b
 	upd.Commit, upd.Started = "ffff0000", now.Add(-time.Hour)
-	upd.State, upd.Release, upd.Host, upd.Log = BuildSucceeded, 3, "node1", strings.Repeat("x", maxBuildLog+10)
+	upd.State, upd.Release, upd.Host, upd.Log = BuildSucceeded, 3, "node1", strings.Repeat("x", MaxBuildLog+10)
 	if err := l.putBuild(upd, now.Add(2*time.Minute), &b.ModifyIndex); err != nil {
 		t.Fatal(err)
 	}
 	b = *l.get("builds", "demo/1").(*Build)
 	if b.State != BuildSucceeded || b.Release != 3 || b.Host != "node1" || b.Commit != "abcd1234" || !b.Started.Equal(now) ||
-		!b.Ended.Equal(now.Add(2*time.Minute)) || len(b.Log) > maxBuildLog {
+		!b.Ended.Equal(now.Add(2*time.Minute)) || len(b.Log) > MaxBuildLog {
 		t.Fatalf("build 1 after its end: %+v (log %d bytes)", b, len(b.Log))
 	}
 	upd.State = BuildFailed
