@@ -1,6 +1,8 @@
 # plinth — see README.md. `make demo` and `make test` are the two entry points.
 
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Orders builds for upgrades: a bundle with a lower serial is a downgrade.
+SERIAL   ?= $(shell git rev-list --count HEAD 2>/dev/null || echo 0)
 OUT      ?= out
 CACHE    ?= .cache
 GO       ?= go
@@ -15,7 +17,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
-.PHONY: all deps binary image check-static demo test test-unit test-vm test-vm-all \
+.PHONY: all deps binary image disk check-static demo test test-unit test-vm test-vm-all \
         test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build lint clean
 
 all: image
@@ -39,8 +41,21 @@ check-static: $(OUT)/plinth
 	@if ldd $(OUT)/plinth >/dev/null 2>&1; then echo "$(OUT)/plinth is dynamically linked" >&2; exit 1; fi
 	@echo "$(OUT)/plinth: static ($$(du -h $(OUT)/plinth | cut -f1))"
 
-image: binary
-	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel
+# Images are signed; a development key is made once under the cache. Set
+# SIGN_KEY to your own (`plinth image keygen`) for images you ship.
+SIGN_KEY ?= $(CACHE)/signing.key
+
+$(SIGN_KEY): | $(OUT)/plinth
+	@mkdir -p $(dir $@)
+	$(OUT)/plinth image keygen --out $@
+
+image: binary $(SIGN_KEY)
+	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel --sign-key $(SIGN_KEY) --serial $(SERIAL)
+
+# The installable disk: GPT with an ESP (systemd-boot, boot counting),
+# slots A (this build) and B (empty), and the data partition.
+disk: image
+	$(OUT)/plinth image disk --dir $(OUT) --out $(OUT)/disk.img
 
 # Three VMs with data disks bootstrap the platform by themselves
 # (bootstrap_expect): plinth status healthy, an example app pushed to the

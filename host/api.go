@@ -13,7 +13,9 @@ type HostInfo struct {
 	ID       string `json:"id"`
 	Hostname string `json:"hostname"`
 	Cluster  string `json:"cluster"`
-	Version  string `json:"version"`
+	// Version is the running image's; Binary the plinth binary's.
+	Version string `json:"version"`
+	Binary  string `json:"binary"`
 	// Addr is the advertised gossip address, ip:port.
 	Addr string `json:"addr"`
 	// API is the advertised host API address, ip:port.
@@ -26,6 +28,8 @@ type HostInfo struct {
 	MemoryBytes          int64 `json:"memory_bytes"`
 	MemoryAvailableBytes int64 `json:"memory_available_bytes"`
 	CPUs                 int   `json:"cpus"`
+	// Slots are the disk slots and the upgrade state.
+	Slots SlotsInfo `json:"slots"`
 }
 
 // apiError is the body of every error response.
@@ -57,6 +61,7 @@ func (d *Daemon) handler() http.Handler {
 		serveSSE(w, r, events, func(e Event) string { return e.Type })
 	})
 	d.jobRoutes(mux)
+	d.upgradeRoute(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// The catch-all also gets known paths asked with another method;
 		// answer those 405 with the methods that exist.

@@ -342,3 +342,39 @@ func (c *Client) Images(ctx context.Context) ([]imagestore.Image, error) {
 func (c *Client) RemoveImage(ctx context.Context, ref string) error {
 	return c.call(ctx, http.MethodDelete, "/v1/images/"+ref, nil, nil)
 }
+
+// UpgradeOptions tune Upgrade.
+type UpgradeOptions struct {
+	AllowDowngrade bool
+	Tries          int  // boots the new slot gets; 0: the host's default
+	NoReboot       bool // install only; the new slot boots at the next reboot
+}
+
+// Upgrade sends an upgrade bundle to the host, which checks it, writes
+// it into its other slot and, unless told not to, reboots into it.
+func (c *Client) Upgrade(ctx context.Context, bundle io.Reader, opts UpgradeOptions) (UpgradeResult, error) {
+	q := url.Values{}
+	if opts.AllowDowngrade {
+		q.Set("allow_downgrade", "1")
+	}
+	if opts.Tries > 0 {
+		q.Set("tries", strconv.Itoa(opts.Tries))
+	}
+	if opts.NoReboot {
+		q.Set("reboot", "0")
+	}
+	path := "/v1/host/upgrade"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	resp, err := c.send(ctx, http.MethodPost, path, bundle)
+	if err != nil {
+		return UpgradeResult{}, err
+	}
+	defer resp.Body.Close()
+	var res UpgradeResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return UpgradeResult{}, fmt.Errorf("host API %s: decode: %w", path, err)
+	}
+	return res, nil
+}

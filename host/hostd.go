@@ -24,6 +24,7 @@ import (
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/version"
 )
 
@@ -67,6 +68,8 @@ type Daemon struct {
 	advertise netip.Addr
 	// pulls are the image pulls under way, by reference (mu).
 	pulls map[string]*pulling
+	// upgrades writes upgrades into this host's other disk slot.
+	upgrades *upgrader
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -187,9 +190,10 @@ func (d *Daemon) Info() HostInfo {
 	local := d.members.Local()
 	total, avail := memInfo()
 	return HostInfo{
-		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: version.Version,
+		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: imageVersion(), Binary: version.Version,
 		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, Labels: d.cfg.Labels, StartedAt: d.started,
 		MemoryBytes: total, MemoryAvailableBytes: avail, CPUs: runtime.NumCPU(),
+		Slots: d.upgrades.info(),
 	}
 }
 
@@ -268,6 +272,11 @@ func (d *Daemon) APIAddr() net.Addr {
 // cluster so the others see a departure rather than a failure.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now().UTC()
+	if fault, _ := os.ReadFile(image.FaultPath); strings.TrimSpace(string(fault)) == image.FaultHostd {
+		// A test image that must never become healthy (see image.Config).
+		return fmt.Errorf("hostd: test fault %s in this image: failing on purpose", image.FaultHostd)
+	}
+	d.upgrades = openUpgrader(d.log)
 	if d.bundle == nil {
 		b, err := d.fetchBundle(ctx)
 		if err != nil {
@@ -338,6 +347,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	d.registryTransport = imagestore.TLSTransport(d.bundle.ClientTLS(cert))
 	d.mu.Unlock()
+	d.members.slots = d.upgrades.info()
 	if err := d.members.start(adv); err != nil {
 		ln.Close()
 		return fmt.Errorf("hostd: %w", err)
@@ -373,6 +383,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	go d.startJobs(runCtx)
 	go d.announceJobs(runCtx)
+	go d.reportHealthy(runCtx)
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("host API stopped", "err", err)

@@ -22,7 +22,6 @@ import (
 
 	"github.com/plinth-os/plinth/host/fanout"
 	"github.com/plinth-os/plinth/host/labels"
-	"github.com/plinth-os/plinth/version"
 )
 
 // Member is one host as the gossip pool sees it.
@@ -42,6 +41,12 @@ type Member struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// Subnet is the host's container subnet.
 	Subnet string `json:"subnet,omitempty"`
+	// Slots are a disk-installed host's slots: `slot:version:entry`
+	// each, the booted one starred (see host/slots).
+	Slots string `json:"slots,omitempty"`
+	// Upgrade is where an upgrade stands: committed, installed, on
+	// trial or failed ("" when not installed on a disk).
+	Upgrade string `json:"upgrade,omitempty"`
 }
 
 // Member statuses.
@@ -70,6 +75,8 @@ const (
 	tagRoles    = "roles"
 	tagSubnet   = "subnet"
 	tagLabels   = "labels"
+	tagSlots    = "slots"
+	tagUpgrade  = "upgrade"
 )
 
 // snapshotFile keeps the members Serf last knew, so a restarted hostd
@@ -98,6 +105,7 @@ type membership struct {
 	hostname string
 	roles    []string
 	subnet   string // this host's container subnet, for the overlay
+	slots    SlotsInfo
 	key      []byte
 	cfg      Config
 	log      *slog.Logger
@@ -198,14 +206,39 @@ func (m *membership) tags(adv netip.Addr) map[string]string {
 		tagID:       m.id,
 		tagHostname: m.hostname,
 		tagAPI:      api,
-		tagVersion:  version.Version,
+		tagVersion:  imageVersion(),
 		tagRoles:    strings.Join(m.roles, ","),
 		tagSubnet:   m.subnet,
 	}
 	if len(m.cfg.Labels) > 0 {
 		tags[tagLabels] = labels.Encode(m.cfg.Labels)
 	}
+	if len(m.slots.Slots) > 0 {
+		var ss []string
+		for _, s := range m.slots.Slots {
+			star := ""
+			if s.Booted {
+				star = "*"
+			}
+			ss = append(ss, fmt.Sprintf("%s%s:%s:%s", star, s.Name, cmp.Or(s.Version, "-"), s.Entry))
+		}
+		tags[tagSlots] = strings.Join(ss, " ")
+		tags[tagUpgrade], _, _ = strings.Cut(m.slots.Upgrade, ":")
+	}
 	return tags
+}
+
+// setSlotsTag publishes the slots' state in this member's tags.
+func (m *membership) setSlotsTag(info SlotsInfo) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.slots = info
+	if m.serf == nil {
+		return
+	}
+	if err := m.serf.SetTags(m.tags(m.adv)); err != nil {
+		m.log.Warn("publish slots tag", "err", err)
+	}
 }
 
 // current returns the running Serf instance.
@@ -262,6 +295,8 @@ func toMember(sm serf.Member) Member {
 		Roles:    roles,
 		Labels:   labels.Decode(sm.Tags[tagLabels]),
 		Subnet:   sm.Tags[tagSubnet],
+		Slots:    sm.Tags[tagSlots],
+		Upgrade:  sm.Tags[tagUpgrade],
 	}
 }
 

@@ -1,6 +1,9 @@
 // Package image builds plinth's boot artifacts from a kernel package and the
-// plinth binary: the kernel (vmlinuz), a squashfs system image, an initramfs
-// that carries init and the system image, and a manifest describing them.
+// plinth binary: the kernel (vmlinuz), a squashfs system image with its
+// dm-verity hash tree, an initramfs that carries init and the system image
+// (for network and direct kernel boots), an initramfs without it (for disk
+// slots, whose partition holds the system image), a manifest describing
+// them, its signature and the upgrade bundle.
 //
 // Builds are reproducible (same inputs → same bytes) and need no loop
 // devices, mounts or root: archives are written in Go and the squashfs by
@@ -11,6 +14,7 @@ package image
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,10 +24,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 
 	"github.com/cavaliergopher/cpio"
 
+	"github.com/plinth-os/plinth/image/verity"
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/version"
 )
@@ -40,6 +46,9 @@ type Config struct {
 	// SystemModules by PID 1 from the system image. Dependencies are added.
 	InitramfsModules []string
 	SystemModules    []string
+	// SlotModules are loaded by stage 1 on a disk boot, to read the slot's
+	// partition through dm-verity. They are in the initramfs too.
+	SlotModules []string
 
 	// Compression of the initramfs part holding init and modules.
 	Compression string
@@ -50,7 +59,37 @@ type Config struct {
 	// Tini is the static init installed as /usr/lib/plinth/tini, which
 	// hostd runs as every job's PID 1 (Debian package tini).
 	Tini string
+	// SystemdBoot is the EFI boot loader installed on disks, carried in
+	// the system image for `plinth install` (Debian package
+	// systemd-boot-efi).
+	SystemdBoot string
+
+	// SignKey is an ed25519 private key (PKCS #8 PEM); when set, the
+	// manifest is signed into manifest.sig and the upgrade bundle made.
+	SignKey string
+	// TrustedKeys are files of public keys (trusted-keys format) that the
+	// image trusts for upgrades and slot boots. Default: SignKey's own.
+	TrustedKeys []string
+	// Serial orders builds: an upgrade to a lower serial is a downgrade.
+	// The Makefile uses the commit count.
+	Serial uint64
+	// TestFault builds an image that fails on purpose, for the upgrade
+	// tests: FaultHostd (hostd exits at start) or FaultInitHang (PID 1
+	// stops before its services, watchdog armed).
+	TestFault string
 }
+
+// Values of Config.TestFault.
+const (
+	FaultHostd    = "hostd-fail"
+	FaultInitHang = "init-hang"
+)
+
+// FaultPath is where a test image names its fault.
+const FaultPath = "/usr/lib/plinth/test-fault"
+
+// BootLoaderPath is where the system image carries the EFI boot loader.
+const BootLoaderPath = "/usr/lib/plinth/systemd-bootx64.efi"
 
 // DefaultConfig returns the configuration `make image` uses.
 func DefaultConfig() Config {
@@ -60,6 +99,7 @@ func DefaultConfig() Config {
 		Version:          version.Version,
 		Kernel:           DefaultKernel,
 		InitramfsModules: []string{"loop", "squashfs"},
+		SlotModules:      []string{"virtio_pci", "virtio_blk", "dm_verity"},
 		SystemModules: []string{
 			"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", // paravirtual devices (virtio_pci is their bus driver, no dependency of theirs)
 			"qemu_fw_cfg",     // machine config passed by QEMU -fw_cfg
@@ -67,11 +107,14 @@ func DefaultConfig() Config {
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply
 			"bridge", "veth", "vxlan", // container networking
 			"8021q", "bonding", // VLANs and bonds from the [network] config
+			"vfat", "nls_cp437", "nls_ascii", // the EFI system partition: boot entries of disk slots
+			"softdog", // PID 1's watchdog when the machine has no hardware one
 		},
 		Compression:         CompressLZ4,
 		SquashfsCompression: "zstd",
 		CACerts:             "/etc/ssl/certs/ca-certificates.crt",
 		Tini:                "/usr/bin/tini-static",
+		SystemdBoot:         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
 	}
 }
 
@@ -86,6 +129,8 @@ type File struct {
 // an identical manifest.
 type Manifest struct {
 	Version          string   `json:"version"`
+	Serial           uint64   `json:"serial"`
+	Arch             string   `json:"arch"` // the kernel's machine name (uname -m)
 	KernelPackage    string   `json:"kernel_package"`
 	KernelVersion    string   `json:"kernel_version"`
 	KernelRelease    string   `json:"kernel_release"`
@@ -93,15 +138,39 @@ type Manifest struct {
 	SquashfsComp     string   `json:"system_image_compression"`
 	InitramfsModules []string `json:"initramfs_modules"`
 	SystemModules    []string `json:"system_modules"`
+	SlotModules      []string `json:"slot_modules"`
 	Files            []File   `json:"files"`
+	// System is the dm-verity tree appended to system.img.
+	System    verity.Params `json:"system_verity"`
+	TestFault string        `json:"test_fault,omitempty"`
 }
+
+// File returns the named file's entry.
+func (m *Manifest) File(name string) (File, bool) {
+	for _, f := range m.Files {
+		if f.Name == name {
+			return f, true
+		}
+	}
+	return File{}, false
+}
+
+// Arch is the machine name (uname -m) the builder's kernels are for.
+const Arch = "x86_64"
 
 // Output file names inside OutDir.
 const (
-	VmlinuzName  = "vmlinuz"
-	InitrdName   = "initrd.img"
+	VmlinuzName = "vmlinuz"
+	InitrdName  = "initrd.img"
+	// SlotInitrdName is the initramfs of a disk slot: InitrdName without
+	// the system image, which the slot's partition holds.
+	SlotInitrdName = "initrd-slot.img"
+	// SystemName is the squashfs system image, its dm-verity tree appended.
 	SystemName   = "system.img"
 	ManifestName = "manifest.json"
+	BundleName   = "upgrade.bundle"
+	// TrustedKeysName is a copy of the keys the image trusts.
+	TrustedKeysName = "trusted-keys"
 	// SystemImagePath is where the initramfs carries the system image.
 	SystemImagePath = "/system.img"
 )
@@ -114,11 +183,27 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
 		return nil, fmt.Errorf("image build needs mksquashfs: apt-get install squashfs-tools")
 	}
+	switch cfg.TestFault {
+	case "", FaultHostd, FaultInitHang:
+	default:
+		return nil, fmt.Errorf("unknown test fault %q (%s or %s)", cfg.TestFault, FaultHostd, FaultInitHang)
+	}
+	var key ed25519.PrivateKey
+	if cfg.SignKey != "" {
+		var err error
+		if key, err = LoadKey(cfg.SignKey); err != nil {
+			return nil, err
+		}
+	}
+	trusted, err := trustedKeys(cfg.TrustedKeys, key)
+	if err != nil {
+		return nil, err
+	}
 	tree, err := FetchKernel(ctx, cfg.Kernel, cfg.CacheDir)
 	if err != nil {
 		return nil, err
 	}
-	early, err := resolveModules(tree.ModuleDir(), cfg.InitramfsModules)
+	early, err := resolveModules(tree.ModuleDir(), append(slices.Clone(cfg.InitramfsModules), cfg.SlotModules...))
 	if err != nil {
 		return nil, err
 	}
@@ -133,27 +218,36 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 		return nil, err
 	}
 	sysImg := filepath.Join(cfg.OutDir, SystemName)
-	if err := buildSystemImage(ctx, cfg, tree, system, sysImg); err != nil {
+	if err := buildSystemImage(ctx, cfg, tree, system, trusted, sysImg); err != nil {
 		return nil, err
 	}
-	if err := buildInitramfs(cfg, tree, early, sysImg, filepath.Join(cfg.OutDir, InitrdName)); err != nil {
+	params, err := verity.Append(sysImg, nil)
+	if err != nil {
+		return nil, fmt.Errorf("system image verity tree: %w", err)
+	}
+	if err := buildInitramfs(cfg, tree, early, trusted, sysImg); err != nil {
 		return nil, err
 	}
 	m := &Manifest{
 		Version:       cfg.Version,
+		Serial:        cfg.Serial,
+		Arch:          Arch,
 		KernelPackage: cfg.Kernel.Package,
 		KernelVersion: cfg.Kernel.Version,
 		KernelRelease: tree.Release(),
 		Compression:   cfg.Compression,
 		SquashfsComp:  cfg.SquashfsCompression,
+		System:        params,
+		TestFault:     cfg.TestFault,
 	}
 	for _, mod := range early {
 		m.InitramfsModules = append(m.InitramfsModules, mod.Name)
 	}
+	m.SlotModules = cfg.SlotModules
 	for _, mod := range system {
 		m.SystemModules = append(m.SystemModules, mod.Name)
 	}
-	for _, name := range []string{VmlinuzName, InitrdName, SystemName} {
+	for _, name := range []string{VmlinuzName, InitrdName, SlotInitrdName, SystemName} {
 		f, err := describe(filepath.Join(cfg.OutDir, name))
 		if err != nil {
 			return nil, err
@@ -164,11 +258,55 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m, os.WriteFile(filepath.Join(cfg.OutDir, ManifestName), append(data, '\n'), 0o644)
+	data = append(data, '\n')
+	if err := os.WriteFile(filepath.Join(cfg.OutDir, ManifestName), data, 0o644); err != nil {
+		return nil, err
+	}
+	// The keys the image trusts, for tools that check its signature.
+	if err := os.WriteFile(filepath.Join(cfg.OutDir, TrustedKeysName), trusted, 0o644); err != nil {
+		return nil, err
+	}
+	// A new manifest invalidates the old signature and bundle.
+	os.Remove(filepath.Join(cfg.OutDir, SignatureName))
+	os.Remove(filepath.Join(cfg.OutDir, BundleName))
+	if key == nil {
+		return m, nil
+	}
+	sig, err := SignManifest(data, nil, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.OutDir, SignatureName), sig, 0o644); err != nil {
+		return nil, err
+	}
+	return m, WriteBundle(cfg.OutDir, filepath.Join(cfg.OutDir, BundleName))
+}
+
+// trustedKeys returns the trusted-keys file an image carries: the keys of
+// files, and the signing key's own when files name none.
+func trustedKeys(files []string, key ed25519.PrivateKey) ([]byte, error) {
+	var out bytes.Buffer
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("trusted keys: %w", err)
+		}
+		keys, err := ParseTrustedKeys(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		for _, k := range keys {
+			fmt.Fprintln(&out, FormatKey(k, filepath.Base(f)))
+		}
+	}
+	if out.Len() == 0 && key != nil {
+		fmt.Fprintln(&out, FormatKey(key.Public().(ed25519.PublicKey), "signing key"))
+	}
+	return out.Bytes(), nil
 }
 
 // buildSystemImage stages the root tree and packs it with mksquashfs.
-func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []moduleFile, dst string) error {
+func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []moduleFile, trusted []byte, dst string) error {
 	stage, err := os.MkdirTemp("", "plinth-system-")
 	if err != nil {
 		return err
@@ -190,6 +328,16 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		{Name: "etc/mtab", Link: "/proc/self/mounts"},
 		{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Src: cfg.CACerts},
 		{Name: "usr/lib/plinth/tini", Mode: 0o755, Src: cfg.Tini},
+	}
+	if len(trusted) > 0 {
+		entries = append(entries, entry{Name: TrustedKeysPath[1:], Mode: 0o644, Data: trusted})
+	}
+	if _, err := os.Stat(cfg.SystemdBoot); err != nil {
+		return fmt.Errorf("EFI boot loader %s: %w (apt-get install systemd-boot-efi)", cfg.SystemdBoot, err)
+	}
+	entries = append(entries, entry{Name: BootLoaderPath[1:], Mode: 0o644, Src: cfg.SystemdBoot})
+	if cfg.TestFault != "" {
+		entries = append(entries, entry{Name: FaultPath[1:], Mode: 0o644, Data: []byte(cfg.TestFault + "\n")})
 	}
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "var", "root"} {
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
@@ -228,26 +376,26 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 	return nil
 }
 
-// buildInitramfs writes two concatenated newc archives: first the system
-// image, stored (squashfs is compressed already, and the guest CPU that
-// unpacks the initramfs is slow under TCG), then init and the early modules,
-// compressed. The compressed archive goes last because the kernel's LZ4
-// (legacy format) decoder cannot tell where its stream ends and consumes
-// everything after it.
-func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, sysImg, dst string) error {
-	var out bytes.Buffer
-	img := []entry{{Name: SystemImagePath[1:], Mode: 0o444, Src: sysImg}}
-	if err := writeCPIO(&out, img); err != nil {
-		return fmt.Errorf("initramfs system image: %w", err)
-	}
-
+// buildInitramfs writes the slot initramfs (init, the early modules and
+// the trusted keys, compressed) and the full one: a first archive with
+// the system image, stored (squashfs is compressed already, and the guest
+// CPU that unpacks the initramfs is slow under TCG), then the slot one.
+// The compressed archive goes last because the kernel's LZ4 (legacy
+// format) decoder cannot tell where its stream ends and consumes
+// everything after it; the kernel reads concatenated archives as one.
+func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, trusted []byte, sysImg string) error {
 	modDir := "lib/modules/" + tree.Release()
 	entries := []entry{{Name: "init", Mode: 0o755, Src: cfg.Binary}}
 	for _, d := range []string{"dev", "proc", "sys", "newroot"} {
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
 	}
+	if len(trusted) > 0 {
+		entries = append(entries, entry{Name: TrustedKeysPath[1:], Mode: 0o644, Data: trusted})
+		entries = append(entries, dirsFor([]string{TrustedKeysPath[1:]})...)
+	}
 	entries = append(entries, moduleEntries(modDir, mods)...)
-	zw, err := compressWriter(&out, cfg.Compression)
+	var slot bytes.Buffer
+	zw, err := compressWriter(&slot, cfg.Compression)
 	if err != nil {
 		return err
 	}
@@ -257,7 +405,17 @@ func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, sysImg, dst 
 	if err := zw.Close(); err != nil {
 		return err
 	}
-	return os.WriteFile(dst, out.Bytes(), 0o644)
+	if err := os.WriteFile(filepath.Join(cfg.OutDir, SlotInitrdName), slot.Bytes(), 0o644); err != nil {
+		return err
+	}
+
+	var full bytes.Buffer
+	img := []entry{{Name: SystemImagePath[1:], Mode: 0o444, Src: sysImg}}
+	if err := writeCPIO(&full, img); err != nil {
+		return fmt.Errorf("initramfs system image: %w", err)
+	}
+	full.Write(slot.Bytes())
+	return os.WriteFile(filepath.Join(cfg.OutDir, InitrdName), full.Bytes(), 0o644)
 }
 
 // moduleEntries returns the module files (decompressed) and their load list.

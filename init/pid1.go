@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/host/slots"
+	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/init/supervise"
@@ -38,9 +40,14 @@ func pid1() {
 	phase("init: filesystems mounted")
 
 	disks := virtioBlockDevices("/sys")
-	loadModules(filepath.Join("/lib/modules", kernelRelease()), len(disks) > 0)
+	slot := cl[paramSlot]
+	modDir := filepath.Join("/lib/modules", kernelRelease())
+	loadModules(modDir, len(disks) > 0, slot != "")
 	if len(disks) > 0 {
-		switch dev, err := mountData(disks); {
+		var dev string
+		var err error
+		busy(func() { dev, err = mountData(disks) })
+		switch {
 		case err != nil:
 			say("%v; /var stays on tmpfs", err)
 		case dev != "":
@@ -61,6 +68,17 @@ func pid1() {
 	}
 	applyPanicPolicy(cl, &m)
 	phase("init: machine config from %s", src)
+	if m.Boot.Watchdog.Duration > 0 {
+		startWatchdog(modDir, m.Boot.Watchdog.Duration)
+	}
+	if testFault() == image.FaultInitHang {
+		say("test fault %s in this image: init stops here, the watchdog armed", image.FaultInitHang)
+		select {}
+	}
+	var disk *slots.Disk
+	if slot != "" {
+		disk = openSlots(slot)
+	}
 
 	hostname := m.Hostname
 	if hostname == "" {
@@ -79,23 +97,39 @@ func pid1() {
 	}
 
 	start := time.Now()
-	notReady, err := sup.Start(context.Background(), netdService(m, raw != nil))
+	var notReady, more []string
+	busy(func() { notReady, err = sup.Start(context.Background(), netdService(m, raw != nil)) })
 	must(err)
 	if len(notReady) == 0 {
 		phase("init: network ready in %.2fs", time.Since(start).Seconds())
 	}
-	more, err := sup.Start(context.Background(), services(cl, src, raw != nil)...)
+	busy(func() { more, err = sup.Start(context.Background(), services(cl, src, raw != nil)...) })
 	must(err)
 	if notReady = append(notReady, more...); len(notReady) > 0 {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
 	}
-	<-buttonArmed
+	busy(func() { <-buttonArmed })
 	say("ready in %.2fs", uptime().Seconds())
+	if disk != nil {
+		go guard(func() { commitOrFallBack(disk, m.Boot.CommitTimeout.Duration, power) })
+	}
 
 	if cl[paramDebug] == "panic" {
 		panic("fault injected by " + paramDebug + "=panic")
 	}
-	shutdown(<-power, sup)
+	// The main loop is what keeps the watchdog fed from now on: if it
+	// stops, the machine resets.
+	tick := time.NewTicker(time.Second)
+	for {
+		select {
+		case ev := <-power:
+			tick.Stop()
+			busy(func() { shutdown(ev, sup) })
+			return
+		case <-tick.C:
+			beat()
+		}
+	}
 }
 
 // mountSystem mounts what stage 1 did not: cgroup2 for resource control,
@@ -126,13 +160,16 @@ func mountSystem() error {
 // must work from then on.
 var initModules = []string{"qemu_fw_cfg", "button", "evdev"}
 
+// espModules read the EFI system partition.
+var espModules = []string{"vfat", "nls_cp437", "nls_ascii"}
+
 // loadModules loads the system image's modules (stage 1 loaded its own):
 // initModules now, the rest in the background. Under TCG each module costs
 // ~50 ms, and nothing before ready needs network or storage drivers; the
 // services that do wait for their devices to appear, which they must do
 // anyway because drivers probe devices asynchronously. A module that fails
 // degrades the machine but does not stop the boot: it stays reachable.
-func loadModules(dir string, disk bool) {
+func loadModules(dir string, disk, slot bool) {
 	mods, err := kmod.ReadList(dir)
 	if err != nil {
 		say("read module list: %v", err)
@@ -142,6 +179,10 @@ func loadModules(dir string, disk bool) {
 	if disk {
 		// The data partition must be at /var before the services start.
 		want = append(slices.Clone(want), "virtio_blk")
+	}
+	if slot {
+		// PID 1 mounts the ESP to commit or fail this boot's entry.
+		want = append(slices.Clone(want), espModules...)
 	}
 	now, later, missing := kmod.Split(mods, want...)
 	if len(missing) > 0 {

@@ -24,6 +24,10 @@ const (
 	binaryStage = "/.plinth-bin"
 )
 
+// netbootModules are what stage 1 loads when the system image is in the
+// initramfs: a loop device and squashfs to mount it.
+var netbootModules = []string{"loop", "squashfs"}
+
 // stage1 turns the initramfs into the real root; stage 2 then runs in this
 // same process (see Main). A real root (not rootfs) is also what
 // libcontainer's pivot_root needs.
@@ -31,25 +35,36 @@ func stage1() {
 	must(mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"))
 	must(mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
 	must(mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
-	applyPanicPolicy(readCmdline(), nil)
+	cl := readCmdline()
+	applyPanicPolicy(cl, nil)
 	phase("stage1: started")
 
+	// The initramfs has the modules of both kinds of boot: a disk slot's
+	// needs the disk driver and dm-verity too.
+	slot := cl[paramSlot]
 	modDir := filepath.Join("/lib/modules", kernelRelease())
 	mods, err := kmod.ReadList(modDir)
 	must(err)
+	if slot == "" {
+		mods, _, _ = kmod.Split(mods, netbootModules...)
+	}
 	start := time.Now()
 	must(kmod.LoadAll(modDir, mods))
 	phase("stage1: %d modules loaded in %.3fs", len(mods), time.Since(start).Seconds())
 
-	loop, err := attachLoop(systemImage)
-	must(err)
-	must(mount(loop.Name(), newRoot, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""))
-	loop.Close() // the mount holds the device now; autoclear frees it on unmount
+	if slot != "" {
+		must(mountSlot(slot, newRoot))
+	} else {
+		loop, err := attachLoop(systemImage)
+		must(err)
+		must(mount(loop.Name(), newRoot, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""))
+		loop.Close() // the mount holds the device now; autoclear frees it on unmount
+		phase("stage1: system image mounted from %s", loop.Name())
+	}
 	for _, m := range []struct{ dir, mode string }{{"run", "0755"}, {"tmp", "1777"}, {"var", "0755"}} {
 		must(unix.Mount("tmpfs", filepath.Join(newRoot, m.dir), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode="+m.mode))
 	}
 	must(bindBinary("/init", newRoot+binaryDir))
-	phase("stage1: system image mounted from %s", loop.Name())
 
 	for _, dir := range []string{"/dev", "/proc", "/sys"} {
 		if err := unix.Mount(dir, newRoot+dir, "", unix.MS_MOVE, ""); err != nil {

@@ -3,7 +3,7 @@
 # any named as arguments (the benchmarks' baselines), only those missing.
 # Run as root on Debian 12.
 set -eu
-pkgs="qemu-system-x86 qemu-utils busybox-static squashfs-tools musl-tools kmod e2fsprogs ca-certificates iproute2 git make gcc xz-utils dnsmasq-base tini runc etcd-server skopeo $*"
+pkgs="qemu-system-x86 qemu-utils busybox-static squashfs-tools musl-tools kmod e2fsprogs ca-certificates iproute2 git make gcc xz-utils dnsmasq-base tini runc etcd-server skopeo ovmf systemd-boot-efi cryptsetup-bin mtools dosfstools $*"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -10,7 +10,7 @@ GOCACHE="$cache" make -s OUT="$b" "$b/plinth" >/dev/null
 "$a/plinth" image build --out "$a" --cache .cache/kernel >/dev/null
 "$b/plinth" image build --out "$b" --cache .cache/kernel >/dev/null
 fail=0
-for f in plinth vmlinuz initrd.img system.img manifest.json; do
+for f in plinth vmlinuz initrd.img initrd-slot.img system.img manifest.json; do
 	if cmp -s "$a/$f" "$b/$f"; then
 		echo "repro: $f identical ($(sha256sum "$a/$f" | cut -c1-16))"
 	else

@@ -12,6 +12,14 @@ const (
 	qemuLogFile       = "qemu.log"
 	qmpSocketFile     = "qmp.sock"
 	machineConfigFile = "machine-config"
+	efiVarsFile       = "efi-vars.fd"
+)
+
+// OVMF firmware (Debian package ovmf): the code, and the variable store
+// each UEFI VM gets a copy of.
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS.fd"
 )
 
 // firstLinkFD is the descriptor number of the first LinkEnd in QEMU: the
@@ -43,6 +51,11 @@ func qemuArgs(c Config, stateDir string) []string {
 	}
 	if !c.AllowReboot {
 		args = append(args, "-no-reboot")
+	}
+	if c.UEFI {
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+qemuEscape(OVMFCode),
+			"-drive", "if=pflash,format=raw,unit=1,file="+qemuEscape(filepath.Join(stateDir, efiVarsFile)))
 	}
 	if c.Kernel != "" {
 		args = append(args, "-kernel", c.Kernel, "-append", strings.TrimSpace(BaseCmdline+" "+c.Cmdline))

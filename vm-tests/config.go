@@ -59,6 +59,11 @@ type Config struct {
 	// vdb, ...); a name ending in ".qcow2" is attached as qcow2.
 	Disks []string
 
+	// UEFI boots the firmware OVMF (pflash, code read-only, variables in
+	// a copy under StateDir that lives as long as it) instead of SeaBIOS:
+	// for disks with an EFI system partition.
+	UEFI bool
+
 	// AllowReboot lets a guest reboot restart the guest. By default QEMU
 	// runs with -no-reboot, so that a guest reboot ends the QEMU process
 	// and a test sees it as an exit with a SHUTDOWN event whose reason is

@@ -82,6 +82,11 @@ func (v *VM) start(ctx context.Context) error {
 	if err := v.resolveForwards(); err != nil {
 		return err
 	}
+	if v.cfg.UEFI {
+		if err := copyIfMissing(OVMFVars, filepath.Join(v.stateDir, efiVarsFile)); err != nil {
+			return fmt.Errorf("UEFI variables (apt-get install ovmf): %w", err)
+		}
+	}
 	if v.cfg.MachineConfig != nil {
 		if err := os.WriteFile(filepath.Join(v.stateDir, machineConfigFile), v.cfg.MachineConfig, 0o600); err != nil {
 			return fmt.Errorf("write machine config: %w", err)
@@ -527,4 +532,18 @@ func (v *VM) CtrlAltDel(ctx context.Context) error {
 	keys := []map[string]string{{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}
 	_, err := v.QMP(ctx, "send-key", map[string]any{"keys": keys})
 	return err
+}
+
+// copyIfMissing copies src to dst unless dst exists: a VM restarted on
+// the same StateDir keeps its UEFI variables, as a machine keeps its
+// NVRAM.
+func copyIfMissing(src, dst string) error {
+	if _, err := os.Stat(dst); err == nil {
+		return nil
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o600)
 }

@@ -33,7 +33,7 @@ func hostCommand() *cobra.Command {
 		return host.NewClient(addr, creds.TLS()), nil
 	}
 	// withClient runs f with a client and a context that Ctrl-C cancels.
-	withClient := func(f func(ctx context.Context, c *host.Client, args []string) error) func(*cobra.Command, []string) error {
+	var withClient clientRunner = func(f func(ctx context.Context, c *host.Client, args []string) error) func(*cobra.Command, []string) error {
 		return func(_ *cobra.Command, args []string) error {
 			c, err := client()
 			if err != nil {
@@ -212,7 +212,7 @@ func hostCommand() *cobra.Command {
 			return nil
 		})}
 
-	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events, imp, images)
+	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events, imp, images, hostUpgradeCommand(withClient))
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -142,7 +143,9 @@ func membersCommand() *cobra.Command {
 		Use:   "members",
 		Short: "List the cluster's hosts as one host sees them",
 		Long: "members asks one host's API (--host) for the members its gossip knows:\n" +
-			"node ID, hostname, address, status (alive, leaving, left, failed), version, roles.\n" +
+			"node ID, hostname, address, status (alive, leaving, left, failed), version, roles,\n" +
+			"and for hosts installed on a disk their slots (slot:version:entry, * = booted)\n" +
+			"and upgrade state.\n" +
 			"Credentials come from --credentials, $PLINTH_CREDENTIALS, or the file hostd\n" +
 			"keeps for root (" + filepath.Join(host.DefaultStateDir, host.LocalCredentialsFile) + ").",
 		Args: cobra.NoArgs,
@@ -174,7 +177,7 @@ func membersCommand() *cobra.Command {
 
 func printMembers(members []host.Member) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tHOSTNAME\tADDRESS\tSTATUS\tVERSION\tROLES")
+	fmt.Fprintln(w, "ID\tHOSTNAME\tADDRESS\tSTATUS\tVERSION\tROLES\tSLOTS\tUPGRADE")
 	for _, m := range members {
 		ip, _, err := net.SplitHostPort(m.Addr)
 		if err != nil {
@@ -184,7 +187,7 @@ func printMembers(members []host.Member) {
 		if roles == "" {
 			roles = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Hostname, ip, m.Status, m.Version, roles)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Hostname, ip, m.Status, m.Version, roles, cmp.Or(m.Slots, "-"), cmp.Or(m.Upgrade, "-"))
 	}
 	w.Flush()
 }

@@ -47,6 +47,15 @@ type Boot struct {
 	// ShutdownTimeout is the grace period services get on poweroff or reboot
 	// before SIGKILL. Default 10s; allowed 1s to 5m.
 	ShutdownTimeout Duration
+	// Watchdog is the timeout of the watchdog PID 1 arms: a PID 1 that
+	// shows no progress for this long resets the machine. Default 60s;
+	// allowed 0s (off) or 10s to 10m.
+	Watchdog Duration
+	// CommitTimeout is how long a boot of a newly installed slot has to
+	// become healthy (in the cluster, its jobs running) before PID 1 marks
+	// it failed and reboots into the other slot. Default 10m; allowed 30s
+	// to 2h.
+	CommitTimeout Duration
 }
 
 // Values of Boot.Panic.
@@ -82,6 +91,8 @@ func Default() Machine {
 			Panic:           PanicReboot,
 			PanicCountdown:  Duration{5 * time.Second},
 			ShutdownTimeout: Duration{10 * time.Second},
+			Watchdog:        Duration{60 * time.Second},
+			CommitTimeout:   Duration{10 * time.Minute},
 		},
 		Network: netd.DefaultConfig(),
 		Cluster: Cluster{
@@ -113,6 +124,8 @@ func bootFields(b *Boot) []field {
 		textField("panic", &b.Panic, plainString(oneOf(PanicReboot, PanicHold))),
 		textField("panic_countdown", &b.PanicCountdown.Duration, duration(0, 10*time.Minute)),
 		textField("shutdown_timeout", &b.ShutdownTimeout.Duration, duration(time.Second, 5*time.Minute)),
+		textField("watchdog", &b.Watchdog.Duration, offOr(duration(10*time.Second, 10*time.Minute))),
+		textField("commit_timeout", &b.CommitTimeout.Duration, duration(30*time.Second, 2*time.Hour)),
 	}
 }
 

@@ -39,6 +39,8 @@ func TestGood(t *testing.T) {
 				Panic:           config.PanicHold,
 				PanicCountdown:  config.Duration{90 * time.Second},
 				ShutdownTimeout: config.Duration{30 * time.Second},
+				Watchdog:        config.Duration{},
+				CommitTimeout:   config.Duration{20 * time.Minute},
 			}
 		}),
 		"partial.toml": withDefaults(func(m *config.Machine) {
@@ -389,6 +391,8 @@ func TestEncodeRoundTrip(t *testing.T) {
 		Panic:           config.PanicHold,
 		PanicCountdown:  config.Duration{time.Minute},
 		ShutdownTimeout: config.Duration{20 * time.Second},
+		Watchdog:        config.Duration{30 * time.Second},
+		CommitTimeout:   config.Duration{time.Hour},
 	}
 	n := &m.Network
 	n.Hostname = "web1"

@@ -251,6 +251,22 @@ func plainString(check func(string) error) text[string] {
 var anyString = plainString(func(string) error { return nil })
 
 // duration accepts durations from lo to hi, inclusive.
+// offOr accepts "0s" (off) besides what d accepts.
+func offOr(d text[time.Duration]) text[time.Duration] {
+	parse := d.parse
+	d.parse = func(s string) (time.Duration, error) {
+		if v, err := time.ParseDuration(s); err == nil && v == 0 {
+			return 0, nil
+		}
+		v, err := parse(s)
+		if err != nil {
+			return 0, fmt.Errorf("%w, or 0s for off", err)
+		}
+		return v, nil
+	}
+	return d
+}
+
 func duration(lo, hi time.Duration) text[time.Duration] {
 	return text[time.Duration]{
 		want: `a duration string such as "5s"`,
