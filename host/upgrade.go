@@ -123,7 +123,7 @@ func upgradeState(booted string, ss []slots.Slot) string {
 	case other.Entry == slots.EntryTrial:
 		return fmt.Sprintf("installed: %s in slot %s boots next (%d tries)", other.Version, other.Name, other.TriesLeft)
 	case other.Entry == slots.EntryFailed:
-		return fmt.Sprintf("failed: %s in slot %s did not become healthy (%d boots); running %s in slot %s", other.Version, other.Name, other.TriesDone, cur.Version, cur.Name)
+		return fmt.Sprintf("failed: %s in slot %s did not become healthy (%s); running %s in slot %s", other.Version, other.Name, plural(other.TriesDone, "boot"), cur.Version, cur.Name)
 	default:
 		return "committed"
 	}
@@ -149,23 +149,35 @@ func (u *upgrader) install(r *http.Request) (UpgradeResult, error) {
 	if r.ContentLength > limit {
 		return UpgradeResult{}, fmt.Errorf("bundle of %d bytes is larger than this host accepts (%d)", r.ContentLength, limit)
 	}
-	b, err := image.ReadBundle(r.Body, limit)
+	q := r.URL.Query()
+	opts := slots.InstallOptions{AllowDowngrade: q.Get("allow_downgrade") == "1"}
+	if t := q.Get("tries"); t != "" {
+		var err error
+		if opts.Tries, err = strconv.Atoi(t); err != nil || opts.Tries < 1 || opts.Tries > 10 {
+			return UpgradeResult{}, fmt.Errorf("tries %q: want 1 to 10", t)
+		}
+	}
+	// The signature, architecture and version are checked as soon as the
+	// manifest is in, before the large files are read.
+	b, err := image.ReadBundle(r.Body, limit, func(man, sig []byte) error {
+		m, err := image.VerifyManifest(man, sig, u.trusted)
+		if err != nil {
+			return err
+		}
+		if err := m.CheckArch(machine()); err != nil {
+			return err
+		}
+		if err := u.disk.Check(m, u.trusted, opts); err != nil {
+			return fmt.Errorf("%w: %v", errUpgradeConflict, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return UpgradeResult{}, err
 	}
 	m, err := b.Verify(u.trusted, machine())
 	if err != nil {
 		return UpgradeResult{}, err
-	}
-	q := r.URL.Query()
-	opts := slots.InstallOptions{AllowDowngrade: q.Get("allow_downgrade") == "1"}
-	if t := q.Get("tries"); t != "" {
-		if opts.Tries, err = strconv.Atoi(t); err != nil || opts.Tries < 1 || opts.Tries > 10 {
-			return UpgradeResult{}, fmt.Errorf("tries %q: want 1 to 10", t)
-		}
-	}
-	if err := u.disk.Check(m, u.trusted, opts); err != nil {
-		return UpgradeResult{}, fmt.Errorf("%w: %v", errUpgradeConflict, err)
 	}
 	slot, err := u.disk.Install(b, m, opts)
 	if err != nil {
@@ -284,3 +296,10 @@ var imageVersion = sync.OnceValue(func() string {
 	}
 	return version.Version
 })
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}

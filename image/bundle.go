@@ -92,8 +92,12 @@ type Bundle struct {
 var ErrTooLarge = errors.New("bundle larger than allowed")
 
 // ReadBundle reads a bundle of at most limit bytes from r. Nothing is
-// trusted yet: Verify says whether the content is what was signed.
-func ReadBundle(r io.Reader, limit int64) (*Bundle, error) {
+// trusted yet: Verify says whether the content is what was signed. head,
+// when not nil, sees the manifest and signature, which come first,
+// before the large files are read: a bundle that head refuses (an
+// untrusted signature, another architecture, an older version) is not
+// read on.
+func ReadBundle(r io.Reader, limit int64, head func(manifest, sig []byte) error) (*Bundle, error) {
 	lr := &io.LimitedReader{R: r, N: limit + 1}
 	tr := tar.NewReader(lr)
 	b := &Bundle{Files: map[string][]byte{}}
@@ -113,6 +117,16 @@ func ReadBundle(r io.Reader, limit int64) (*Bundle, error) {
 		}
 		if h.Size > limit {
 			return nil, fmt.Errorf("%w: %s alone is %d bytes", ErrTooLarge, h.Name, h.Size)
+		}
+		if slices.Contains(SlotFiles, h.Name) && len(b.Files) == 0 {
+			if b.Manifest == nil {
+				return nil, fmt.Errorf("bundle has no %s before its files (is it an upgrade bundle? `make image` writes out/%s)", ManifestName, BundleName)
+			}
+			if head != nil {
+				if err := head(b.Manifest, b.Signature); err != nil {
+					return nil, err
+				}
+			}
 		}
 		var buf bytes.Buffer
 		buf.Grow(int(h.Size))
@@ -151,8 +165,8 @@ func (b *Bundle) Verify(trusted []ed25519.PublicKey, arch string) (*Manifest, er
 	if err != nil {
 		return nil, err
 	}
-	if m.Arch != arch {
-		return nil, fmt.Errorf("the image is built for %s, this machine is %s", orUnknown(m.Arch), arch)
+	if err := m.CheckArch(arch); err != nil {
+		return nil, err
 	}
 	for _, name := range SlotFiles {
 		want, ok := m.File(name)
@@ -175,6 +189,14 @@ func (b *Bundle) Verify(trusted []ed25519.PublicKey, arch string) (*Manifest, er
 		return nil, fmt.Errorf("system image verity: %w", err)
 	}
 	return m, nil
+}
+
+// CheckArch refuses an image built for another machine than arch.
+func (m *Manifest) CheckArch(arch string) error {
+	if m.Arch != arch {
+		return fmt.Errorf("the image is built for %s, this machine is %s", orUnknown(m.Arch), arch)
+	}
+	return nil
 }
 
 func orUnknown(s string) string {

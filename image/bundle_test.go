@@ -69,7 +69,7 @@ func readBundle(t *testing.T, dir string) []byte {
 func TestBundleVerifies(t *testing.T) {
 	dir, key := fakeBuild(t, nil)
 	data := readBundle(t, dir)
-	b, err := ReadBundle(bytes.NewReader(data), int64(len(data)))
+	b, err := ReadBundle(bytes.NewReader(data), int64(len(data)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestBundleRefusals(t *testing.T) {
 			if c.name == "too large" {
 				limit = int64(len(good)) / 2
 			}
-			b, err := ReadBundle(bytes.NewReader(c.bundle), limit)
+			b, err := ReadBundle(bytes.NewReader(c.bundle), limit, nil)
 			if err == nil {
 				_, err = b.Verify(trusted, Arch)
 			}
@@ -133,6 +133,15 @@ func TestBundleRefusals(t *testing.T) {
 				t.Fatalf("got %v, want an error saying %q", err, c.want)
 			}
 		})
+	}
+	// head refuses before the files are read.
+	read := 0
+	_, err := ReadBundle(&countingReader{r: bytes.NewReader(good), n: &read}, int64(len(good)), func(m, sig []byte) error {
+		_, err := VerifyManifest(m, sig, []ed25519.PublicKey{stranger.Public().(ed25519.PublicKey)})
+		return err
+	})
+	if !errors.Is(err, ErrUntrusted) || read > len(good)/2 {
+		t.Errorf("head: %v after %d of %d bytes", err, read, len(good))
 	}
 	if _, err := VerifyManifest(man, nil, nil); !errors.Is(err, ErrNoTrust) {
 		t.Errorf("no trusted keys: %v", err)
@@ -221,4 +230,15 @@ func TestKeysRoundTrip(t *testing.T) {
 			t.Errorf("key %x: %v", k[:4], err)
 		}
 	}
+}
+
+type countingReader struct {
+	r *bytes.Reader
+	n *int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += n
+	return n, err
 }

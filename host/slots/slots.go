@@ -231,7 +231,7 @@ func (d *Disk) MarkFailed() error {
 	if !e.Counting {
 		return fmt.Errorf("slot %s is committed; it has no other slot to fall back to", e.Slot)
 	}
-	e.TriesDone += e.TriesLeft
+	// Done stays the boots that were tried, for the record.
 	e.TriesLeft = 0
 	return d.rename(e)
 }

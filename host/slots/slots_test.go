@@ -191,7 +191,7 @@ func TestUpgradeCycle(t *testing.T) {
 		t.Fatal("no fall back to v2 after a failed trial")
 	}
 	s := td.slot(t, "a")
-	if s.Entry != EntryFailed || s.TriesDone != 2 || s.Version != "v3" {
+	if s.Entry != EntryFailed || s.TriesDone != 1 || s.Version != "v3" {
 		t.Errorf("slot a after its failed trial: %+v", s)
 	}
 	if err := td.MarkFailed(); err == nil {

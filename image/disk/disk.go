@@ -264,6 +264,11 @@ func writeSlot(f *os.File, p Partition, s Slot) error {
 		}
 	}
 	if len(s.Header) > 0 {
+		// The header marks the slot valid, so the image must be durable
+		// before it.
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("sync slot %s: %w", p.Name, err)
+		}
 		h := make([]byte, SlotHeaderSize)
 		copy(h, s.Header)
 		if _, err := f.WriteAt(h, p.Start+p.Size-SlotHeaderSize); err != nil {

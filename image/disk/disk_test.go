@@ -78,19 +78,15 @@ func TestWriteRead(t *testing.T) {
 		}
 	}
 
-	disk, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
 	a, b := parts[1], parts[2]
-	if !bytes.Equal(disk[a.Start:a.Start+int64(len(slotImage))], slotImage) {
+	if !bytes.Equal(readAt(t, img, a.Start, int64(len(slotImage))), slotImage) {
 		t.Error("slot A does not start with the image")
 	}
-	hdr := disk[a.Start+a.Size-SlotHeaderSize : a.Start+a.Size]
+	hdr := readAt(t, img, a.Start+a.Size-SlotHeaderSize, SlotHeaderSize)
 	if !bytes.Equal(hdr[:len(header)], header) || !allZero(hdr[len(header):]) {
 		t.Error("slot A header is not at the last 64 KiB, zero-padded")
 	}
-	if !allZero(disk[b.Start : b.Start+b.Size]) {
+	if !allZero(readAt(t, img, b.Start, b.Size)) {
 		t.Error("slot B is not empty")
 	}
 
@@ -135,6 +131,20 @@ func TestWriteRead(t *testing.T) {
 	}
 }
 
+func readAt(t *testing.T, path string, off, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
@@ -153,7 +163,7 @@ func TestReproducible(t *testing.T) {
 		t.Logf("%s missing (apt-get install -y e2fsprogs): comparing without ext4", mkfsExt4)
 	}
 	spec := func(seed string) Spec {
-		return Spec{Size: 1 << 30, ESPSize: 64 * mib, SlotSize: 64 * mib, ESP: espFiles(t),
+		return Spec{Size: 512 * mib, ESPSize: 64 * mib, SlotSize: 64 * mib, ESP: espFiles(t),
 			SlotA: Slot{Header: []byte("h")}, FormatData: format, Seed: seed,
 			Time: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}
 	}
@@ -249,16 +259,19 @@ func TestReadRejects(t *testing.T) {
 	}
 
 	corrupt := filepath.Join(dir, "corrupt.img")
-	img := filepath.Join(dir, "good.img")
-	if _, err := Write(img, Spec{Size: 1 << 30}); err != nil {
+	if _, err := Write(corrupt, Spec{Size: 128 * mib, ESPSize: MinESPSize, SlotSize: mib}); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(img)
+	if _, err := Read(corrupt); err != nil {
+		t.Fatalf("Read before corrupting: %v", err)
+	}
+	f, err = os.OpenFile(corrupt, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[2*512+56] ^= 1 // a byte of the first entry's name
-	if err := os.WriteFile(corrupt, b, 0o644); err != nil {
+	_, err = f.WriteAt([]byte{'X'}, 2*512+56) // a byte of the first entry's name
+	f.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -354,12 +367,8 @@ func TestBlockDevice(t *testing.T) {
 		t.Errorf("Read data partition %+v, want %+v ending at 1023 MiB", got[3], parts[3])
 	}
 
-	disk, err := os.ReadFile(backing)
-	if err != nil {
-		t.Fatal(err)
-	}
 	a := parts[1]
-	if !allZero(disk[a.Start:a.Start+mib]) || !allZero(disk[a.Start+a.Size-SlotHeaderSize:a.Start+a.Size]) {
+	if !allZero(readAt(t, backing, a.Start, mib)) || !allZero(readAt(t, backing, a.Start+a.Size-SlotHeaderSize, SlotHeaderSize)) {
 		t.Error("the earlier install's slot A start or header survived")
 	}
 	if haveMkfs == nil {

@@ -10,9 +10,9 @@ import (
 )
 
 // ext4 is made by e2fsprogs' mkfs.ext4 rather than in Go: go-diskfs v1.9.4
-// writes filesystems e2fsck rejects when the last block group is small
-// (any size 1–2 MiB past a 128 MiB boundary), and zeroes every inode table
-// up front (33 GB of writes for 1 TiB).
+// writes filesystems e2fsck rejects when the last block group is too small
+// for its inode table (1 GiB plus 4 KiB to 2 MiB, for one), and zeroes
+// every inode table up front (33 GB of writes for 1 TiB).
 const mkfsExt4 = "mkfs.ext4"
 
 // lookMkfs finds mkfs.ext4, failing early so nothing is written when the

@@ -85,13 +85,11 @@ func planFAT(size int64, label string, volumeID uint32, mtime time.Time, files [
 		}
 	}
 	next := uint32(2)
-	if err := v.allocate(v.root, &next); err != nil {
-		return nil, err
-	}
+	v.allocate(v.root, &next)
 	v.used = next - 2
 	if v.used > v.clusters {
 		return nil, fmt.Errorf("ESP of %d MiB is too small: files and directories need %d MiB",
-			size/mib, (int64(v.used)*v.clusterBytes()+int64(v.clusterOffset(2))+mib-1)/mib)
+			size/mib, (int64(v.used)*v.clusterBytes()+v.clusterOffset(2)+mib-1)/mib)
 	}
 	return v, nil
 }
@@ -187,7 +185,7 @@ func (v *fatVolume) add(f File) error {
 
 // allocate assigns short names and contiguous clusters depth-first, each
 // directory before its files and subdirectories; the root gets cluster 2.
-func (v *fatVolume) allocate(d *fatNode, next *uint32) error {
+func (v *fatVolume) allocate(d *fatNode, next *uint32) {
 	slices.SortFunc(d.children, func(a, b *fatNode) int { return strings.Compare(a.name, b.name) })
 	used := map[[11]byte]bool{}
 	entries := 1 // "." and ".." in subdirectories, the label in the root
@@ -217,12 +215,9 @@ func (v *fatVolume) allocate(d *fatNode, next *uint32) error {
 	}
 	for _, c := range d.children {
 		if c.dir {
-			if err := v.allocate(c, next); err != nil {
-				return err
-			}
+			v.allocate(c, next)
 		}
 	}
-	return nil
 }
 
 // write puts the volume at offset 0 of w. The data area outside allocated
