@@ -62,6 +62,7 @@ func (d *Daemon) handler() http.Handler {
 	})
 	d.jobRoutes(mux)
 	d.upgradeRoute(mux)
+	d.installRoute(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// The catch-all also gets known paths asked with another method;
 		// answer those 405 with the methods that exist.

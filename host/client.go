@@ -378,3 +378,46 @@ func (c *Client) Upgrade(ctx context.Context, bundle io.Reader, opts UpgradeOpti
 	}
 	return res, nil
 }
+
+// Rollback makes the host's other slot its next boot and reboots into
+// it.
+func (c *Client) Rollback(ctx context.Context) (UpgradeResult, error) {
+	var res UpgradeResult
+	err := c.call(ctx, http.MethodPost, "/v1/host/rollback", nil, &res)
+	return res, err
+}
+
+// InstallOptions tune Install.
+type InstallOptions struct {
+	// Force overwrites a disk that is not blank (partitions, or data at
+	// either end). A disk in use is refused all the same.
+	Force bool
+	// Cmdline is the kernel command line of the new disk's boot entries;
+	// empty: the host's default (slots.DefaultOptions).
+	Cmdline string
+}
+
+// Install sends a bundle to the host, which checks it and the disk (a
+// whole disk of the host's, unused and, unless forced, blank) and then
+// writes a new plinth disk onto it: boot loader, slot A holding the
+// bundle's image, and a data partition.
+func (c *Client) Install(ctx context.Context, disk string, bundle io.Reader, opts InstallOptions) (InstallResult, error) {
+	q := url.Values{"disk": {disk}}
+	if opts.Force {
+		q.Set("force", "1")
+	}
+	if opts.Cmdline != "" {
+		q.Set("cmdline", opts.Cmdline)
+	}
+	path := "/v1/host/install?" + q.Encode()
+	resp, err := c.send(ctx, http.MethodPost, path, bundle)
+	if err != nil {
+		return InstallResult{}, err
+	}
+	defer resp.Body.Close()
+	var res InstallResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return InstallResult{}, fmt.Errorf("host API /v1/host/install: decode: %w", err)
+	}
+	return res, nil
+}

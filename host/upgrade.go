@@ -136,7 +136,7 @@ var errUpgradeConflict = errors.New("conflict")
 // install checks a bundle read from r and writes it into the other slot.
 func (u *upgrader) install(r *http.Request) (UpgradeResult, error) {
 	if u.disk == nil {
-		return UpgradeResult{}, fmt.Errorf("%w: this host did not boot from a disk slot; install it with `plinth install --disk`", errUpgradeConflict)
+		return UpgradeResult{}, fmt.Errorf("%w: this host did not boot from a disk slot; install it with `plinth host install --disk`", errUpgradeConflict)
 	}
 	if !u.mu.TryLock() {
 		return UpgradeResult{}, fmt.Errorf("%w: another upgrade of this host is under way", errUpgradeConflict)
@@ -209,22 +209,60 @@ func (d *Daemon) upgradeRoute(mux *http.ServeMux) {
 			return
 		}
 		d.log.Info("upgrade installed", "slot", res.Slot, "version", res.Version, "reboot", res.Rebooting)
-		d.members.setSlotsTag(d.upgrades.info())
-		writeJSON(w, http.StatusOK, res)
-		if res.Rebooting {
-			if f, ok := w.(http.Flusher); ok {
-				f.Flush()
-			}
-			go func() {
-				// Let the answer reach the client first.
-				time.Sleep(500 * time.Millisecond)
-				d.log.Info("rebooting into the new slot", "slot", res.Slot)
-				if err := unix.Kill(1, unix.SIGTERM); err != nil {
-					d.log.Error("ask PID 1 to reboot", "err", err)
-				}
-			}()
-		}
+		d.answerAndReboot(w, res)
 	})
+	mux.HandleFunc("POST /v1/host/rollback", func(w http.ResponseWriter, r *http.Request) {
+		res, err := d.upgrades.rollback(r.URL.Query().Get("reboot") != "0")
+		if err != nil {
+			writeJSON(w, http.StatusConflict, apiError{err.Error()})
+			return
+		}
+		d.log.Info("rollback", "slot", res.Slot, "version", res.Version, "reboot", res.Rebooting)
+		d.answerAndReboot(w, res)
+	})
+}
+
+// answerAndReboot publishes the slots' new state, answers, and reboots
+// when res says so.
+func (d *Daemon) answerAndReboot(w http.ResponseWriter, res UpgradeResult) {
+	d.members.setSlotsTag(d.upgrades.info())
+	writeJSON(w, http.StatusOK, res)
+	if !res.Rebooting {
+		return
+	}
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	go func() {
+		// Let the answer reach the client first.
+		time.Sleep(500 * time.Millisecond)
+		d.log.Info("rebooting into slot "+res.Slot, "version", res.Version)
+		if err := unix.Kill(1, unix.SIGTERM); err != nil {
+			d.log.Error("ask PID 1 to reboot", "err", err)
+		}
+	}()
+}
+
+// rollback makes the other slot the next boot.
+func (u *upgrader) rollback(reboot bool) (UpgradeResult, error) {
+	if u.disk == nil {
+		return UpgradeResult{}, fmt.Errorf("this host did not boot from a disk slot: there is no other slot")
+	}
+	if !u.mu.TryLock() {
+		return UpgradeResult{}, fmt.Errorf("an upgrade of this host is under way")
+	}
+	defer u.mu.Unlock()
+	slot, err := u.disk.Rollback()
+	if err != nil {
+		return UpgradeResult{}, err
+	}
+	res := UpgradeResult{Slot: slot, Rebooting: reboot}
+	for _, s := range u.info().Slots {
+		if s.Name == slot {
+			res.Version = s.Version
+		}
+	}
+	return res, nil
 }
 
 // reportHealthy writes HealthyMarker once the host is healthy: in the

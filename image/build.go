@@ -352,6 +352,11 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 	if err := stageTree(stage, entries); err != nil {
 		return err
 	}
+	// Made in place: staged through an entry it would be read into memory
+	// and written back without its holes.
+	if err := BuildDataTemplate(ctx, filepath.Join(stage, DataTemplatePath[1:])); err != nil {
+		return err
+	}
 	os.Remove(dst)
 	// -all-time/-mkfs-time/-all-root/-no-xattrs make the image independent of
 	// the staging directory's metadata; 4.5's default -reproducible fixes

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +16,9 @@ import (
 // DataLabel is the filesystem label of the data partition: an ext4
 // filesystem that init mounts at /var instead of a tmpfs, so that node
 // identity, job records, logs and images survive reboots. Make one with
-// `mkfs.ext4 -L PLINTH-DATA /dev/...`.
+// `mkfs.ext4 -L PLINTH-DATA /dev/...`. A filesystem smaller than its
+// partition (the template `plinth host install` writes, a disk image
+// written to a larger partition) is grown to fill it once mounted.
 const DataLabel = "PLINTH-DATA"
 
 // diskWait bounds the wait for the disk driver to show the disks the PCI
@@ -72,6 +75,13 @@ func mountData(pcis []string) (string, error) {
 			if err := unix.Mount(dev, "/var", "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, ""); err != nil {
 				return dev, fmt.Errorf("mount %s (%s) at /var: %w", dev, DataLabel, err)
 			}
+			growStart := time.Now()
+			switch from, to, err := growData(dev, "/var"); {
+			case err != nil:
+				say("data filesystem on %s not grown to fill its partition: %v", dev, err)
+			case to > from:
+				say("data filesystem on %s grown from %s to %s in %.2fs", dev, byteSize(from), byteSize(to), time.Since(growStart).Seconds())
+			}
 			return dev, nil
 		}
 		now := time.Now()
@@ -123,4 +133,86 @@ func extLabel(dev string) (string, bool) {
 		return "", false
 	}
 	return string(bytes.TrimRight(sb[120:136], "\x00")), true
+}
+
+// ext4IocResizeFS is EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64): grow the
+// mounted filesystem to the given number of blocks.
+const ext4IocResizeFS = 0x40086610
+
+// growData grows the ext4 filesystem on dev, mounted at mnt, to the size
+// of dev when it is smaller, online: the kernel adds block groups (their
+// inode tables are zeroed later by its ext4lazyinit thread). It returns
+// the filesystem's size in bytes before and after.
+func growData(dev, mnt string) (from, to int64, err error) {
+	blocks, bs, err := extGeometry(dev)
+	if err != nil {
+		return 0, 0, err
+	}
+	from = int64(blocks) * bs
+	size, err := deviceSize(dev)
+	if err != nil {
+		return from, from, err
+	}
+	want := uint64(size / bs)
+	if want <= blocks {
+		return from, from, nil
+	}
+	fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return from, from, err
+	}
+	defer unix.Close(fd)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocResizeFS, uintptr(unsafe.Pointer(&want)))
+	if errno != 0 {
+		return from, from, fmt.Errorf("EXT4_IOC_RESIZE_FS to %d blocks: %w", want, errno)
+	}
+	// The kernel may leave out a last group too small to hold its own
+	// metadata: report what it did.
+	if blocks, _, err = extGeometry(dev); err != nil {
+		return from, int64(want) * bs, nil
+	}
+	return from, int64(blocks) * bs, nil
+}
+
+// extGeometry reads an ext4 superblock's block count and block size.
+func extGeometry(dev string) (blocks uint64, blockSize int64, err error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return 0, 0, fmt.Errorf("read superblock of %s: %w", dev, err)
+	}
+	le := binary.LittleEndian
+	if le.Uint16(sb[0x38:]) != 0xEF53 {
+		return 0, 0, fmt.Errorf("%s holds no ext4 filesystem", dev)
+	}
+	blocks = uint64(le.Uint32(sb[0x04:]))
+	if le.Uint32(sb[0x60:])&0x80 != 0 { // 64bit: the count's high half
+		blocks |= uint64(le.Uint32(sb[0x150:])) << 32
+	}
+	return blocks, 1024 << le.Uint32(sb[0x18:]), nil
+}
+
+func deviceSize(dev string) (int64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	return int64(n), nil
+}
+
+// byteSize prints n bytes in MiB, or GiB from 10 GiB on.
+func byteSize(n int64) string {
+	if n >= 10<<30 {
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
 }

@@ -22,10 +22,10 @@ const (
 const defaultClientValidity = 365 * 24 * time.Hour
 
 func clusterCommand() *cobra.Command {
-	cluster := &cobra.Command{Use: "cluster", Short: "Make a cluster's secrets and operator credentials; bootstrap its platform; back up and restore its state"}
+	cluster := &cobra.Command{Use: "cluster", Short: "Make a cluster's secrets and operator credentials; bootstrap its platform; back up and restore its state; upgrade its hosts"}
 	cluster.AddCommand(clusterInitCommand(), clusterCredentialsCommand(), clusterTokenCommand())
 	cluster.AddCommand(clusterBackupCommands()...)
-	cluster.AddCommand(clusterBootstrapCommand())
+	cluster.AddCommand(clusterBootstrapCommand(), clusterUpgradeCommand())
 	return cluster
 }
 

@@ -212,7 +212,7 @@ func hostCommand() *cobra.Command {
 			return nil
 		})}
 
-	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events, imp, images, hostUpgradeCommand(withClient))
+	cmd.AddCommand(ps, run, logs, stop, rm, kill, inspect, events, imp, images, hostUpgradeCommand(withClient), hostInstallCommand(withClient))
 	return cmd
 }
 

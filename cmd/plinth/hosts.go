@@ -11,6 +11,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
+	"github.com/plinth-os/plinth/services/updater"
 )
 
 func hostsCommand() *cobra.Command {
@@ -83,42 +84,12 @@ func hostFlags(h controller.Host) string {
 	return "schedulable"
 }
 
-// waitDrained follows the placements until no count formation has one
-// on the host, printing each move. It returns which formations are omni.
-func waitDrained(ctx context.Context, c *controller.Client, hostID string) (omni map[string]bool, err error) {
-	var index uint64
-	left := -1
-	for {
-		ps, meta, err := c.Placements(ctx, controller.QueryOptions{Index: index, Wait: 30 * time.Second})
-		if err != nil {
-			return nil, fmt.Errorf("follow the drain: %w", err)
-		}
-		fs, _, err := c.Formations(ctx, controller.QueryOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("follow the drain: %w", err)
-		}
-		omni = map[string]bool{}
-		for _, f := range fs {
-			omni[f.Name] = f.Omni
-		}
-		n := 0
-		for _, p := range ps {
-			if p.Host == hostID && !omni[p.Formation] {
-				n++
-			}
-			if p.Replaces != "" && index > 0 && p.CreateIndex > index {
-				fmt.Printf("  %s: replacement %s started\n", p.Replaces, p.ID)
-			}
-		}
-		if n != left {
-			fmt.Printf("  %d %s left to move\n", n, plural(n, "job", "jobs"))
-			left = n
-		}
-		if n == 0 {
-			return omni, nil
-		}
-		index = meta.Index
-	}
+// waitDrained follows the drain, printing how many jobs are left, and
+// returns which formations are omni.
+func waitDrained(ctx context.Context, c *controller.Client, hostID string) (map[string]bool, error) {
+	return updater.WaitDrained(ctx, c, hostID, func(n int) {
+		fmt.Printf("  %d %s left to move\n", n, plural(n, "job", "jobs"))
+	})
 }
 
 // waitStopped waits until the drained host runs no job of a count

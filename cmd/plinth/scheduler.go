@@ -1,16 +1,22 @@
 package main
 
 import (
+	"context"
 	"log/slog"
+	"net"
+	"strconv"
+	"sync"
 
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/deployer"
 	"github.com/plinth-os/plinth/services/router"
 	"github.com/plinth-os/plinth/services/scheduler"
+	"github.com/plinth-os/plinth/services/updater"
 )
 
 func schedulerCommand() *cobra.Command {
@@ -42,7 +48,23 @@ func schedulerRunCommand() *cobra.Command {
 				if err != nil {
 					return nil, err
 				}
-				cfg.WhileActive = dep.Lead
+				ucfg := updater.DefaultConfig()
+				ucfg.Controller = cc
+				ucfg.Dial = func(addr string) updater.HostAPI { return host.NewClient(addr, creds.TLS()) }
+				ucfg.OpenBundle = updater.RegistryBundles(net.JoinHostPort("127.0.0.1", strconv.Itoa(controller.RegistryPort)), imagestore.TLSTransport(creds.TLS()))
+				ucfg.Logger = log.With("service", "updater")
+				upd, err := updater.New(ucfg)
+				if err != nil {
+					return nil, err
+				}
+				// The deployer and the updater run while this scheduler
+				// is the active one.
+				cfg.WhileActive = func(ctx context.Context) {
+					var wg sync.WaitGroup
+					wg.Go(func() { dep.Lead(ctx) })
+					wg.Go(func() { upd.Lead(ctx) })
+					wg.Wait()
+				}
 				// One transport for every router: a client per drain would
 				// leave a kept-alive connection behind each time.
 				routers := router.Transport(creds.TLS())

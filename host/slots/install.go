@@ -27,7 +27,7 @@ type InstallOptions struct {
 // an older one unless allowed.
 func (d *Disk) Check(m *image.Manifest, trusted []ed25519.PublicKey, opts InstallOptions) error {
 	if d.Booted == "" {
-		return fmt.Errorf("this host did not boot from a disk slot; install it to a disk first (`plinth install --disk`)")
+		return fmt.Errorf("this host did not boot from a disk slot; install it to a disk first (`plinth host install --disk`)")
 	}
 	slots, err := d.Slots(trusted)
 	if err != nil {

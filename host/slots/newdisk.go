@@ -20,7 +20,8 @@ const loaderConf = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
 // NewDiskSpec is the layout of a new plinth disk: the boot loader and
 // slot A holding the bundle's image (committed: a fresh install has
 // nothing to fall back to), slot B empty, and a data partition. The
-// bundle has been verified; system is a file holding its system image.
+// bundle has been verified; system is a file holding its system image,
+// or "" to write the bundle's own copy.
 func NewDiskSpec(b *image.Bundle, m *image.Manifest, bootLoader []byte, options, system string) (disk.Spec, error) {
 	if options == "" {
 		options = DefaultOptions
@@ -35,6 +36,10 @@ func NewDiskSpec(b *image.Bundle, m *image.Manifest, bootLoader []byte, options,
 		Title:      fmt.Sprintf("plinth %s (slot A)", m.Version),
 		Options:    withSlot(options, "a"),
 	}
+	slotA := disk.Slot{Src: system, Header: header}
+	if system == "" {
+		slotA.Data = b.Files[image.SystemName]
+	}
 	return disk.Spec{
 		ESP: []disk.File{
 			{Path: "EFI/BOOT/BOOTX64.EFI", Data: bootLoader},
@@ -43,7 +48,7 @@ func NewDiskSpec(b *image.Bundle, m *image.Manifest, bootLoader []byte, options,
 			{Path: slotFile("a", "vmlinuz"), Data: b.Files[image.VmlinuzName]},
 			{Path: slotFile("a", "initrd.img"), Data: b.Files[image.SlotInitrdName]},
 		},
-		SlotA:      disk.Slot{Src: system, Header: header},
+		SlotA:      slotA,
 		FormatData: true,
 		Seed:       m.Version,
 	}, nil

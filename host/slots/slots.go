@@ -109,7 +109,7 @@ func Open(sys, esp, booted string) (*Disk, error) {
 	for _, s := range Names {
 		dev := FindPartition(sys, PartName(s))
 		if dev == "" {
-			return nil, fmt.Errorf("no partition named %s: not a plinth disk (install one with `plinth install --disk`)", PartName(s))
+			return nil, fmt.Errorf("no partition named %s: not a plinth disk (install one with `plinth host install --disk`)", PartName(s))
 		}
 		d.Parts[s] = dev
 	}
@@ -288,4 +288,39 @@ func syncFS(path string) error {
 func sha256Hex(data []byte) string {
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:])
+}
+
+// Rollback makes the other slot the next boot, as it is: its committed
+// entry becomes the newest. A boot on trial fails instead (the same
+// effect: its tries are used up). It returns the slot that boots next.
+func (d *Disk) Rollback() (string, error) {
+	cur, err := d.bootedEntry()
+	if err != nil {
+		return "", err
+	}
+	if cur.Counting {
+		return Other(d.Booted), d.MarkFailed()
+	}
+	entries, err := readEntries(d.ESP)
+	if err != nil {
+		return "", err
+	}
+	target := Other(d.Booted)
+	es := entries[target]
+	if len(es) == 0 {
+		return "", fmt.Errorf("slot %s has no boot entry: nothing to go back to", target)
+	}
+	e := newest(es)
+	if e.Counting {
+		return "", fmt.Errorf("slot %s was never committed (%s): it is no version to go back to", target, e.File)
+	}
+	var gen uint64
+	for _, es := range entries {
+		for _, x := range es {
+			gen = max(gen, x.Generation)
+		}
+	}
+	e.Generation = gen + 1
+	dir := filepath.Join(d.ESP, EntriesDir)
+	return target, writeFileSynced(filepath.Join(dir, e.fileName()), e.format())
 }

@@ -213,6 +213,36 @@ func TestUpgradeCycle(t *testing.T) {
 	}
 }
 
+// TestRollback: a committed boot goes back to the other committed slot.
+func TestRollback(t *testing.T) {
+	td := newTestDisk(t, "a")
+	td.factory(t)
+	if _, err := td.Rollback(); err == nil {
+		t.Error("rolled back to an empty slot")
+	}
+	b2, m2 := td.bundle(t, "v2", 2)
+	if _, err := td.Install(b2, m2, InstallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	td.bootLoader(t)
+	if err := td.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	next, err := td.Rollback()
+	if err != nil || next != "a" {
+		t.Fatalf("rollback: %q %v", next, err)
+	}
+	if td.bootLoader(t) != "a" {
+		t.Fatal("rollback did not make slot a the boot")
+	}
+	if s := td.slot(t, "a"); s.Entry != EntryCommitted || s.Version != "v1" {
+		t.Errorf("slot a after the rollback: %+v", s)
+	}
+	if s := td.slot(t, "b"); s.Entry != EntryCommitted {
+		t.Errorf("slot b after the rollback: %+v (kept, committed)", s)
+	}
+}
+
 func TestCheckRefuses(t *testing.T) {
 	td := newTestDisk(t, "a")
 	td.factory(t)

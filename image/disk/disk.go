@@ -55,6 +55,8 @@ type File struct {
 type Slot struct {
 	// Src is copied to the start of the partition.
 	Src string
+	// Data is written there instead when Src is empty.
+	Data []byte
 	// Header is written at the start of the partition's last
 	// SlotHeaderSize bytes; the rest of that area is zeroed.
 	Header []byte
@@ -75,6 +77,12 @@ type Spec struct {
 	// FormatData makes an ext4 filesystem on the data partition with
 	// mkfs.ext4, which must be in PATH.
 	FormatData bool
+	// DataTemplate, instead, is an ext4 image (image.DataTemplatePath)
+	// to copy to the start of the data partition, with the UUID and hash
+	// seed made from Seed and the creation time set to Time. It needs no
+	// tools; the filesystem keeps the template's size until it is grown
+	// (PID 1 grows it to the partition when it mounts it).
+	DataTemplate string
 
 	// Seed determines the disk and partition GUIDs, the FAT volume id and
 	// the ext4 UUID. Give installs a unique seed so two plinth disks in
@@ -92,6 +100,18 @@ type Partition struct {
 	Start int64  // bytes from the start of the disk
 	Size  int64  // bytes
 	GUID  string // unique partition GUID (PARTUUID)
+}
+
+// Layout returns where Write would put the partitions on a disk of size
+// bytes with s's ESP and slot sizes, or why such a disk is too small.
+func Layout(size int64, s Spec) ([]Partition, error) {
+	if s.ESPSize == 0 {
+		s.ESPSize = DefaultESPSize
+	}
+	if s.SlotSize == 0 {
+		s.SlotSize = DefaultSlotSize
+	}
+	return layout(size, s.ESPSize, s.SlotSize)
 }
 
 // Write lays out and fills the disk at path: an image file (created, or
@@ -145,6 +165,7 @@ type writePlan struct {
 	gpt    []gptEntry
 	esp    *fatVolume
 	mkfs   string
+	tmpl   *dataTemplate
 }
 
 func plan(size int64, s Spec) (*writePlan, error) {
@@ -182,8 +203,16 @@ func plan(size int64, s Spec) (*writePlan, error) {
 			return nil, err
 		}
 	}
+	if s.FormatData && s.DataTemplate != "" {
+		return nil, fmt.Errorf("FormatData and DataTemplate both set: the data partition is made one way")
+	}
 	if s.FormatData {
 		if w.mkfs, err = lookMkfs(); err != nil {
+			return nil, err
+		}
+	}
+	if s.DataTemplate != "" {
+		if w.tmpl, err = planTemplate(s.DataTemplate, parts[3], s); err != nil {
 			return nil, err
 		}
 	}
@@ -195,6 +224,9 @@ func checkSlot(name string, s Slot, size int64) error {
 		return fmt.Errorf("slot %s: header of %d bytes exceeds %d", name, len(s.Header), SlotHeaderSize)
 	}
 	if s.Src == "" {
+		if room := size - SlotHeaderSize; int64(len(s.Data)) > room {
+			return fmt.Errorf("slot %s: image of %d bytes, the slot holds %d before its header: raise SlotSize", name, len(s.Data), room)
+		}
 		return nil
 	}
 	st, err := os.Stat(s.Src)
@@ -226,6 +258,9 @@ func (w *writePlan) write(t *target) error {
 			return err
 		}
 	}
+	if w.tmpl != nil {
+		return w.tmpl.write(t, w.parts[3])
+	}
 	return nil
 }
 
@@ -248,6 +283,11 @@ func (w *writePlan) wipe(f *os.File) error {
 }
 
 func writeSlot(f *os.File, p Partition, s Slot) error {
+	if s.Src == "" && len(s.Data) > 0 {
+		if _, err := f.WriteAt(s.Data, p.Start); err != nil {
+			return fmt.Errorf("write slot %s: %w", p.Name, err)
+		}
+	}
 	if s.Src != "" {
 		src, err := os.Open(s.Src)
 		if err != nil {

@@ -74,6 +74,8 @@ var kinds = map[string]*kind{
 	"deploys": {name: "deploys", field: "ID", new: func() object { return new(Deploy) }, indexes: map[string]string{"app": "App"}},
 	"builds": {name: "builds", field: "ID", new: func() object { return new(Build) }, indexes: map[string]string{"app": "App"},
 		writable: true, check: checkBuild, admit: admitBuild},
+	"upgrades": {name: "upgrades", field: "ID", new: func() object { return new(Upgrade) }, writable: true,
+		check: checkUpgrade, admit: admitUpgrade},
 	"images": {name: "images", field: "ID", new: func() object { return new(Image) }, writable: true, check: checkImage, indexes: map[string]string{"repo": "Repo"}},
 	"tags":   {name: "tags", field: "ID", new: func() object { return new(Tag) }, writable: true, check: checkTag, indexes: map[string]string{"repo": "Repo"}},
 }
