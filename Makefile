@@ -18,7 +18,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
 .PHONY: all deps binary image disk check-static demo test test-unit test-vm test-vm-all \
-        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build lint clean
+        test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build bench-upgrade lint clean
 
 all: image
 
@@ -77,7 +77,7 @@ test-unit: deps
 VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-* | head -1)
 
 test-vm: image
-	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 20m ./vm-tests/
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 30m ./vm-tests/
 
 # Longer VM suites read PLINTH_VM_ALL: the platform's cold starts run 10
 # cycles instead of 3.
@@ -88,7 +88,7 @@ test-vm-all: image
 test-repro: binary
 	scripts/repro.sh
 
-bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build
+bench: bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build bench-upgrade
 
 # DHCP bind time in network namespaces: netd's client vs busybox udhcpc
 # against dnsmasq on the same segment, interleaved rounds.
@@ -117,6 +117,15 @@ bench-controller: deps
 bench-scheduler:
 	@out=$$($(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./services/scheduler/placement/ 2>&1) || { echo "$$out"; exit 1; }; \
 	echo "$$out" | grep '^bench '
+
+# One disk-booted VM: its upgrade (bundle received to healthy on the new
+# version, committed) against its plain reboot (to healthy again),
+# alternating; then the rolling upgrade of three disk-booted VMs under
+# app traffic: total time, failed requests, controller voters away.
+bench-upgrade: image
+	$(VM_ENV) $(GO) test -count=1 -tags vmtest -run '^$$' -bench BenchmarkUpgrade -benchtime 1x -timeout 45m ./vm-tests/
+	@$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -run '^TestRollingUpgrade$$' -v -timeout 60m ./vm-tests/ > $(OUT)/bench-rolling.log 2>&1; rc=$$?; \
+	grep -E '^(bench |--- )' $(OUT)/bench-rolling.log; [ $$rc = 0 ] || { tail -50 $(OUT)/bench-rolling.log; exit 1; }
 
 # Three VMs with data disks: power-on to plinth status healthy (60 s
 # target), and a VM's SIGKILL to its jobs healthy elsewhere (8 s), with

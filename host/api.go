@@ -30,6 +30,10 @@ type HostInfo struct {
 	CPUs                 int   `json:"cpus"`
 	// Slots are the disk slots and the upgrade state.
 	Slots SlotsInfo `json:"slots"`
+	// BootHealthy: a host booted from a disk slot has been healthy since
+	// it booted (in the cluster, its jobs running), which commits a slot
+	// on trial.
+	BootHealthy bool `json:"boot_healthy,omitempty"`
 }
 
 // apiError is the body of every error response.

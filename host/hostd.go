@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
@@ -70,6 +71,8 @@ type Daemon struct {
 	pulls map[string]*pulling
 	// upgrades writes upgrades into this host's other disk slot.
 	upgrades *upgrader
+	// bootHealthy: the host was healthy after its boot (reportHealthy).
+	bootHealthy atomic.Bool
 
 	mu      sync.Mutex
 	apiAddr net.Addr
@@ -193,7 +196,7 @@ func (d *Daemon) Info() HostInfo {
 		ID: d.id, Hostname: d.hostname, Cluster: d.bundle.Cluster, Version: imageVersion(), Binary: version.Version,
 		Addr: local.Addr, API: local.API, Roles: d.cfg.Roles, Labels: d.cfg.Labels, StartedAt: d.started,
 		MemoryBytes: total, MemoryAvailableBytes: avail, CPUs: runtime.NumCPU(),
-		Slots: d.upgrades.info(),
+		Slots: d.upgrades.info(), BootHealthy: d.bootHealthy.Load(),
 	}
 }
 

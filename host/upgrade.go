@@ -287,6 +287,7 @@ func (d *Daemon) reportHealthy(ctx context.Context) {
 			d.log.Error("write healthy marker", "err", err)
 			continue
 		}
+		d.bootHealthy.Store(true)
 		d.log.Info("host healthy after boot", "marker", HealthyMarker)
 		return
 	}

@@ -35,7 +35,7 @@ type upgradeBuild struct {
 
 // buildForUpgrade builds the image again from out/'s binary, signed with
 // the same key as out/ and named version, with serial and a test fault.
-func buildForUpgrade(t *testing.T, version string, serial uint64, fault string) upgradeBuild {
+func buildForUpgrade(t testing.TB, version string, serial uint64, fault string) upgradeBuild {
 	t.Helper()
 	dir := t.TempDir()
 	args := []string{"image", "build", "--out", dir, "--cache", "../.cache/kernel", "--binary", "../out/plinth",
@@ -53,7 +53,7 @@ func buildForUpgrade(t *testing.T, version string, serial uint64, fault string) 
 	return upgradeBuild{Dir: dir, Version: version, Serial: serial, Bundle: data}
 }
 
-func signingKey(t *testing.T) string {
+func signingKey(t testing.TB) string {
 	t.Helper()
 	k, err := filepath.Abs("../.cache/signing.key")
 	if err != nil {
@@ -66,7 +66,7 @@ func signingKey(t *testing.T) string {
 }
 
 // outManifest is out/'s manifest: the build on the disk.
-func outManifest(t *testing.T) image.Manifest {
+func outManifest(t testing.TB) image.Manifest {
 	t.Helper()
 	data, err := os.ReadFile("../out/" + image.ManifestName)
 	if err != nil {
@@ -81,7 +81,7 @@ func outManifest(t *testing.T) image.Manifest {
 
 // diskVM boots out/'s build from a new disk under UEFI, with the given
 // [boot] settings, as a one-node cluster.
-func diskVM(t *testing.T, boot string) (*VM, func(context.Context) *host.Client) {
+func diskVM(t testing.TB, boot string) (*VM, func(context.Context) *host.Client) {
 	t.Helper()
 	testKernel(t)
 	if _, err := os.Stat(OVMFCode); err != nil {

@@ -1,26 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-os/plinth/host/imagestore"
-	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/updater"
 )
@@ -80,12 +72,7 @@ func startUpgrade(ctx context.Context, f *clusterFlags, c *controller.Client, pa
 	if err != nil {
 		return controller.Upgrade{}, fmt.Errorf("bundle: %w", err)
 	}
-	// The hosts check the signature; here the manifest only names the
-	// version, and a file that is no bundle is refused early.
-	var m image.Manifest
-	_, err = image.ReadBundle(bytes.NewReader(data), int64(len(data)), func(man, _ []byte) error {
-		return json.Unmarshal(man, &m)
-	})
+	img, m, err := updater.BundleImage(data)
 	if err != nil {
 		return controller.Upgrade{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -93,11 +80,7 @@ func startUpgrade(ctx context.Context, f *clusterFlags, c *controller.Client, pa
 	if err != nil {
 		return controller.Upgrade{}, err
 	}
-	ref, err := name.ParseReference(f.registryAddr() + "/" + updater.BundleRepo + ":" + tagFor(m.Version))
-	if err != nil {
-		return controller.Upgrade{}, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(data, types.MediaType(updater.BundleMediaType)))
+	ref, err := name.ParseReference(f.registryAddr() + "/" + updater.BundleRepo + ":" + updater.BundleTag(m.Version))
 	if err != nil {
 		return controller.Upgrade{}, err
 	}
@@ -110,27 +93,7 @@ func startUpgrade(ctx context.Context, f *clusterFlags, c *controller.Client, pa
 		return controller.Upgrade{}, err
 	}
 	zero := uint64(0)
-	return c.PutUpgrade(ctx, controller.Upgrade{
-		ID:             tagFor(m.Version) + "-" + time.Now().UTC().Format("20060102T150405"),
-		Version:        m.Version,
-		Serial:         m.Serial,
-		Bundle:         updater.BundleRepo + "@" + digest.String(),
-		AllowDowngrade: allowDowngrade,
-		State:          controller.UpgradeRunning,
-	}, &zero)
-}
-
-// tagFor makes a version a registry tag.
-func tagFor(v string) string {
-	out := []rune{}
-	for _, r := range v {
-		if r == '.' || r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
-			out = append(out, r)
-		} else {
-			out = append(out, '-')
-		}
-	}
-	return strings.TrimLeft(string(out), ".-")
+	return c.PutUpgrade(ctx, updater.NewUpgrade(m, digest.String(), allowDowngrade, time.Now()), &zero)
 }
 
 // followUpgrade prints an upgrade's log as it grows until it ends; id

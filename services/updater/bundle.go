@@ -1,13 +1,25 @@
 package updater
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/plinth-os/plinth/image"
+	"github.com/plinth-os/plinth/services/controller"
 )
 
 // BundleMediaType marks an upgrade bundle stored in the cluster's
@@ -37,5 +49,46 @@ func RegistryBundles(addr string, tr http.RoundTripper) func(ctx context.Context
 			return nil, fmt.Errorf("%s has %d layers; an upgrade bundle image has one", ref, len(layers))
 		}
 		return layers[0].Compressed()
+	}
+}
+
+// BundleImage makes an upgrade bundle a registry image (its one layer
+// is the bundle) and reads the version it carries. The hosts check the
+// signature; a file that is no bundle is refused here already.
+func BundleImage(data []byte) (v1.Image, image.Manifest, error) {
+	var m image.Manifest
+	_, err := image.ReadBundle(bytes.NewReader(data), int64(len(data)), func(man, _ []byte) error {
+		return json.Unmarshal(man, &m)
+	})
+	if err != nil {
+		return nil, m, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(data, types.MediaType(BundleMediaType)))
+	return img, m, err
+}
+
+// BundleTag is the registry tag of a bundle of version v.
+func BundleTag(v string) string {
+	out := []rune{}
+	for _, r := range v {
+		if r == '.' || r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+			out = append(out, r)
+		} else {
+			out = append(out, '-')
+		}
+	}
+	return strings.TrimLeft(string(out), ".-")
+}
+
+// NewUpgrade is the record that starts an upgrade to m, whose bundle
+// image (pushed to BundleRepo) has digest.
+func NewUpgrade(m image.Manifest, digest string, allowDowngrade bool, now time.Time) controller.Upgrade {
+	return controller.Upgrade{
+		ID:             BundleTag(m.Version) + "-" + now.UTC().Format("20060102T150405"),
+		Version:        m.Version,
+		Serial:         m.Serial,
+		Bundle:         BundleRepo + "@" + digest,
+		AllowDowngrade: allowDowngrade,
+		State:          controller.UpgradeRunning,
 	}
 }
