@@ -387,6 +387,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.startJobs(runCtx)
 	go d.announceJobs(runCtx)
 	go d.reportHealthy(runCtx)
+	go d.followSlots(runCtx)
 	go func() {
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("host API stopped", "err", err)

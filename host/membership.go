@@ -22,6 +22,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/fanout"
 	"github.com/plinth-os/plinth/host/labels"
+	"github.com/plinth-os/plinth/host/slots"
 )
 
 // Member is one host as the gossip pool sees it.
@@ -214,15 +215,7 @@ func (m *membership) tags(adv netip.Addr) map[string]string {
 		tags[tagLabels] = labels.Encode(m.cfg.Labels)
 	}
 	if len(m.slots.Slots) > 0 {
-		var ss []string
-		for _, s := range m.slots.Slots {
-			star := ""
-			if s.Booted {
-				star = "*"
-			}
-			ss = append(ss, fmt.Sprintf("%s%s:%s:%s", star, s.Name, cmp.Or(s.Version, "-"), s.Entry))
-		}
-		tags[tagSlots] = strings.Join(ss, " ")
+		tags[tagSlots] = slots.Line(m.slots.Slots)
 		tags[tagUpgrade], _, _ = strings.Cut(m.slots.Upgrade, ":")
 	}
 	return tags

@@ -293,6 +293,29 @@ func (d *Daemon) reportHealthy(ctx context.Context) {
 	}
 }
 
+// followSlots publishes the slots' state in the member tags whenever it
+// changes: PID 1 commits or fails a boot on trial by itself.
+func (d *Daemon) followSlots(ctx context.Context) {
+	if d.upgrades.disk == nil {
+		return
+	}
+	say := func(i SlotsInfo) string { return slots.Line(i.Slots) + "|" + i.Upgrade }
+	last := say(d.upgrades.info())
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if info := d.upgrades.info(); say(info) != last {
+			last = say(info)
+			d.members.setSlotsTag(info)
+		}
+	}
+}
+
 // unhealthy says why the host is not healthy yet, or "".
 func (d *Daemon) unhealthy() string {
 	// A host with others to join (seeds, members known before the

@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/init/kmod"
@@ -75,9 +74,12 @@ func pid1() {
 		say("test fault %s in this image: init stops here, the watchdog armed", image.FaultInitHang)
 		select {}
 	}
-	var disk *slots.Disk
 	if slot != "" {
-		disk = openSlots(slot)
+		// The trial's clock runs from here: services that never become
+		// ready must not delay the fall back.
+		if disk := openSlots(slot); disk != nil {
+			go guard(func() { commitOrFallBack(disk, m.Boot.CommitTimeout.Duration, power) })
+		}
 	}
 
 	hostname := m.Hostname
@@ -110,9 +112,6 @@ func pid1() {
 	}
 	busy(func() { <-buttonArmed })
 	say("ready in %.2fs", uptime().Seconds())
-	if disk != nil {
-		go guard(func() { commitOrFallBack(disk, m.Boot.CommitTimeout.Duration, power) })
-	}
 
 	if cl[paramDebug] == "panic" {
 		panic("fault injected by " + paramDebug + "=panic")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/plinth-os/plinth/bootstrap"
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/host/labels"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
@@ -46,6 +47,9 @@ type hostSummary struct {
 	// MemoryAvailableBytes is what the host said; 0 when it did not answer.
 	MemoryAvailableBytes int64  `json:"memory_available_bytes"`
 	Error                string `json:"error,omitempty"`
+	// Slots are a disk-installed host's slots and upgrade state, as the
+	// host said.
+	Slots *host.SlotsInfo `json:"slots,omitempty"`
 }
 
 type formationSummary struct {
@@ -190,6 +194,9 @@ func gatherStatus(ctx context.Context, c *controller.Client, tlsConfig *tls.Conf
 				return
 			}
 			st.Hosts[i].MemoryAvailableBytes = info.MemoryAvailableBytes
+			if len(info.Slots.Slots) > 0 {
+				st.Hosts[i].Slots = &info.Slots
+			}
 		})
 	}
 	wg.Wait()
@@ -271,14 +278,19 @@ func printPlatformStatus(st platformStatus) {
 	}
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "HOST\tNAME\tADDRESS\tSTATUS\tSCHEDULING\tJOBS\tMEM AVAIL\tLABELS")
+	fmt.Fprintln(w, "HOST\tNAME\tADDRESS\tSTATUS\tSCHEDULING\tJOBS\tMEM AVAIL\tVERSION\tSLOTS\tUPGRADE\tLABELS")
 	for _, h := range st.Hosts {
 		mem := "-"
 		if h.MemoryAvailableBytes > 0 {
 			mem = fmt.Sprintf("%.1f GiB", float64(h.MemoryAvailableBytes)/(1<<30))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", h.ID, h.Hostname, h.API, h.Status, hostFlags(h.Host), h.Jobs, mem,
-			cmp.Or(labels.Encode(h.Labels), "-"))
+		slotList, upgrade := "-", "-"
+		if h.Slots != nil {
+			slotList = slots.Line(h.Slots.Slots)
+			upgrade, _, _ = strings.Cut(h.Slots.Upgrade, ":")
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", h.ID, h.Hostname, h.API, h.Status, hostFlags(h.Host), h.Jobs, mem,
+			h.Version, slotList, upgrade, cmp.Or(labels.Encode(h.Labels), "-"))
 	}
 	w.Flush()
 	fmt.Println()

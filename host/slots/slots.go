@@ -324,3 +324,21 @@ func (d *Disk) Rollback() (string, error) {
 	dir := filepath.Join(d.ESP, EntriesDir)
 	return target, writeFileSynced(filepath.Join(dir, e.fileName()), e.format())
 }
+
+// Line sums up slots as `*a:v1:committed b:v2:trial`, the booted one
+// starred: for member tags and status tables.
+func Line(ss []Slot) string {
+	var out []string
+	for _, s := range ss {
+		star := ""
+		if s.Booted {
+			star = "*"
+		}
+		v := s.Version
+		if v == "" {
+			v = "-"
+		}
+		out = append(out, fmt.Sprintf("%s%s:%s:%s", star, s.Name, v, s.Entry))
+	}
+	return strings.Join(out, " ")
+}
