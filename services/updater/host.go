@@ -14,12 +14,13 @@ import (
 // host takes host i through its steps, from the one recorded.
 func (r *run) host(ctx context.Context, i int) error {
 	c := r.u.cfg.Controller
-	h := &r.up.Hosts[i]
-	api, err := r.hostAPI(ctx, h.ID)
+	api, err := r.hostAPI(ctx, r.up.Hosts[i].ID)
 	if err != nil {
 		return err
 	}
 	for {
+		// Again at each step: a save replaces r.up, hosts included.
+		h := &r.up.Hosts[i]
 		switch h.State {
 		case controller.HostUpgradePending:
 			info, err := api.Host(ctx)

@@ -2,6 +2,7 @@ package updater
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -82,8 +83,15 @@ func (c *fakeCluster) PutUpgrade(_ context.Context, u controller.Upgrade, cas *u
 		return controller.Upgrade{}, &controller.APIError{StatusCode: http.StatusConflict, Message: "index conflict"}
 	}
 	u.ModifyIndex = c.up.ModifyIndex + 1
-	c.up = u
-	return u, nil
+	// As the controller does: what is stored and answered is a copy.
+	data, _ := json.Marshal(u)
+	c.up = controller.Upgrade{}
+	json.Unmarshal(data, &c.up)
+	c.up.ModifyIndex = u.ModifyIndex
+	var out controller.Upgrade
+	json.Unmarshal(data, &out)
+	out.ModifyIndex = u.ModifyIndex
+	return out, nil
 }
 
 func (c *fakeCluster) Hosts(context.Context, controller.QueryOptions) ([]controller.Host, controller.QueryMeta, error) {
