@@ -180,8 +180,7 @@ func TestRollingUpgrade(t *testing.T) {
 		t.Fatalf("push the bundle: %v", err)
 	}
 	digest, _ := img.Digest()
-	zero := uint64(0)
-	up, err := c.PutUpgrade(ctx, updater.NewUpgrade(m, digest.String(), false, time.Now()), &zero)
+	up, err := updater.Start(ctx, c, updater.NewUpgrade(m, digest.String(), false, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}

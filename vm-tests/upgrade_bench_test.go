@@ -6,12 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
-	"github.com/plinth-os/plinth/host/job"
 )
 
 // BenchmarkUpgrade: one disk-booted host, its upgrade (from the bundle
@@ -30,18 +28,7 @@ func BenchmarkUpgrade(b *testing.B) {
 		builds = append(builds, buildForUpgrade(b, fmt.Sprintf("v%d", i+2), base.Serial+uint64(i)+1, ""))
 	}
 	c := client(ctx)
-	f, err := os.Open(appArchive(b, b.TempDir()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	imgs, err := c.ImportImage(ctx, f)
-	f.Close()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := c.CreateJob(ctx, job.Spec{ID: "keeper", Image: imgs[0].ID, Resurrect: true}); err != nil {
-		b.Fatal(err)
-	}
+	startKeeper(ctx, b, c)
 	healthy := func(prev time.Time, version string) (host.HostInfo, error) {
 		return waitBoot(ctx, c, prev, func(i host.HostInfo) bool {
 			return i.BootHealthy && (version == "" || i.Version == version && i.Slots.Upgrade == "committed")

@@ -119,6 +119,24 @@ func diskVM(t testing.TB, boot string) (*VM, func(context.Context) *host.Client)
 	return vm, client
 }
 
+// startKeeper imports the echoback image into the host and runs it as
+// job "keeper", brought back at every boot.
+func startKeeper(ctx context.Context, t testing.TB, c *host.Client) {
+	t.Helper()
+	f, err := os.Open(appArchive(t, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := c.ImportImage(ctx, f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "keeper", Image: imgs[0].ID, Resurrect: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitBoot polls the host until a hostd started after since answers
 // and done says its state is final.
 func waitBoot(ctx context.Context, c *host.Client, since time.Time, done func(host.HostInfo) bool) (host.HostInfo, error) {
@@ -183,18 +201,7 @@ func TestDiskUpgrade(t *testing.T) {
 	t.Logf("booted %s from slot a under UEFI", first.Version)
 	// /var holds the node ID, an imported image and a job's record: all
 	// must survive the upgrades.
-	f, err := os.Open(appArchive(t, t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	imgs, err := c.ImportImage(ctx, f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.CreateJob(ctx, job.Spec{ID: "keeper", Image: imgs[0].ID, Resurrect: true}); err != nil {
-		t.Fatal(err)
-	}
+	startKeeper(ctx, t, c)
 	if _, err := waitRunning(ctx, c, "keeper", ""); err != nil {
 		t.Fatal(err)
 	}

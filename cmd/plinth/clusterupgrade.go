@@ -92,8 +92,7 @@ func startUpgrade(ctx context.Context, f *clusterFlags, c *controller.Client, pa
 	if err != nil {
 		return controller.Upgrade{}, err
 	}
-	zero := uint64(0)
-	return c.PutUpgrade(ctx, updater.NewUpgrade(m, digest.String(), allowDowngrade, time.Now()), &zero)
+	return updater.Start(ctx, c, updater.NewUpgrade(m, digest.String(), allowDowngrade, time.Now()))
 }
 
 // followUpgrade prints an upgrade's log as it grows until it ends; id

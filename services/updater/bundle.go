@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -90,5 +91,38 @@ func NewUpgrade(m image.Manifest, digest string, allowDowngrade bool, now time.T
 		Bundle:         BundleRepo + "@" + digest,
 		AllowDowngrade: allowDowngrade,
 		State:          controller.UpgradeRunning,
+	}
+}
+
+// Writer writes an upgrade record.
+type Writer interface {
+	PutUpgrade(ctx context.Context, u controller.Upgrade, cas *uint64) (controller.Upgrade, error)
+	Upgrade(ctx context.Context, id string, q controller.QueryOptions) (controller.Upgrade, controller.QueryMeta, error)
+}
+
+// Start records a new upgrade, trying again while the controller is
+// between leaders (a write may then have happened or not: a conflict on
+// a later try is this same upgrade when the record names its bundle).
+func Start(ctx context.Context, c Writer, up controller.Upgrade) (controller.Upgrade, error) {
+	zero := uint64(0)
+	for try := 0; ; try++ {
+		out, err := c.PutUpgrade(ctx, up, &zero)
+		if err == nil {
+			return out, nil
+		}
+		if try > 0 && controller.IsConflict(err) {
+			if cur, _, gerr := c.Upgrade(ctx, up.ID, controller.QueryOptions{Consistent: true}); gerr == nil && cur.Bundle == up.Bundle {
+				return cur, nil
+			}
+		}
+		var apiErr *controller.APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || try >= 30 {
+			return controller.Upgrade{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return controller.Upgrade{}, ctx.Err()
+		case <-time.After(time.Second):
+		}
 	}
 }

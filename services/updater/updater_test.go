@@ -374,3 +374,48 @@ func TestCancel(t *testing.T) {
 		}
 	}
 }
+
+// flakyWriter answers 503 to the first writes; lost says the first of
+// them was applied all the same (the leader committed it, then went).
+type flakyWriter struct {
+	fails  int
+	lost   bool
+	stored *controller.Upgrade
+}
+
+func (w *flakyWriter) PutUpgrade(_ context.Context, u controller.Upgrade, _ *uint64) (controller.Upgrade, error) {
+	if w.stored != nil {
+		return controller.Upgrade{}, &controller.APIError{StatusCode: http.StatusConflict, Message: "index conflict"}
+	}
+	if w.fails > 0 {
+		w.fails--
+		if w.lost {
+			w.stored = &u
+		}
+		return controller.Upgrade{}, &controller.APIError{StatusCode: http.StatusServiceUnavailable, Message: "no leader"}
+	}
+	w.stored = &u
+	return u, nil
+}
+
+func (w *flakyWriter) Upgrade(context.Context, string, controller.QueryOptions) (controller.Upgrade, controller.QueryMeta, error) {
+	if w.stored == nil {
+		return controller.Upgrade{}, controller.QueryMeta{}, &controller.APIError{StatusCode: http.StatusNotFound}
+	}
+	return *w.stored, controller.QueryMeta{}, nil
+}
+
+func TestStartThroughALeaderChange(t *testing.T) {
+	up := controller.Upgrade{ID: "v2-1", Version: "v2", Bundle: "plinth-upgrades@sha256:aa", State: controller.UpgradeRunning}
+	for _, lost := range []bool{false, true} {
+		w := &flakyWriter{fails: 2, lost: lost}
+		got, err := Start(t.Context(), w, up)
+		if err != nil || got.ID != up.ID {
+			t.Errorf("lost=%v: %+v %v", lost, got, err)
+		}
+	}
+	other := &flakyWriter{stored: &controller.Upgrade{ID: "v2-1", Bundle: "plinth-upgrades@sha256:bb"}}
+	if _, err := Start(t.Context(), other, up); !controller.IsConflict(err) {
+		t.Errorf("an upgrade of another bundle under the same name: %v", err)
+	}
+}
