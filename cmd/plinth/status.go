@@ -17,8 +17,8 @@ import (
 
 	"github.com/plinth-os/plinth/bootstrap"
 	"github.com/plinth-os/plinth/host"
-	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/host/labels"
+	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
 )
