@@ -25,7 +25,6 @@ type fakeCluster struct {
 	// leader is the raft leader; every host is a voter.
 	leader string
 	hosts  map[string]*fakeHost
-	order  []string
 }
 
 type fakeHost struct {
