@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/host/mountinfo"
 	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/image/disk"
@@ -310,7 +311,7 @@ func (p diskProbe) uses(name, dir string) []string {
 			continue // not a block device: tmpfs, proc, overlay...
 		}
 		if slices.Contains(p.disksUnder(dev, 0), name) {
-			if use := "mounted at " + unescapeMount(f[4]); !slices.Contains(uses, use) {
+			if use := "mounted at " + mountinfo.Unescape(f[4]); !slices.Contains(uses, use) {
 				uses = append(uses, use)
 			}
 		}
@@ -427,25 +428,6 @@ func readSys(dir, name string) string {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // installRoute serves POST /v1/host/install: the body is the bundle;

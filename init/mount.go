@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/host/mountinfo"
 )
 
 // mount mounts and creates the mount point if needed.
@@ -56,27 +58,7 @@ func readMounts() ([]mountInfo, error) {
 		if len(a) < 6 || len(b) < 2 {
 			continue
 		}
-		ms = append(ms, mountInfo{Target: unescapeMount(a[4]), Options: a[5], FSType: b[0], Source: b[1]})
+		ms = append(ms, mountInfo{Target: mountinfo.Unescape(a[4]), Options: a[5], FSType: b[0], Source: b[1]})
 	}
 	return ms, sc.Err()
-}
-
-// unescapeMount undoes the octal escapes (\040 for space) of mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
