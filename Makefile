@@ -80,9 +80,10 @@ test-vm: image
 	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 30m ./vm-tests/
 
 # Longer VM suites read PLINTH_VM_ALL: the platform's cold starts run 10
-# cycles instead of 3.
+# cycles instead of 3, a git push is built on the VM cluster, and three
+# disk-booted VMs are upgraded one at a time under app traffic.
 test-vm-all: image
-	$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 60m ./vm-tests/
+	$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 90m ./vm-tests/
 
 # Two builds from the same tree must give identical bytes, binary included.
 test-repro: binary
