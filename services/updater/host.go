@@ -127,8 +127,11 @@ func installed(info host.HostInfo, version string) bool {
 	return false
 }
 
-// send streams the bundle from the registry to the host.
+// send streams the bundle from the registry to the host, within
+// SendTimeout: a stream that stalls is cut and sent again.
 func (r *run) send(ctx context.Context, api HostAPI) (host.UpgradeResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.u.cfg.SendTimeout)
+	defer cancel()
 	b, err := r.u.cfg.OpenBundle(ctx, r.up.Bundle)
 	if err != nil {
 		return host.UpgradeResult{}, fmt.Errorf("bundle %s: %w", r.up.Bundle, err)

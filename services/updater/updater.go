@@ -66,6 +66,9 @@ type Config struct {
 	DrainTimeout   time.Duration
 	BackTimeout    time.Duration
 	HealthyTimeout time.Duration
+	// SendTimeout bounds one sending of the bundle to a host; a send cut
+	// off is tried again (the host writes nothing from a cut bundle).
+	SendTimeout time.Duration
 	// Poll is how often a host's state is read while waiting.
 	Poll   time.Duration
 	Logger *slog.Logger
@@ -77,6 +80,7 @@ func DefaultConfig() Config {
 		DrainTimeout:   15 * time.Minute,
 		BackTimeout:    45 * time.Minute,
 		HealthyTimeout: 10 * time.Minute,
+		SendTimeout:    20 * time.Minute,
 		Poll:           2 * time.Second,
 	}
 }
@@ -96,6 +100,7 @@ func New(cfg Config) (*Updater, error) {
 	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, def.DrainTimeout)
 	cfg.BackTimeout = cmp.Or(cfg.BackTimeout, def.BackTimeout)
 	cfg.HealthyTimeout = cmp.Or(cfg.HealthyTimeout, def.HealthyTimeout)
+	cfg.SendTimeout = cmp.Or(cfg.SendTimeout, def.SendTimeout)
 	cfg.Poll = cmp.Or(cfg.Poll, def.Poll)
 	return &Updater{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
 }

@@ -24,6 +24,8 @@ type fakeCluster struct {
 	up controller.Upgrade
 	// leader is the raft leader; every host is a voter.
 	leader string
+	// stalls is how many bundle sends hang until cut off.
+	stalls int
 	hosts  map[string]*fakeHost
 }
 
@@ -187,8 +189,15 @@ func (c *fakeCluster) comeBack(h *fakeHost) {
 	}
 }
 
-func (a hostAPI) Upgrade(_ context.Context, b io.Reader, opts host.UpgradeOptions) (host.UpgradeResult, error) {
+func (a hostAPI) Upgrade(ctx context.Context, b io.Reader, opts host.UpgradeOptions) (host.UpgradeResult, error) {
 	a.c.mu.Lock()
+	if a.c.stalls > 0 {
+		// The stream never ends; the caller's deadline cuts it.
+		a.c.stalls--
+		a.c.mu.Unlock()
+		<-ctx.Done()
+		return host.UpgradeResult{}, ctx.Err()
+	}
 	defer a.c.mu.Unlock()
 	data, _ := io.ReadAll(b)
 	h := a.c.hosts[a.id]
@@ -416,5 +425,35 @@ func TestStartThroughALeaderChange(t *testing.T) {
 	other := &flakyWriter{stored: &controller.Upgrade{ID: "v2-1", Bundle: "plinth-upgrades@sha256:bb"}}
 	if _, err := Start(t.Context(), other, up); !controller.IsConflict(err) {
 		t.Errorf("an upgrade of another bundle under the same name: %v", err)
+	}
+}
+
+// TestStalledSend: a send that hangs is cut off at SendTimeout and the
+// next run sends again.
+func TestStalledSend(t *testing.T) {
+	c := newFakeCluster(t, "h2", nil)
+	c.stalls = 1
+	u, err := New(Config{
+		Controller: c,
+		Dial:       func(addr string) HostAPI { return hostAPI{c: c, id: addr} },
+		OpenBundle: func(context.Context, string) (io.ReadCloser, error) {
+			return io.NopCloser(strings.NewReader("bundle v2")), nil
+		},
+		Poll:        time.Millisecond,
+		SendTimeout: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = u.run(t.Context(), c.start())
+	if err == nil || !strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("first run: %v, want the send cut off", err)
+	}
+	up, _, _ := c.Upgrade(t.Context(), "", controller.QueryOptions{})
+	if err := u.run(t.Context(), up); err != nil {
+		t.Fatal(err)
+	}
+	if c.up.State != controller.UpgradeDone || c.hosts["h1"].upgrades != 1 {
+		t.Errorf("%s; h1 upgraded %d times", c.up.State, c.hosts["h1"].upgrades)
 	}
 }
