@@ -176,7 +176,7 @@ func slotOf(info host.HostInfo, name string) slots.Slot {
 // its tries are used up, and the host is back on v2.
 func TestDiskUpgrade(t *testing.T) {
 	base := outManifest(t)
-	vm, client := diskVM(t, "watchdog = \"10s\"\ncommit_timeout = \"30s\"\n")
+	vm, client := diskVM(t, "watchdog = \"10s\"\ncommit_timeout = \"60s\"\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 
@@ -294,7 +294,7 @@ func TestDiskUpgrade(t *testing.T) {
 	if info.Version != "v2" || info.Slots.Booted != "b" || slotOf(info, "a").Version != "v3" {
 		t.Fatalf("after the failed v3: version %s, slots %+v", info.Version, info.Slots)
 	}
-	if !strings.Contains(vm.Console(), "slot a did not become healthy within 30s: marked failed") {
+	if !strings.Contains(vm.Console(), "slot a did not become healthy within 1m0s: marked failed") {
 		t.Errorf("no failed trial on the console:\n%s", vm.ConsoleTail(60))
 	}
 	t.Logf("v3 failed its trial; back on v2: %s", info.Slots.Upgrade)
