@@ -21,6 +21,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/plinth-os/plinth/image"
 )
 
 // GPT partition names; the FAT and ext4 labels match them.
@@ -40,7 +42,7 @@ const (
 	// MinDataSize is the smallest data partition Write accepts.
 	MinDataSize = 64 << 20
 	// SlotHeaderSize is the tail of each slot reserved for its header.
-	SlotHeaderSize = 64 << 10
+	SlotHeaderSize = image.SlotHeaderSize
 )
 
 // File is one file to put in the ESP.

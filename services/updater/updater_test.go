@@ -225,8 +225,9 @@ func (a hostAPI) Rollback(context.Context) (host.UpgradeResult, error) {
 	return host.UpgradeResult{Slot: "a", Version: "v1", Rebooting: true}, nil
 }
 
-func (c *fakeCluster) updater(t *testing.T) *Updater {
-	u, err := New(Config{
+// updater is an Updater of the fake cluster; tune changes its config.
+func (c *fakeCluster) updater(t *testing.T, tune ...func(*Config)) *Updater {
+	cfg := Config{
 		Controller: c,
 		Dial:       func(addr string) HostAPI { return hostAPI{c: c, id: addr} },
 		OpenBundle: func(context.Context, string) (io.ReadCloser, error) {
@@ -234,7 +235,11 @@ func (c *fakeCluster) updater(t *testing.T) *Updater {
 		},
 		Poll:           time.Millisecond,
 		HealthyTimeout: 50 * time.Millisecond,
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	u, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
