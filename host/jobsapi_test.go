@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -316,10 +317,18 @@ func TestJobExec(t *testing.T) {
 	if err != nil || res.ExitCode != 3 || res.Output != "hi 1000 /tmp\noops\n" || res.TimedOut {
 		t.Errorf("exec: %+v, %v; want exit 3 with the job's env, user and directory", res, err)
 	}
-	// Only the first 4 KiB of 22000 bytes come back.
-	res, err = c.ExecJob(ctx, "target", []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done"}, 30*time.Second)
-	if err != nil || res.ExitCode != 0 || len(res.Output) != job.MaxExecOutput || !strings.HasPrefix(res.Output, "0123456789\n0123") {
-		t.Errorf("long output: exit %d, %d bytes, %v; want exit 0 and %d bytes", res.ExitCode, len(res.Output), err, job.MaxExecOutput)
+	// Output up to the limit comes back whole; of more, only its start,
+	// said to be truncated.
+	for _, lines := range []int{job.MaxExecOutput / 11, job.MaxExecOutput/11 + 100} {
+		res, err = c.ExecJob(ctx, "target", []string{"sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo 0123456789; i=$((i+1)); done", lines)}, 30*time.Second)
+		want, truncated := lines*11, lines*11 > job.MaxExecOutput
+		if truncated {
+			want = job.MaxExecOutput
+		}
+		if err != nil || res.ExitCode != 0 || len(res.Output) != want || res.Truncated != truncated || !strings.HasPrefix(res.Output, "0123456789\n0123") {
+			t.Errorf("%d bytes of output: exit %d, %d bytes, truncated %v, %v; want exit 0, %d bytes, truncated %v",
+				lines*11, res.ExitCode, len(res.Output), res.Truncated, err, want, truncated)
+		}
 	}
 	start := time.Now()
 	res, err = c.ExecJob(ctx, "target", []string{"sleep", "30"}, 300*time.Millisecond)

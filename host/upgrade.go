@@ -274,13 +274,20 @@ func (d *Daemon) reportHealthy(ctx context.Context) {
 	}
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	lastWhy := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		// Each new reason is logged once: a boot on trial that does not
+		// commit says why in hostd's log.
 		if why := d.unhealthy(); why != "" {
+			if why != lastWhy {
+				d.log.Info("not healthy after boot yet", "why", why)
+				lastWhy = why
+			}
 			continue
 		}
 		if err := os.WriteFile(HealthyMarker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644); err != nil {

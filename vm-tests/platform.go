@@ -131,6 +131,9 @@ func Status(ctx context.Context, c *host.Client) (PlatformStatus, error) {
 	if err != nil {
 		return st, err
 	}
+	if r.Truncated {
+		return st, fmt.Errorf("plinth status (exit %d): its JSON is longer than the %d bytes exec returns", r.ExitCode, len(r.Output))
+	}
 	if err := json.Unmarshal([]byte(r.Output), &st); err != nil {
 		return st, fmt.Errorf("plinth status (exit %d): %v: %s", r.ExitCode, err, r.Output)
 	}

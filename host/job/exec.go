@@ -19,11 +19,15 @@ type ExecResult struct {
 	Output string `json:"output"`
 	// TimedOut says the timeout ran out and the command was killed.
 	TimedOut bool `json:"timed_out,omitempty"`
+	// Truncated says the command wrote more than MaxExecOutput bytes:
+	// Output holds only their start.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // MaxExecOutput bounds ExecResult.Output; the rest is read and dropped,
-// so a talkative command does not block on a full pipe.
-const MaxExecOutput = 4 << 10
+// so a talkative command does not block on a full pipe. Enough for a
+// JSON status of a few dozen hosts (plinth status --json).
+const MaxExecOutput = 64 << 10
 
 // DefaultExecTimeout is Exec's timeout when given none.
 const DefaultExecTimeout = 10 * time.Second
@@ -67,15 +71,18 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, timeout tim
 		return ExecResult{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	timedOut := tctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
-	return ExecResult{ExitCode: exit.Code, Output: string(out.b), TimedOut: timedOut}, ctx.Err()
+	return ExecResult{ExitCode: exit.Code, Output: string(out.b), TimedOut: timedOut, Truncated: out.dropped}, ctx.Err()
 }
 
 // prefix keeps the first MaxExecOutput bytes written to it.
-type prefix struct{ b []byte }
+type prefix struct {
+	b       []byte
+	dropped bool // more than that was written
+}
 
 func (p *prefix) Write(b []byte) (int, error) {
-	if n := MaxExecOutput - len(p.b); n > 0 {
-		p.b = append(p.b, b[:min(n, len(b))]...)
-	}
+	n := min(MaxExecOutput-len(p.b), len(b))
+	p.b = append(p.b, b[:n]...)
+	p.dropped = p.dropped || n < len(b)
 	return len(b), nil
 }
