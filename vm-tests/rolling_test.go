@@ -244,8 +244,12 @@ func TestRollingUpgrade(t *testing.T) {
 			t.Errorf("%s: version %s, slots %+v", p.vms[i].Name(), info.Version, info.Slots)
 		}
 	}
-	p.healthy(ctx, "after the upgrade", nil)
-	p.appServes(ctx, "after the upgrade")
+	// Bounded, so that a platform that does not come back fails with
+	// the consoles and job logs well before the test's deadline.
+	fctx, fcancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer fcancel()
+	p.healthy(fctx, "after the upgrade", nil)
+	p.appServes(fctx, "after the upgrade")
 }
 
 func atomicMax(a *atomic.Int64, v int64) {
