@@ -77,13 +77,13 @@ test-unit: deps
 VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-* | head -1)
 
 test-vm: image
-	$(VM_ENV) $(GO) test -count=1 -tags vmtest -timeout 30m ./vm-tests/
+	$(VM_ENV) GO=$(GO) scripts/vmtest.sh $(OUT)/test-vm.log -timeout 30m
 
 # Longer VM suites read PLINTH_VM_ALL: the platform's cold starts run 10
 # cycles instead of 3, a git push is built on the VM cluster, and three
 # disk-booted VMs are upgraded one at a time under app traffic.
 test-vm-all: image
-	$(VM_ENV) PLINTH_VM_ALL=1 $(GO) test -count=1 -tags vmtest -timeout 90m ./vm-tests/
+	$(VM_ENV) GO=$(GO) PLINTH_VM_ALL=1 scripts/vmtest.sh $(OUT)/test-vm-all.log -timeout 90m
 
 # Two builds from the same tree must give identical bytes, binary included.
 test-repro: binary
