@@ -71,6 +71,7 @@ test-unit: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzDNSRequest -fuzztime 20s ./services/discovery/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 20s ./init/config/
 
 # The busybox harness tests boot the pinned kernel from the download cache,
 # which exists only once `image` has run, hence the glob in the recipe.

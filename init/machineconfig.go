@@ -38,12 +38,21 @@ func loadMachineConfig(cl cmdline) (config.Machine, string, []byte, error) {
 	default:
 		name = path
 	}
+	m, data, err := ReadMachineConfig(path, name)
+	return m, name, data, err
+}
+
+// ReadMachineConfig reads and parses the machine config at path as boot
+// does, with the same size limit, naming the file name in its messages;
+// `plinth config check` uses it, so a file it passes boots. It returns the
+// file's bytes too. Problems in the file are a *config.Error.
+func ReadMachineConfig(path, name string) (config.Machine, []byte, error) {
 	data, err := readLimited(path, maxConfigSize)
 	if err != nil {
-		return config.Machine{}, name, nil, err
+		return config.Machine{}, nil, err
 	}
 	m, err := config.Parse(name, data)
-	return m, name, data, err
+	return m, data, err
 }
 
 func readLimited(path string, limit int64) ([]byte, error) {

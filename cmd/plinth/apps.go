@@ -483,7 +483,7 @@ func configCommand() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(showCmd, get, set, unset)
+	cmd.AddCommand(showCmd, get, set, unset, configCheckCommand())
 	return cmd
 }
 
