@@ -212,7 +212,7 @@ var errNotBlock = errors.New("not a block device")
 func systemDisks() diskProbe {
 	return diskProbe{
 		sys:       "/sys",
-		mountinfo: "/proc/self/mountinfo",
+		mountinfo: mountinfo.Self,
 		devNum: func(path string) (uint64, error) {
 			var st unix.Stat_t
 			if err := unix.Stat(path, &st); err != nil {
@@ -299,19 +299,14 @@ func (p diskProbe) check(path string, force bool, template int64) (installTarget
 // and loop devices, and the devices stacked on it or its partitions.
 func (p diskProbe) uses(name, dir string) []string {
 	var uses []string
-	data, _ := os.ReadFile(p.mountinfo)
-	for line := range strings.Lines(string(data)) {
-		// ID parent major:minor root mountpoint ...
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		dev, err := filepath.EvalSymlinks(filepath.Join(p.sys, "dev/block", f[2]))
+	mounts, _ := mountinfo.Read(p.mountinfo)
+	for _, m := range mounts {
+		dev, err := filepath.EvalSymlinks(filepath.Join(p.sys, "dev/block", m.Dev))
 		if err != nil {
 			continue // not a block device: tmpfs, proc, overlay...
 		}
 		if slices.Contains(p.disksUnder(dev, 0), name) {
-			if use := "mounted at " + mountinfo.Unescape(f[4]); !slices.Contains(uses, use) {
+			if use := "mounted at " + m.Target; !slices.Contains(uses, use) {
 				uses = append(uses, use)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/host/mountinfo"
 	"github.com/plinth-os/plinth/init/supervise"
 	"github.com/plinth-os/plinth/netd"
 )
@@ -197,7 +198,7 @@ func userProcesses() []int {
 // unmountAll unmounts in reverse mount order; what stays busy is remounted
 // read-only so that its data is consistent on disk.
 func unmountAll() {
-	mounts, err := readMounts()
+	mounts, err := mountinfo.Read(mountinfo.Self)
 	if err != nil {
 		say("shutdown: read mounts: %v", err)
 		return

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
+	"github.com/plinth-os/plinth/host/mountinfo"
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/version"
 )
@@ -94,7 +95,7 @@ func selftest() Selftest {
 		problem("services run %q, want %s", r.ServiceExe, binaryPath)
 	}
 
-	mounts, err := readMounts()
+	mounts, err := mountinfo.Read(mountinfo.Self)
 	if err != nil {
 		problem("read mounts: %v", err)
 	}
