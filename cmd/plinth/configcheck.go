@@ -46,7 +46,7 @@ func configCheckCommand() *cobra.Command {
 			if path == "-" {
 				path, name = "/dev/stdin", "<stdin>"
 			}
-			report := checkReport{File: name, Valid: true, Problems: []checkProblem{}}
+			report := checkReport{File: name, Problems: []checkProblem{}}
 			_, _, err := boot.ReadMachineConfig(path, name)
 			var cerr *config.Error
 			switch {

@@ -438,19 +438,8 @@ func TestStartThroughALeaderChange(t *testing.T) {
 func TestStalledSend(t *testing.T) {
 	c := newFakeCluster(t, "h2", nil)
 	c.stalls = 1
-	u, err := New(Config{
-		Controller: c,
-		Dial:       func(addr string) HostAPI { return hostAPI{c: c, id: addr} },
-		OpenBundle: func(context.Context, string) (io.ReadCloser, error) {
-			return io.NopCloser(strings.NewReader("bundle v2")), nil
-		},
-		Poll:        time.Millisecond,
-		SendTimeout: 20 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = u.run(t.Context(), c.start())
+	u := c.updater(t, func(cfg *Config) { cfg.SendTimeout = 20 * time.Millisecond })
+	err := u.run(t.Context(), c.start())
 	if err == nil || !strings.Contains(err.Error(), "deadline") {
 		t.Fatalf("first run: %v, want the send cut off", err)
 	}
