@@ -7,11 +7,12 @@ import (
 
 // Kernel command line parameters plinth reads.
 const (
-	paramConfig   = "plinth.config"        // machine config: a path in the image, or "fw_cfg"
-	paramSelftest = "plinth.selftest"      // "1": run the self-check service and print its report
-	paramPing     = "plinth.selftest.ping" // comma-separated IPs the self-check pings
-	paramPanic    = "plinth.panic"         // "reboot" or "hold": what to do after a panic in init
-	paramDebug    = "plinth.debug"         // "panic": inject a panic after ready, to test the panic path
+	paramConfig   = "plinth.config"         // machine config: a path in the image, or "fw_cfg"
+	paramSelftest = "plinth.selftest"       // "1": run the self-check service and print its report
+	paramPing     = "plinth.selftest.ping"  // comma-separated IPs the self-check pings
+	paramWatch    = "plinth.selftest.watch" // seconds: after the report, ping the targets once a second and print each round
+	paramPanic    = "plinth.panic"          // "reboot" or "hold": what to do after a panic in init
+	paramDebug    = "plinth.debug"          // "panic": inject a panic after ready, to test the panic path
 )
 
 // cmdline is the kernel command line as key → value ("" for bare words).

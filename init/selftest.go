@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,22 +34,23 @@ const SelftestMarker = "plinth-selftest: "
 // Selftest is the report `plinth selftest` prints: what a running machine
 // looks like from the inside, for VM tests and for people.
 type Selftest struct {
-	Version      string              `json:"version"`
-	Kernel       string              `json:"kernel"`
-	Hostname     string              `json:"hostname"`
-	PID1Exe      string              `json:"pid1_exe"`
-	PID1IsImage  bool                `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
-	ServiceExe   string              `json:"service_exe"`          // this service's binary, as the kernel names it
-	ConfigSource string              `json:"config_source"`
-	Mounts       map[string]Mount    `json:"mounts"`          // by mount point, for the ones checked
-	Modules      []string            `json:"modules"`         // loaded, from /proc/modules
-	Missing      []string            `json:"missing_modules"` // in the image's list but not loaded
-	Interfaces   []string            `json:"interfaces"`
-	Addresses    map[string][]string `json:"addresses"`      // by interface, global unicast only
-	Ping         map[string]bool     `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
-	Uptime       float64             `json:"uptime_seconds"`
-	Problems     []string            `json:"problems"`
-	OK           bool                `json:"ok"`
+	Version      string               `json:"version"`
+	Kernel       string               `json:"kernel"`
+	Hostname     string               `json:"hostname"`
+	PID1Exe      string               `json:"pid1_exe"`
+	PID1IsImage  bool                 `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
+	ServiceExe   string               `json:"service_exe"`          // this service's binary, as the kernel names it
+	ConfigSource string               `json:"config_source"`
+	Mounts       map[string]Mount     `json:"mounts"`          // by mount point, for the ones checked
+	Modules      []string             `json:"modules"`         // loaded, from /proc/modules
+	Missing      []string             `json:"missing_modules"` // in the image's list but not loaded
+	Interfaces   []string             `json:"interfaces"`
+	Addresses    map[string][]string  `json:"addresses"`      // by interface, global unicast only
+	Ping         map[string]bool      `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
+	Bonds        map[string]BondState `json:"bonds,omitempty"`
+	Uptime       float64              `json:"uptime_seconds"`
+	Problems     []string             `json:"problems"`
+	OK           bool                 `json:"ok"`
 }
 
 // Mount describes one mounted filesystem.
@@ -58,8 +60,36 @@ type Mount struct {
 	ReadOnly bool   `json:"ro"`
 }
 
+// WatchMarker starts each console line of a watch round (see paramWatch).
+const WatchMarker = "plinth-selftest-watch: "
+
+// BondState is a bond as the bonding driver reports it in sysfs.
+type BondState struct {
+	Mode string `json:"mode"`
+	// Aggregator is the active 802.3ad aggregator's ID, and PartnerMAC the
+	// LACP partner's system MAC (all zeros while no partner answers).
+	Aggregator string                `json:"aggregator,omitempty"`
+	PartnerMAC string                `json:"partner_mac,omitempty"`
+	Members    map[string]BondMember `json:"members"`
+}
+
+// BondMember is one member of a bond.
+type BondMember struct {
+	MII        string `json:"mii"`                  // "up" or "down"
+	Aggregator string `json:"aggregator,omitempty"` // 802.3ad: the aggregator it is in
+}
+
+// Watch is one round of the watch that follows the report.
+type Watch struct {
+	Uptime float64              `json:"uptime_seconds"`
+	Ping   map[string]bool      `json:"ping"`
+	Bonds  map[string]BondState `json:"bonds,omitempty"`
+}
+
 // RunSelftest checks the running system, prints the report on one line,
-// tells the supervisor it is ready and exits: 0 when every check passed.
+// tells the supervisor it is ready and, with plinth.selftest.watch, watches
+// the ping targets and bonds for that many seconds. It exits 0 when every
+// check of the report passed.
 func RunSelftest() int {
 	r := selftest()
 	data, err := json.Marshal(r)
@@ -69,10 +99,72 @@ func RunSelftest() int {
 	}
 	fmt.Println(SelftestMarker + string(data))
 	daemon.SdNotify(false, daemon.SdNotifyReady)
+	cl := readCmdline()
+	if rounds, err := strconv.Atoi(cl[paramWatch]); err == nil && cl[paramPing] != "" {
+		watch(strings.Split(cl[paramPing], ","), min(rounds, maxWatchRounds))
+	}
 	if !r.OK {
 		return 1
 	}
 	return 0
+}
+
+// maxWatchRounds bounds the watch to an hour whatever the command line says.
+const maxWatchRounds = 3600
+
+// watch prints one Watch line a round: one echo to each target, answered
+// within a second or not, and the bonds' state. A test changes links under
+// it and reads whether traffic still flows.
+func watch(targets []string, rounds int) {
+	for range rounds {
+		start := time.Now()
+		w := Watch{Ping: map[string]bool{}, Bonds: readBonds()}
+		for _, t := range targets {
+			w.Ping[t], _ = ping(t, time.Second)
+		}
+		w.Uptime = uptime().Seconds()
+		if data, err := json.Marshal(w); err == nil {
+			fmt.Println(WatchMarker + string(data))
+		}
+		time.Sleep(time.Second - time.Since(start))
+	}
+}
+
+// ParseWatch reads a console line carrying a Watch round.
+func ParseWatch(line string) (Watch, bool) {
+	var w Watch
+	_, data, ok := strings.Cut(line, WatchMarker)
+	if !ok || json.Unmarshal([]byte(strings.TrimSpace(data)), &w) != nil {
+		return w, false
+	}
+	return w, true
+}
+
+// readBonds reads every bond's state from sysfs.
+func readBonds() map[string]BondState {
+	dirs, _ := filepath.Glob("/sys/class/net/*/bonding")
+	if len(dirs) == 0 {
+		return nil
+	}
+	read := func(path string) string {
+		data, _ := os.ReadFile(path)
+		return strings.TrimSpace(string(data))
+	}
+	bonds := map[string]BondState{}
+	for _, dir := range dirs {
+		b := BondState{Members: map[string]BondMember{}}
+		b.Mode, _, _ = strings.Cut(read(dir+"/mode"), " ") // "802.3ad 4"
+		if b.Mode == "802.3ad" {
+			b.Aggregator = read(dir + "/ad_aggregator")
+			b.PartnerMAC = read(dir + "/ad_partner_mac")
+		}
+		for _, m := range strings.Fields(read(dir + "/slaves")) {
+			slave := "/sys/class/net/" + m + "/bonding_slave/"
+			b.Members[m] = BondMember{MII: read(slave + "mii_status"), Aggregator: read(slave + "ad_aggregator_id")}
+		}
+		bonds[filepath.Base(filepath.Dir(dir))] = b
+	}
+	return bonds
 }
 
 func selftest() Selftest {
@@ -158,9 +250,8 @@ func selftest() Selftest {
 			}
 		}
 	}
-	if data, err := os.ReadFile("/proc/uptime"); err == nil {
-		fmt.Sscanf(string(data), "%f", &r.Uptime)
-	}
+	r.Bonds = readBonds()
+	r.Uptime = uptime().Seconds()
 	r.OK = len(r.Problems) == 0
 	return r
 }

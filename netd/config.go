@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -96,19 +97,57 @@ type VLAN struct {
 	Addressing
 }
 
-// Bond modes netd supports.
+// Bond modes, by the bonding driver's names.
 const (
+	BondBalanceRR    = "balance-rr"
 	BondActiveBackup = "active-backup"
+	BondBalanceXOR   = "balance-xor"
+	BondBroadcast    = "broadcast"
+	Bond8023AD       = "802.3ad"
+	BondBalanceTLB   = "balance-tlb"
+	BondBalanceALB   = "balance-alb"
 )
+
+// BondModes lists every mode in the driver's numbering (0 to 6).
+var BondModes = []string{BondBalanceRR, BondActiveBackup, BondBalanceXOR, BondBroadcast, Bond8023AD, BondBalanceTLB, BondBalanceALB}
+
+// LACPRates are the 802.3ad LACPDU rates: every 30 s, or every second
+// (a dead partner is then noticed in 3 s instead of 90 s).
+var LACPRates = []string{"slow", "fast"}
+
+// XmitHashPolicies are the ways balance-xor, 802.3ad and balance-tlb pick a
+// member for each packet.
+var XmitHashPolicies = []string{"layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan+srcmac"}
+
+// DefaultMiimon is the bond's link check interval when the config names
+// none: a dead member is noticed within 100 ms.
+const DefaultMiimon = 100
 
 // Bond aggregates Members (Interface names) into one link.
 type Bond struct {
 	Name    string
 	Mode    string
 	Members []string
-	// Primary is the member preferred while it has carrier; optional.
+	// Primary is the member preferred while it has carrier; optional, for
+	// active-backup, balance-tlb and balance-alb.
 	Primary string
+	// Miimon is the interval of the members' link checks in milliseconds;
+	// 0 means DefaultMiimon.
+	Miimon int
+	// LACPRate is "slow" (default) or "fast"; 802.3ad only.
+	LACPRate string
+	// XmitHashPolicy picks a member per packet (default "layer2");
+	// balance-xor, 802.3ad and balance-tlb only.
+	XmitHashPolicy string
 	Addressing
+}
+
+// MiimonOrDefault is the link check interval netd gives the kernel.
+func (b Bond) MiimonOrDefault() int {
+	if b.Miimon == 0 {
+		return DefaultMiimon
+	}
+	return b.Miimon
 }
 
 // Bridge is a software bridge; Members are enslaved to it.
@@ -178,9 +217,7 @@ func (c Config) Check() []ConfigError {
 	}
 	for i, b := range c.Bonds {
 		declare("bond", i, b.Name)
-		if b.Mode != BondActiveBackup {
-			add("bond", i, "mode", "%q is not supported; use %q", b.Mode, BondActiveBackup)
-		}
+		errs = append(errs, checkBondOptions(i, b)...)
 		errs = append(errs, checkAddressing("bond", i, b.Addressing)...)
 	}
 	for i, v := range c.VLANs {
@@ -238,6 +275,61 @@ func (c Config) Check() []ConfigError {
 		}
 	}
 	return errs
+}
+
+// checkBondOptions checks a bond's mode and the options that go with it.
+func checkBondOptions(i int, b Bond) []ConfigError {
+	var errs []ConfigError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, ConfigError{"bond", i, field, fmt.Sprintf(format, args...)})
+	}
+	switch {
+	case b.Mode == "":
+		add("mode", "a bond needs a mode; use one of %s", quoteAll(BondModes))
+		return errs
+	case !slices.Contains(BondModes, b.Mode):
+		add("mode", "%q is not a bond mode; use one of %s", b.Mode, quoteAll(BondModes))
+		return errs
+	}
+	if b.Miimon < 0 || b.Miimon > 60000 {
+		add("miimon", "%d is not a link check interval; use 1 to 60000 milliseconds (default %d)", b.Miimon, DefaultMiimon)
+	}
+	if b.LACPRate != "" {
+		if !slices.Contains(LACPRates, b.LACPRate) {
+			add("lacp_rate", "%q is not an LACP rate; use one of %s", b.LACPRate, quoteAll(LACPRates))
+		} else if b.Mode != Bond8023AD {
+			add("lacp_rate", "applies only to mode %q, not %q; remove it", Bond8023AD, b.Mode)
+		}
+	}
+	if b.XmitHashPolicy != "" {
+		if !slices.Contains(XmitHashPolicies, b.XmitHashPolicy) {
+			add("xmit_hash_policy", "%q is not a transmit hash policy; use one of %s", b.XmitHashPolicy, quoteAll(XmitHashPolicies))
+		} else if !hashesTraffic(b.Mode) {
+			add("xmit_hash_policy", "applies only to modes %q, %q and %q, not %q; remove it", BondBalanceXOR, Bond8023AD, BondBalanceTLB, b.Mode)
+		}
+	}
+	if b.Primary != "" && !hasPrimary(b.Mode) {
+		add("primary", "applies only to modes %q, %q and %q, not %q; remove it", BondActiveBackup, BondBalanceTLB, BondBalanceALB, b.Mode)
+	}
+	return errs
+}
+
+// hashesTraffic reports whether mode spreads packets by xmit_hash_policy.
+func hashesTraffic(mode string) bool {
+	return mode == BondBalanceXOR || mode == Bond8023AD || mode == BondBalanceTLB
+}
+
+// hasPrimary reports whether mode has one preferred member.
+func hasPrimary(mode string) bool {
+	return mode == BondActiveBackup || mode == BondBalanceTLB || mode == BondBalanceALB
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 func (a Addressing) configured() bool {

@@ -240,25 +240,72 @@ func (d *Daemon) rename(l netlink.Link, name string) (netlink.Link, error) {
 	if err := d.nl.LinkSetName(l, name); err != nil {
 		return l, fmt.Errorf("rename %s to %s: %w", l.Attrs().Name, name, err)
 	}
-	d.log.Info("renamed link", "from", l.Attrs().Name, "to", name, "mac", l.Attrs().HardwareAddr)
+	d.log.Info("renamed link", "from", l.Attrs().Name, "to", name, "mac", l.Attrs().HardwareAddr.String())
 	return d.nl.LinkByName(name)
 }
 
 func (d *Daemon) ensureBond(b Bond, cur netlink.Link) (netlink.Link, error) {
+	want := bondLink(b)
 	if cur != nil {
-		if bond, ok := cur.(*netlink.Bond); ok && bond.Mode == netlink.BOND_MODE_ACTIVE_BACKUP {
+		have, ok := cur.(*netlink.Bond)
+		if !ok {
+			return cur, fmt.Errorf("link %s exists but is not a bond; delete it or rename the bond", b.Name)
+		}
+		diff := bondDiff(have, want)
+		if diff == "" {
 			return cur, nil
 		}
-		return cur, fmt.Errorf("link %s exists but is not an active-backup bond; delete it or rename the bond", b.Name)
+		// The driver changes a mode only on a bond that is down and empty:
+		// replace it, and the members are enslaved again below.
+		if err := d.nl.LinkDel(cur); err != nil {
+			return cur, fmt.Errorf("delete bond %s to change its %s: %w", b.Name, diff, err)
+		}
+		d.log.Info("replacing bond", "name", b.Name, "changed", diff)
 	}
-	bond := netlink.NewLinkBond(netlink.LinkAttrs{Name: b.Name})
-	bond.Mode = netlink.BOND_MODE_ACTIVE_BACKUP
-	bond.Miimon = 100 // detect a dead member within 100 ms
-	if err := d.nl.LinkAdd(bond); err != nil {
-		return nil, fmt.Errorf("create bond %s: %w (is the bonding module loaded?)", b.Name, err)
+	if err := d.nl.LinkAdd(want); err != nil {
+		return nil, fmt.Errorf("create bond %s (mode %s): %w (is the bonding module loaded?)", b.Name, b.Mode, err)
 	}
-	d.log.Info("created bond", "name", b.Name, "members", strings.Join(b.Members, ","))
+	d.log.Info("created bond", "name", b.Name, "mode", b.Mode, "members", strings.Join(b.Members, ","))
 	return d.nl.LinkByName(b.Name)
+}
+
+// bondLink is the bond link b asks for. Options that do not apply to b's
+// mode stay unset (-1), so the kernel keeps its defaults for them.
+func bondLink(b Bond) *netlink.Bond {
+	bond := netlink.NewLinkBond(netlink.LinkAttrs{Name: b.Name})
+	bond.Mode = netlink.StringToBondMode(b.Mode)
+	bond.Miimon = b.MiimonOrDefault()
+	if b.Mode == Bond8023AD {
+		bond.LacpRate = netlink.BOND_LACP_RATE_SLOW
+		if b.LACPRate != "" {
+			bond.LacpRate = netlink.StringToBondLacpRate(b.LACPRate)
+		}
+	}
+	if hashesTraffic(b.Mode) {
+		bond.XmitHashPolicy = netlink.BOND_XMIT_HASH_POLICY_LAYER2
+		if b.XmitHashPolicy != "" {
+			bond.XmitHashPolicy = netlink.StringToBondXmitHashPolicy(b.XmitHashPolicy)
+		}
+	}
+	return bond
+}
+
+// bondDiff names the settings in which have differs from want, or "".
+func bondDiff(have, want *netlink.Bond) string {
+	var d []string
+	if have.Mode != want.Mode {
+		d = append(d, fmt.Sprintf("mode %s→%s", have.Mode, want.Mode))
+	}
+	if have.Miimon != want.Miimon {
+		d = append(d, fmt.Sprintf("miimon %d→%d", have.Miimon, want.Miimon))
+	}
+	if want.LacpRate >= 0 && have.LacpRate != want.LacpRate {
+		d = append(d, fmt.Sprintf("lacp_rate %s→%s", have.LacpRate, want.LacpRate))
+	}
+	if want.XmitHashPolicy >= 0 && have.XmitHashPolicy != want.XmitHashPolicy {
+		d = append(d, fmt.Sprintf("xmit_hash_policy %s→%s", have.XmitHashPolicy, want.XmitHashPolicy))
+	}
+	return strings.Join(d, ", ")
 }
 
 func (d *Daemon) ensureBridge(b Bridge, cur netlink.Link) (netlink.Link, error) {

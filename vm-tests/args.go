@@ -86,6 +86,9 @@ func qemuArgs(c Config, stateDir string) []string {
 		if n.MAC != "" {
 			device += ",mac=" + n.MAC
 		}
+		if n.Speed != 0 {
+			device += fmt.Sprintf(",speed=%d,duplex=full", n.Speed)
+		}
 		args = append(args, "-netdev", netdev, "-device", device)
 	}
 	for _, d := range c.Disks {

@@ -79,7 +79,7 @@ func TestQEMUArgsNICs(t *testing.T) {
 			{User: &UserNet{Forwards: []Forward{{HostPort: 2222, GuestPort: 22}, {HostPort: 8443, GuestPort: 443}}}},
 			{MAC: "52:54:00:00:00:02", Segment: seg},
 			{Link: a},
-			{Link: b},
+			{Link: b, Speed: 10000},
 		},
 	}.withDefaults()
 	if c.Netns != seg.Netns {
@@ -103,7 +103,7 @@ func TestQEMUArgsNICs(t *testing.T) {
 		"virtio-net-pci,netdev=net0",
 		"virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
 		"virtio-net-pci,netdev=net2",
-		"virtio-net-pci,netdev=net3",
+		"virtio-net-pci,netdev=net3,speed=10000,duplex=full",
 	}
 	if got := option(args, "-device"); !slices.Equal(got, wantDevice) {
 		t.Errorf("-device\n got %q\nwant %q", got, wantDevice)

@@ -115,6 +115,12 @@ type NIC struct {
 	Segment *Segment
 	// Link is one end of a point-to-point link (see NewLink).
 	Link *LinkEnd
+
+	// Speed, when set, is the link speed in Mb/s the card reports, with
+	// full duplex. By default virtio-net reports neither, and the bonding
+	// modes that weigh members by speed (802.3ad, balance-tlb, balance-alb)
+	// then keep the card out of use, as they would a real NIC without link.
+	Speed int
 }
 
 // UserNet is QEMU's user-mode network (-netdev user,restrict=on). The guest

@@ -157,3 +157,185 @@ required = true
 		}
 	}
 }
+
+// bondModes are the bonding modes TestNetdBondModes runs, one bond each.
+var bondModes = []string{"802.3ad", "balance-xor", "balance-rr", "broadcast", "active-backup", "balance-tlb", "balance-alb"}
+
+// switchedModes are the modes meant for members on a plain switch; the
+// others need the switch's ports grouped, as a bond of the same mode does.
+var switchedModes = []string{"active-backup", "balance-tlb", "balance-alb"}
+
+// TestNetdBondModes: two VMs cabled by two links per bonding mode. VM 1
+// has one bond per mode over its two links. VM 2 is the switch: for modes
+// that need grouped switch ports it has a bond of the same mode (802.3ad
+// with LACP, which its bonding driver speaks), for the others a bridge.
+// Every bond passes traffic; 802.3ad negotiates one aggregator with the
+// peer; when one cable of every bond is pulled (both ends' carrier off),
+// traffic flows on over the other; and after the cable is back both members
+// are in use again.
+func TestNetdBondModes(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	mac := func(side, bond, member int) string {
+		return fmt.Sprintf("52:54:00:7%d:%02d:%02d", side, bond, member)
+	}
+	addr := func(side, bond int) string { return fmt.Sprintf("10.70.%d.%d", bond, side+1) }
+	cfgs := make([]Config, 2)
+	for side := range cfgs {
+		var conf strings.Builder
+		for k, mode := range bondModes {
+			for m := range 2 {
+				fmt.Fprintf(&conf, "[[network.interface]]\nname = \"b%dm%d\"\nmac = %q\n", k, m, mac(side, k, m))
+			}
+			if side == 1 && slices.Contains(switchedModes, mode) {
+				fmt.Fprintf(&conf, "[[network.bridge]]\nname = \"br%d\"\nmembers = [\"b%dm0\", \"b%dm1\"]\n", k, k, k)
+			} else {
+				fmt.Fprintf(&conf, "[[network.bond]]\nname = \"bond%d\"\nmode = %q\nmembers = [\"b%dm0\", \"b%dm1\"]\nmiimon = 100\n", k, mode, k, k)
+				switch mode {
+				case "802.3ad":
+					conf.WriteString("lacp_rate = \"fast\"\nxmit_hash_policy = \"layer2+3\"\n")
+				case "balance-xor":
+					conf.WriteString("xmit_hash_policy = \"layer2+3\"\n")
+				}
+			}
+			fmt.Fprintf(&conf, "addresses = [\"%s/24\"]\nrequired = true\n", addr(side, k))
+		}
+		cfgs[side] = Config{Name: fmt.Sprintf("bonds%d", side+1), Kernel: kernel, Initrd: initrd,
+			Cmdline: "plinth.selftest=1", MachineConfig: []byte(conf.String())}
+	}
+	var targets []string
+	for k := range bondModes {
+		targets = append(targets, addr(1, k))
+	}
+	cfgs[0].Cmdline += " plinth.selftest.ping=" + strings.Join(targets, ",") + " plinth.selftest.watch=400"
+	for k := range bondModes {
+		for m := range 2 {
+			a, b, err := NewLink()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfgs[0].NICs = append(cfgs[0].NICs, NIC{MAC: mac(0, k, m), Link: a, Speed: 10000})
+			cfgs[1].NICs = append(cfgs[1].NICs, NIC{MAC: mac(1, k, m), Link: b, Speed: 10000})
+		}
+	}
+	vms := StartN(t, cfgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	reports := selftestReports(t, ctx, vms)
+	t.Logf("reports at uptime %.1fs and %.1fs", reports[0].Uptime, reports[1].Uptime)
+	for k, mode := range bondModes {
+		if b := reports[0].Bonds[fmt.Sprintf("bond%d", k)]; b.Mode != mode || len(b.Members) != 2 {
+			t.Errorf("bond%d is %+v, want mode %s with 2 members", k, b, mode)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	// bondWrong says what is wrong with bond k in a round, with its second
+	// cable pulled or not.
+	bondWrong := func(w boot.Watch, k int, pulled bool) string {
+		name, target := fmt.Sprintf("bond%d", k), addr(1, k)
+		b := w.Bonds[name]
+		for m, st := range b.Members {
+			want := "up"
+			if pulled && m == fmt.Sprintf("b%dm1", k) {
+				want = "down"
+			}
+			if st.MII != want {
+				return fmt.Sprintf("%s member %s is %s", name, m, st.MII)
+			}
+			if b.Mode == "802.3ad" && want == "up" && st.Aggregator != b.Aggregator {
+				return fmt.Sprintf("%s member %s is in aggregator %s, the active one is %s", name, m, st.Aggregator, b.Aggregator)
+			}
+		}
+		if peer := []string{mac(1, k, 0), mac(1, k, 1)}; b.Mode == "802.3ad" && !slices.Contains(peer, b.PartnerMAC) {
+			return fmt.Sprintf("%s's LACP partner is %q, want the peer's bond (one of %v)", name, b.PartnerMAC, peer)
+		}
+		if !w.Ping[target] {
+			return fmt.Sprintf("%s: no answer from %s", name, target)
+		}
+		return ""
+	}
+	// settle waits until every bond has been right in some round, and logs
+	// how long each took.
+	settle := func(what string, pulled bool) {
+		t.Helper()
+		since := time.Now()
+		took := make([]time.Duration, len(bondModes))
+		waitWatch(t, ctx, vms[0], what, func(w boot.Watch) string {
+			var wrong []string
+			for k := range bondModes {
+				if took[k] != 0 {
+					continue
+				}
+				if p := bondWrong(w, k, pulled); p != "" {
+					wrong = append(wrong, p)
+				} else {
+					took[k] = time.Since(since)
+				}
+			}
+			return strings.Join(wrong, "; ")
+		})
+		var figures []string
+		for k, mode := range bondModes {
+			figures = append(figures, fmt.Sprintf("%s=%.1fs", mode, took[k].Seconds()))
+		}
+		t.Logf("%s: %s", what, strings.Join(figures, " "))
+	}
+	settle("every bond up with both members, 802.3ad aggregated with the peer", false)
+
+	// Pull the second cable of every bond: carrier off at both ends.
+	setCables := func(up bool) {
+		for k := range bondModes {
+			for _, vm := range vms {
+				netdev := fmt.Sprintf("net%d", 2*k+1)
+				if _, err := vm.QMP(ctx, "set_link", map[string]any{"name": netdev, "up": up}); err != nil {
+					t.Fatalf("%s: set_link %s up=%v: %v", vm.Name(), netdev, up, err)
+				}
+			}
+		}
+	}
+	setCables(false)
+	settle("cable pulled: second member down, peer answering", true)
+	for range 3 {
+		waitWatch(t, ctx, vms[0], "every peer still answering with one cable", func(w boot.Watch) string {
+			var wrong []string
+			for k := range bondModes {
+				if p := bondWrong(w, k, true); p != "" {
+					wrong = append(wrong, p)
+				}
+			}
+			return strings.Join(wrong, "; ")
+		})
+	}
+	setCables(true)
+	settle("cable back: both members up and in use", false)
+
+	for _, vm := range vms {
+		if strings.Contains(vm.Console(), "replacing bond") {
+			t.Errorf("%s: netd replaced a bond that had not changed:\n%s", vm.Name(), vm.ConsoleTail(40))
+		}
+	}
+}
+
+// waitWatch waits for the next watch round of vm's self-check for which
+// wrong returns "", and fails the test with the last round's wrong if none
+// comes within a minute.
+func waitWatch(t *testing.T, ctx context.Context, vm *VM, want string, wrong func(boot.Watch) string) boot.Watch {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	last := "no round yet"
+	for {
+		line, err := vm.WaitFor(ctx, boot.WatchMarker)
+		if err != nil {
+			t.Fatalf("%s: waiting for %s: last round: %s: %v", vm.Name(), want, last, err)
+		}
+		w, ok := boot.ParseWatch(line)
+		if !ok {
+			t.Fatalf("%s: unreadable watch line %q", vm.Name(), line)
+		}
+		if last = wrong(w); last == "" {
+			return w
+		}
+	}
+}

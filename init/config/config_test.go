@@ -123,6 +123,15 @@ func TestGood(t *testing.T) {
 				}},
 			}
 		}),
+		"network-bond-lacp.toml": withDefaults(func(m *config.Machine) {
+			m.Hostname = "web-7"
+			n := &m.Network
+			n.Hostname = "web-7"
+			n.Interfaces = []netd.Interface{{Name: "ens1f0"}, {Name: "ens1f1"}}
+			n.Bonds = []netd.Bond{{Name: "bond0", Mode: netd.Bond8023AD, Members: []string{"ens1f0", "ens1f1"},
+				Miimon: 50, LACPRate: "fast", XmitHashPolicy: "layer3+4",
+				Addressing: netd.Addressing{DHCP: true, Required: true}}}
+		}),
 		"network-dns-only.toml": withDefaults(func(m *config.Machine) {
 			m.Network.DNS = addrs("192.0.2.53", "192.0.2.54")
 			m.Network.Search = []string{"example.org"}

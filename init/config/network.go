@@ -81,6 +81,9 @@ func bondFields(b *netd.Bond) []field {
 		textField("mode", &b.Mode, anyString),
 		textsField("members", &b.Members, anyString),
 		textField("primary", &b.Primary, anyString),
+		intField("miimon", &b.Miimon, math.MinInt32, math.MaxInt32),
+		textField("lacp_rate", &b.LACPRate, anyString),
+		textField("xmit_hash_policy", &b.XmitHashPolicy, anyString),
 	}, addressingFields(&b.Addressing)...)
 }
 
