@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/init/supervise"
+	"github.com/plinth-os/plinth/netd"
 )
 
 // pid1 is stage 2, read top to bottom as the boot path.
@@ -41,7 +41,7 @@ func pid1() {
 	disks := virtioBlockDevices("/sys")
 	slot := cl[paramSlot]
 	modDir := filepath.Join("/lib/modules", kernelRelease())
-	loadModules(modDir, len(disks) > 0, slot != "")
+	modules := loadModules(modDir, len(disks) > 0, slot != "")
 	if len(disks) > 0 {
 		var dev string
 		var err error
@@ -60,6 +60,9 @@ func pid1() {
 	buttonArmed := watchPowerButton(power)
 
 	m, src, raw, err := loadMachineConfig(cl)
+	hurryModules(modules, m.Network)
+	ready := make(chan struct{})
+	loadInBackground(modules, ready)
 	if err != nil {
 		<-buttonArmed
 		maintenance(src, err, power)
@@ -111,6 +114,7 @@ func pid1() {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
 	}
 	busy(func() { <-buttonArmed })
+	close(ready)
 	say("ready in %.2fs", uptime().Seconds())
 
 	if cl[paramDebug] == "panic" {
@@ -163,16 +167,18 @@ var initModules = []string{"qemu_fw_cfg", "button", "evdev"}
 var espModules = []string{"vfat", "nls_cp437", "nls_ascii"}
 
 // loadModules loads the system image's modules (stage 1 loaded its own):
-// initModules now, the rest in the background. Under TCG each module costs
-// ~50 ms, and nothing before ready needs network or storage drivers; the
-// services that do wait for their devices to appear, which they must do
-// anyway because drivers probe devices asynchronously. A module that fails
-// degrades the machine but does not stop the boot: it stays reachable.
-func loadModules(dir string, disk, slot bool) {
+// initModules now, and returns the queue of the rest, NIC drivers first,
+// for loadInBackground once hurryModules has read the config. Under TCG
+// each module costs ~50 ms: only what init needs before it reads the
+// machine config is worth waiting for. Services that need a device wait for
+// it to appear, as they must anyway because drivers probe devices
+// asynchronously. A module that fails degrades the machine but does not
+// stop the boot: it stays reachable.
+func loadModules(dir string, disk, slot bool) *kmod.Queue {
 	mods, err := kmod.ReadList(dir)
 	if err != nil {
 		say("read module list: %v", err)
-		return
+		return kmod.NewQueue(dir, nil)
 	}
 	want := initModules
 	if disk {
@@ -191,19 +197,76 @@ func loadModules(dir string, disk, slot bool) {
 		say("module loading: %v", err)
 	}
 	phase("init: %d modules loaded, %d more in the background", len(now), len(later))
+	q := kmod.NewQueue(dir, later)
+	q.Hurry(nicDrivers(later)...) // nicHurry
+	return q
+}
+
+// loadInBackground loads the queue's modules at normal priority: the NIC
+// drivers and the link types the config asks for at once, since netd waits
+// for them; the rest once ready has been said, what jobs need first.
+// Measured under TCG: with the NIC drivers first, netd is ready in 0.4 s
+// instead of 0.6–0.7 s. Loading the jobs' modules before ready cost ready
+// 0.2 s. Loading on a thread of the lowest priority, as before, was worse
+// as soon as anything else ran: a module's init holds kernel locks (rtnl,
+// the network namespace list) that netd and container starts need, and a
+// preempted holder made the jobs after boot 4–7 times slower until the
+// last module was in.
+func loadInBackground(q *kmod.Queue, ready <-chan struct{}) {
+	n := q.Len()
 	go func() {
-		// At the lowest priority, so the boot path keeps the CPU. The
-		// thread is locked and so dies with this goroutine, niceness
-		// included.
-		runtime.LockOSThread()
-		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 		start := time.Now()
-		if err := kmod.LoadSerial(dir, later); err != nil {
+		err := q.Run(func(hurry int) {
+			if hurry == 0 || hurry > linksHurry {
+				<-ready
+			}
+		})
+		if err != nil {
 			say("module loading: %v", err)
 			return
 		}
-		phase("init: %d background modules loaded in %.3fs", len(later), time.Since(start).Seconds())
+		phase("init: %d background modules loaded in %.3fs", n, time.Since(start).Seconds())
 	}()
+}
+
+// The queue's Hurry calls, in order: loadModules's, then hurryModules's.
+const (
+	nicHurry   = 1 // NIC drivers
+	linksHurry = 2 // the link types netd is configured to make
+	jobsHurry  = 3 // what jobs need
+)
+
+// nicDrivers are the modules of mods that drive network cards, and the
+// virtio PCI transport that virtio cards appear through.
+func nicDrivers(mods []kmod.Module) []string {
+	names := []string{"virtio_pci"}
+	for _, m := range mods {
+		if m.Name == "virtio_net" || strings.HasPrefix(m.Path, "kernel/drivers/net/ethernet/") {
+			names = append(names, m.Name)
+		}
+	}
+	return names
+}
+
+// jobModules are what hostd's jobs need: overlayfs for image rootfs, and
+// veth, bridge and vxlan for the container network.
+var jobModules = []string{"overlay", "veth", "bridge", "vxlan"}
+
+// hurryModules puts ahead, after the NIC drivers, the link types netd is
+// configured to make, then what the first job will need.
+func hurryModules(q *kmod.Queue, n netd.Config) {
+	var links []string
+	if len(n.Bonds) > 0 {
+		links = append(links, "bonding")
+	}
+	if len(n.VLANs) > 0 {
+		links = append(links, "8021q")
+	}
+	if len(n.Bridges) > 0 {
+		links = append(links, "bridge")
+	}
+	q.Hurry(links...)      // linksHurry
+	q.Hurry(jobModules...) // jobsHurry
 }
 
 // maintenance is where a machine with an unusable config waits: the error is
@@ -283,14 +346,14 @@ func services(cl cmdline, configSource string, haveConfig bool) []supervise.Serv
 	svcs := []supervise.Service{hostdService(haveConfig)}
 	if cl[paramSelftest] == "1" {
 		svcs = append(svcs, supervise.Service{
-			Name:         "selftest",
-			Path:         serviceBinary,
-			Argv0:        "plinth",
-			Args:         []string{"selftest"},
-			Env:          []string{"PLINTH_CONFIG_SOURCE=" + configSource},
-			Notify:       true,
-			Restart:      supervise.OnFailure,
-			ReadyTimeout: 60 * time.Second,
+			Name:  "selftest",
+			Path:  serviceBinary,
+			Argv0: "plinth",
+			Args:  []string{"selftest"},
+			Env:   []string{"PLINTH_CONFIG_SOURCE=" + configSource},
+			// Ready when started: the self-check waits for the modules
+			// that load after ready, and ready must not wait for it.
+			Restart: supervise.OnFailure,
 		})
 	}
 	return svcs

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
@@ -86,9 +85,9 @@ type Watch struct {
 	Bonds  map[string]BondState `json:"bonds,omitempty"`
 }
 
-// RunSelftest checks the running system, prints the report on one line,
-// tells the supervisor it is ready and, with plinth.selftest.watch, watches
-// the ping targets and bonds for that many seconds. It exits 0 when every
+// RunSelftest checks the running system, prints the report on one line
+// and, with plinth.selftest.watch, watches the ping targets and bonds for
+// that many seconds. It exits 0 when every
 // check of the report passed.
 func RunSelftest() int {
 	r := selftest()
@@ -98,7 +97,6 @@ func RunSelftest() int {
 		return 1
 	}
 	fmt.Println(SelftestMarker + string(data))
-	daemon.SdNotify(false, daemon.SdNotifyReady)
 	cl := readCmdline()
 	if rounds, err := strconv.Atoi(cl[paramWatch]); err == nil && cl[paramPing] != "" {
 		watch(strings.Split(cl[paramPing], ","), min(rounds, maxWatchRounds))

@@ -133,23 +133,108 @@ func LoadAll(dir string, mods []Module) error {
 	return errors.Join(errs...)
 }
 
-// LoadSerial loads mods from dir one after another, in list order, on the
-// calling goroutine: for loading in the background on a thread of low
-// priority. Like LoadAll it skips modules whose dependencies failed.
-func LoadSerial(dir string, mods []Module) error {
-	failed := map[string]bool{}
-	var errs []error
+// Queue loads modules one after another, on the goroutine that runs it: for
+// loading in the background on a thread of low priority. It takes them in
+// list order, except that modules named in Hurry, with their dependencies,
+// go ahead of the rest, earlier calls' before later ones'. Like LoadAll it
+// skips modules whose dependencies failed.
+type Queue struct {
+	dir string
+
+	mu      sync.Mutex
+	waiting []Module       // in list order, which is a load order
+	rank    map[string]int // hurried modules: the Hurry call that asked first
+	calls   int
+	failed  map[string]bool
+	all     map[string]Module
+}
+
+// NewQueue returns a queue of mods, to be loaded from dir by Run.
+func NewQueue(dir string, mods []Module) *Queue {
+	q := &Queue{dir: dir, waiting: slices.Clone(mods), rank: map[string]int{}, failed: map[string]bool{}, all: map[string]Module{}}
 	for _, m := range mods {
-		if slices.ContainsFunc(m.Deps, func(d string) bool { return failed[d] }) {
-			failed[m.Name] = true
+		q.all[m.Name] = m
+	}
+	return q
+}
+
+// Hurry puts the named modules and their dependencies ahead of the modules
+// not hurried yet. Names the queue does not hold are ignored: they may be
+// loaded already, or not be in the image.
+func (q *Queue) Hurry(names ...string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.calls++
+	var mark func(string)
+	mark = func(name string) {
+		m, ok := q.all[name]
+		if _, ranked := q.rank[name]; ranked || !ok {
+			return
+		}
+		q.rank[name] = q.calls
+		for _, d := range m.Deps {
+			mark(d)
+		}
+	}
+	for _, name := range names {
+		mark(name)
+	}
+}
+
+// Len is the number of modules waiting.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.waiting)
+}
+
+// next takes the module to load now off the queue: the first in list order
+// of the earliest hurried, or else the first. hurry is the Hurry call that
+// asked for it (1 for the first call), 0 for none.
+func (q *Queue) next() (m Module, hurry int, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.waiting) == 0 {
+		return Module{}, 0, false
+	}
+	pick := 0
+	for i, m := range q.waiting {
+		r, ok := q.rank[m.Name]
+		if !ok {
 			continue
 		}
-		if err := Load(filepath.Join(dir, m.Path)); err != nil {
-			failed[m.Name] = true
+		if best, bestOK := q.rank[q.waiting[pick].Name]; !bestOK || r < best {
+			pick = i
+		}
+	}
+	m = q.waiting[pick]
+	q.waiting = slices.Delete(q.waiting, pick, pick+1)
+	return m, q.rank[m.Name], true
+}
+
+// Run loads every module of the queue, including those hurried while it
+// runs, and returns the errors of those that failed, joined. If before is
+// set, Run calls it before each module with the Hurry call that asked for
+// the module (0 for none): to set the loading thread's priority.
+func (q *Queue) Run(before func(hurry int)) error {
+	var errs []error
+	for {
+		m, hurry, ok := q.next()
+		if !ok {
+			return errors.Join(errs...)
+		}
+		if before != nil {
+			before(hurry)
+		}
+		if slices.ContainsFunc(m.Deps, func(d string) bool { return q.failed[d] }) {
+			q.failed[m.Name] = true
+			continue
+		}
+		if err := Load(filepath.Join(q.dir, m.Path)); err != nil {
+			q.failed[m.Name] = true
 			errs = append(errs, fmt.Errorf("load module %s: %w", m.Name, err))
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // Name is the kernel's name of a module given by file path or name: no

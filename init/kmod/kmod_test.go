@@ -74,3 +74,66 @@ func TestSplit(t *testing.T) {
 		t.Errorf("split lost modules: %d + %d != %d", len(first), len(rest), len(sample))
 	}
 }
+
+func TestQueueOrder(t *testing.T) {
+	q := NewQueue("/nonexistent", sample)
+	q.Hurry("bridge")
+	q.Hurry("virtio_rng", "not_in_image")
+	var got []string
+	take := func() {
+		m, _, ok := q.next()
+		if !ok {
+			t.Fatal("queue empty too soon")
+		}
+		got = append(got, m.Name)
+	}
+	take()
+	// Hurried while the queue runs: after the earlier calls' modules, but
+	// ahead of the rest.
+	q.Hurry("qemu_fw_cfg", "llc")
+	for range len(sample) - 1 {
+		take()
+	}
+	if _, _, ok := q.next(); ok {
+		t.Error("queue not empty after every module")
+	}
+	want := []string{"llc", "stp", "bridge", "virtio_ring", "virtio", "virtio_rng", "qemu_fw_cfg"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+}
+
+func TestQueueNoHurryIsListOrder(t *testing.T) {
+	q := NewQueue("/nonexistent", sample)
+	for _, m := range sample {
+		got, hurry, ok := q.next()
+		if !ok || got.Name != m.Name || hurry != 0 {
+			t.Fatalf("next = %v %v, want %s", got.Name, ok, m.Name)
+		}
+	}
+}
+
+func TestQueueRunSkipsDependentsOfFailed(t *testing.T) {
+	// No module files in the directory: virtio_ring fails to open, and the
+	// two that depend on it are not attempted.
+	err := NewQueue(t.TempDir(), sample[:3]).Run(nil)
+	if err == nil || !strings.Contains(err.Error(), "load module virtio_ring") {
+		t.Fatalf("Run = %v, want virtio_ring's failure", err)
+	}
+	if strings.Contains(err.Error(), "module virtio:") || strings.Contains(err.Error(), "virtio_rng") {
+		t.Errorf("Run tried modules whose dependency failed: %v", err)
+	}
+}
+
+func TestQueueRunTellsEachModulesHurry(t *testing.T) {
+	q := NewQueue(t.TempDir(), sample)
+	q.Hurry("stp")
+	q.Hurry("qemu_fw_cfg")
+	var got []int
+	q.Run(func(hurry int) { got = append(got, hurry) })
+	// llc and stp from the first call, qemu_fw_cfg from the second, then
+	// the rest in list order (also those whose dependency failed).
+	if want := []int{1, 1, 2, 0, 0, 0, 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("hurry per module %v, want %v", got, want)
+	}
+}
