@@ -88,7 +88,13 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+	// Others may walk through but not list it: a user-namespaced job's
+	// root, an unprivileged ID, walks to its root filesystem below. The
+	// secrets in it are files of mode 0600.
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("hostd: state directory: %w", err)
+	}
+	if err := os.Chmod(cfg.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("hostd: state directory: %w", err)
 	}
 	id, created, err := loadOrCreateNodeID(cfg.StateDir)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/internal/testroot"
 	"github.com/plinth-os/plinth/host/job"
@@ -200,6 +201,82 @@ func TestImageJob(t *testing.T) {
 	}
 	if _, err := c.CreateJob(ctx, job.Spec{ID: "missing", Image: "nope:1"}); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest {
 		t.Errorf("missing image: %v, want 400", err)
+	}
+}
+
+// An image job in a user namespace: its root is the unprivileged host ID
+// container.UserNSBase; the image's layers are idmapped, so that inside,
+// its files keep the image's owners and root writes its own root
+// filesystem; what it writes lands on the host owned by the mapped ID; and
+// a host-owned directory stays closed to it.
+func TestImageJobUserNamespace(t *testing.T) {
+	busyboxRoot(t)
+	archive := busyboxImage(t)
+	d, c, _ := jobHost(t)
+	// The job's root, an unprivileged ID, walks through the test's
+	// directories to its root filesystem, as it does through /var/lib.
+	for p := d.cfg.StateDir; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o001 == 0 {
+			os.Chmod(p, st.Mode().Perm()|0o011)
+		}
+	}
+	ctx := context.Background()
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := c.ImportImage(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)               // the job's root, an unprivileged ID, walks through
+	data := filepath.Join(dir, "data") // made by hostd for the job's root
+	hostOwned := filepath.Join(dir, "host")
+	if err := os.Mkdir(hostOwned, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := `cat /proc/self/uid_map; busybox stat -c '%u:%g' /etc/motd; ` +
+		`echo made > /data/made && echo data-ok; ` +
+		`echo x > /newfile && echo rootfs-ok; ` +
+		`(echo x > /host/x) 2>/dev/null && echo host-written || echo host-denied`
+	t.Cleanup(func() { c.RemoveJob(context.Background(), "userns", true) })
+	if _, err := c.CreateJob(ctx, job.Spec{ID: "userns", Image: "plinth.test/busybox:1", UserNamespace: true,
+		Cmd:     []string{"sh", "-c", script},
+		Volumes: []job.Volume{{Source: data, Target: "/data"}, {Source: hostOwned, Target: "/host"}}}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.WaitJob(ctx, "userns")
+	if err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 0 {
+		t.Fatalf("job %+v, %v", j.Status, err)
+	}
+	var out []string
+	c.JobLogs(ctx, "userns", job.LogOptions{}, func(l job.LogLine) error { out = append(out, strings.Join(strings.Fields(l.Text), " ")); return nil })
+	want := []string{fmt.Sprintf("0 %d %d", container.UserNSBase, container.UserNSSize), "0:0", "data-ok", "rootfs-ok", "host-denied"}
+	if !reflect.DeepEqual(out, want) {
+		t.Errorf("job output %q, want %q", out, want)
+	}
+	owner := func(path string) string {
+		st, err := os.Stat(path)
+		if err != nil {
+			return err.Error()
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%d:%d", sys.Uid, sys.Gid)
+	}
+	mapped := fmt.Sprintf("%d:%d", container.UserNSBase, container.UserNSBase)
+	if got := owner(filepath.Join(data, "made")); got != mapped {
+		t.Errorf("file the job made in its volume is owned by %s on the host, want %s", got, mapped)
+	}
+	if got := owner(filepath.Join(d.cfg.StateDir, "jobs", "rootfs", "userns", "upper", "newfile")); got != mapped {
+		t.Errorf("file the job made in its root filesystem is owned by %s on the host, want %s", got, mapped)
+	}
+	if _, err := os.Stat(filepath.Join(hostOwned, "x")); !os.IsNotExist(err) {
+		t.Errorf("the job wrote into a host-owned directory: %v", err)
+	}
+	// The image's layers are untouched: still host root's.
+	if entries, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "images", "layers", "*", "etc", "motd")); len(entries) != 1 || owner(entries[0]) != "0:0" {
+		t.Errorf("layer files %v: want one motd owned by 0:0", entries)
 	}
 }
 

@@ -182,8 +182,9 @@ func loadModules(dir string, disk, slot bool) *kmod.Queue {
 	}
 	want := initModules
 	if disk {
-		// The data partition must be at /var before the services start.
-		want = append(slices.Clone(want), "virtio_blk")
+		// The data partition must be at /var before the services start:
+		// the disk's driver and the bus it shows up on.
+		want = append(slices.Clone(want), "virtio_pci", "virtio_blk")
 	}
 	if slot {
 		// PID 1 mounts the ESP to commit or fail this boot's entry.

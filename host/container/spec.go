@@ -91,8 +91,11 @@ type Resources struct {
 }
 
 // UserNSBase is the first host ID that a user-namespaced container's
-// root maps to; its 65536 IDs are not used by anything on the host.
-const UserNSBase = 1 << 20
+// root maps to; its UserNSSize IDs are not used by anything on the host.
+const (
+	UserNSBase = 1 << 20
+	UserNSSize = 1 << 16
+)
 
 // InitPath is where Spec.Init appears inside the container: in the /dev
 // tmpfs the container gets, so that it can be mounted whatever the root
@@ -224,7 +227,7 @@ func (s *Spec) ociSpec(cgroupNS bool) *specs.Spec {
 		},
 	}
 	if s.UserNS {
-		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: UserNSBase, Size: 1 << 16}}
+		ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: UserNSBase, Size: UserNSSize}}
 		spec.Linux.UIDMappings, spec.Linux.GIDMappings = ids, ids
 		if s.HostNetwork || s.NetnsPath != "" {
 			// sysfs cannot be mounted from a user namespace that does not

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-os/plinth/host/idmap"
 )
 
 // Mount assembles a job's root filesystem from the image ref names: an
@@ -20,7 +22,12 @@ import (
 //
 // The mount is nodev: a device node an image brings would reach the
 // host's devices, and the container runtime gives a job its /dev.
-func (s *Store) Mount(ctx context.Context, ref, jobDir string) (rootfs string, err error) {
+//
+// With ids, for a job in a user namespace, the layers are idmapped into
+// its ID range and the writable layer belongs to its root: inside, the
+// image's files have the owners the image gave them, and on the host they
+// belong to the range, not to host root.
+func (s *Store) Mount(ctx context.Context, ref, jobDir string, ids *IDMapping) (rootfs string, err error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
@@ -64,6 +71,21 @@ func (s *Store) Mount(ctx context.Context, ref, jobDir string) (rootfs string, e
 		}
 		lower = append(lower, dir)
 	}
+	if ids != nil {
+		mapped, unmap, err := ids.mapLayers(jobDir, lower)
+		if err != nil {
+			return "", fmt.Errorf("mount image %s: %w", ref, err)
+		}
+		// overlayfs keeps its own clones of its layers: the idmapped
+		// mounts are not needed once it is mounted.
+		defer unmap()
+		lower = mapped
+		for _, d := range []string{upper, work} {
+			if err := os.Chown(d, ids.Root, ids.Root); err != nil {
+				return "", fmt.Errorf("mount image %s: %w", ref, err)
+			}
+		}
+	}
 	opts, closeFDs, err := overlayOptions(lower, upper, work)
 	if err != nil {
 		return "", fmt.Errorf("mount image %s: %w", ref, err)
@@ -73,6 +95,39 @@ func (s *Store) Mount(ctx context.Context, ref, jobDir string) (rootfs string, e
 		return "", overlayMountError(ref, rootfs, err)
 	}
 	return rootfs, nil
+}
+
+// IDMapping is the user namespace of a job whose root is an unprivileged
+// host ID: Root is that ID (user and group), Userns the namespace mapping
+// the job's IDs to the host's (see host/idmap).
+type IDMapping struct {
+	Userns *os.File
+	Root   int
+}
+
+// mapLayers mounts idmapped views of the layer directories under
+// jobDir/lower, and returns their paths and how to unmount them.
+func (ids *IDMapping) mapLayers(jobDir string, layers []string) (mapped []string, unmap func(), err error) {
+	base := filepath.Join(jobDir, "lower")
+	unmap = func() {
+		for _, d := range mapped {
+			unix.Unmount(d, unix.MNT_DETACH)
+		}
+		os.RemoveAll(base)
+	}
+	for i, layer := range layers {
+		dir := filepath.Join(base, strconv.Itoa(i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			unmap()
+			return nil, nil, err
+		}
+		if err := idmap.Mount(layer, dir, ids.Userns, true); err != nil {
+			unmap()
+			return nil, nil, err
+		}
+		mapped = append(mapped, dir)
+	}
+	return mapped, unmap, nil
 }
 
 // ErrNoOverlay is Mount's error while the kernel has no overlay

@@ -249,7 +249,7 @@ func mount(t *testing.T, s *Store, ref string) (jobDir, rootfs string) {
 	t.Helper()
 	jobDir = filepath.Join(t.TempDir(), "job")
 	t.Cleanup(func() { unix.Unmount(filepath.Join(jobDir, "rootfs"), unix.MNT_DETACH) })
-	rootfs, err := s.Mount(context.Background(), ref, jobDir)
+	rootfs, err := s.Mount(context.Background(), ref, jobDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,7 +431,7 @@ func TestMountShowsLayersAndKeepsWritesInJobDir(t *testing.T) {
 		t.Errorf("deleting through the mount changed the layer: %q", got)
 	}
 
-	again, err := s.Mount(context.Background(), "example.com/app:v1", jobDir)
+	again, err := s.Mount(context.Background(), "example.com/app:v1", jobDir, nil)
 	if err != nil || again != rootfs {
 		t.Fatalf("second Mount = %s, %v", again, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/plinth-os/plinth/host/cnet"
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/fanout"
+	"github.com/plinth-os/plinth/host/idmap"
 	"github.com/plinth-os/plinth/host/imagestore"
 )
 
@@ -142,6 +143,7 @@ type Manager struct {
 	network      atomic.Pointer[cnet.Network]
 	networkReady chan struct{}
 
+	userns      idmap.Namespaces // for image jobs' idmapped layers
 	sysrootOnce sync.Once
 	sysrootDir  string
 	sysrootErr  error
@@ -194,6 +196,17 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "logs"), 0o700); err != nil {
 		return nil, fmt.Errorf("job state directory: %w", err)
+	}
+	// Image jobs' root filesystems are mounted below rootfs: a
+	// user-namespaced job's root, an unprivileged ID, walks through to
+	// its own (neither directory can be listed by it).
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "rootfs")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("job state directory: %w", err)
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return nil, fmt.Errorf("job state directory: %w", err)
+		}
 	}
 	rt, err := container.New(cfg.RunDir)
 	if err != nil {
@@ -368,7 +381,15 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 	case m.cfg.Images == nil:
 		return "", fmt.Errorf("%w: this host has no image store", ErrInvalid)
 	}
-	dir, err := m.cfg.Images.Mount(context.Background(), s.Image, m.imageDir(s.ID))
+	var ids *imagestore.IDMapping
+	if s.UserNamespace {
+		userns, err := m.userns.Get(idmap.Range{Host: container.UserNSBase, Size: container.UserNSSize})
+		if err != nil {
+			return "", fmt.Errorf("job %s: %w", s.ID, err)
+		}
+		ids = &imagestore.IDMapping{Userns: userns, Root: container.UserNSBase}
+	}
+	dir, err := m.cfg.Images.Mount(context.Background(), s.Image, m.imageDir(s.ID), ids)
 	if errors.Is(err, imagestore.ErrNoOverlay) {
 		return "", fmt.Errorf("%w: job %s: %v; try again shortly", ErrUnavailable, s.ID, err)
 	}

@@ -64,8 +64,9 @@ type Spec struct {
 	// ReadonlyRootfs mounts the root read-only.
 	ReadonlyRootfs bool `json:"readonly_rootfs,omitempty"`
 	// UserNamespace runs the job's root as an unprivileged host ID range
-	// (container.UserNSBase). The rootfs's path must be open to others;
-	// image jobs cannot use it yet (their layers are private to hostd).
+	// (container.UserNSBase). An image job's layers are idmapped into the
+	// range (see host/idmap); a rootfs job's directory must be open to
+	// others, and its files owned by host root look owned by nobody.
 	UserNamespace bool `json:"user_namespace,omitempty"`
 	// Volumes are host directories bound into the job.
 	Volumes []Volume `json:"volumes,omitempty"`
@@ -175,9 +176,6 @@ func (s *Spec) Check() error {
 	case "", NetworkNone, NetworkHost, NetworkBridge:
 	default:
 		return fmt.Errorf("network %q: use %q, %q or %q", s.Network, NetworkNone, NetworkHost, NetworkBridge)
-	}
-	if s.UserNamespace && s.Image != "" {
-		return fmt.Errorf("user_namespace works with rootfs jobs only, not yet with images")
 	}
 	if len(s.Ports) > 0 && s.Network != NetworkBridge {
 		return fmt.Errorf("ports are published to bridge jobs only; set network to %q", NetworkBridge)
