@@ -1,6 +1,7 @@
 package job
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -157,17 +158,56 @@ func (m *Manager) afterReboot(e *entry) {
 	m.persist(e)
 }
 
-// startRestored starts a restored job and supervises it; a failed start
-// is recorded and retried by the restart policy's backoff.
+// startRestored starts a restored job and supervises it. A start that
+// failed for a passing reason (ErrUnavailable: after boot, the overlay
+// module or the container network may not be there yet) is tried again,
+// in the background with a growing delay, until it works, the job is
+// stopped or removed, or the manager closes; any other failure is
+// recorded as the job's end.
 func (m *Manager) startRestored(e *entry, event string) {
-	if err := m.start(e); err != nil {
-		m.log.Warn("start restored job", "job", e.job.Spec.ID, "err", err)
-		m.mu.Lock()
-		e.job.Status.State = StateExited
-		m.mu.Unlock()
-		m.persist(e)
+	err := m.start(e)
+	if err == nil {
+		m.started(e, event)
 		return
 	}
+	m.log.Warn("start restored job", "job", e.job.Spec.ID, "err", err)
+	m.mu.Lock()
+	e.job.Status.State = StateExited
+	m.mu.Unlock()
+	m.persist(e)
+	if !errors.Is(err, ErrUnavailable) {
+		return
+	}
+	m.wg.Go(func() {
+		for backoff := firstBackoff; ; backoff = min(2*backoff, maxRestoreRetry) {
+			select {
+			case <-e.stop:
+				return
+			case <-e.gone:
+				return
+			case <-m.closing:
+				return
+			case <-time.After(backoff):
+			}
+			err := m.start(e)
+			if err == nil {
+				m.started(e, event)
+				return
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				m.log.Warn("start restored job", "job", e.job.Spec.ID, "err", err)
+				return
+			}
+		}
+	})
+}
+
+// maxRestoreRetry bounds the delay between starts of a restored job that
+// cannot start yet.
+const maxRestoreRetry = 30 * time.Second
+
+// started records and announces a restored job's start and supervises it.
+func (m *Manager) started(e *entry, event string) {
 	m.persist(e)
 	m.publish(Event{Type: event, Job: e.job.Spec.ID, Pid: e.job.Status.Pid})
 	m.supervise(e, false)
