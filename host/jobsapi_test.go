@@ -274,6 +274,21 @@ func TestImageJobUserNamespace(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(hostOwned, "x")); !os.IsNotExist(err) {
 		t.Errorf("the job wrote into a host-owned directory: %v", err)
 	}
+	// Preferred, as apps' jobs are: this host can idmap, so it gets one.
+	t.Cleanup(func() { c.RemoveJob(context.Background(), "prefer", true) })
+	p, err := c.CreateJob(ctx, job.Spec{ID: "prefer", Image: "plinth.test/busybox:1", PreferUserNamespace: true,
+		Cmd: []string{"cat", "/proc/self/uid_map"}})
+	if err != nil || !p.Spec.UserNamespace {
+		t.Fatalf("job preferring a user namespace: %+v, %v; want one", p.Spec, err)
+	}
+	if j, err := c.WaitJob(ctx, "prefer"); err != nil || j.Status.Exit == nil || j.Status.Exit.Code != 0 {
+		t.Fatalf("job %+v, %v", j.Status, err)
+	}
+	out = nil
+	c.JobLogs(ctx, "prefer", job.LogOptions{}, func(l job.LogLine) error { out = append(out, strings.Join(strings.Fields(l.Text), " ")); return nil })
+	if len(out) != 1 || out[0] != want[0] {
+		t.Errorf("uid_map of the job preferring a user namespace: %q, want %q", out, want[0])
+	}
 	// The image's layers are untouched: still host root's.
 	if entries, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "images", "layers", "*", "etc", "motd")); len(entries) != 1 || owner(entries[0]) != "0:0" {
 		t.Errorf("layer files %v: want one motd owned by 0:0", entries)

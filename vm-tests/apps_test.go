@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/imagestore"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/internal/testwait"
@@ -164,6 +165,31 @@ func (p *platformVMs) appServes(ctx context.Context, what string) {
 			return nil
 		})
 	}
+}
+
+// appInUserNamespace checks that the app's instances run in a user
+// namespace (the platform's default for apps, on hosts whose data disk
+// takes idmapped mounts): echoback's /uid_map shows root mapped to the
+// unprivileged host range.
+func (p *platformVMs) appInUserNamespace(ctx context.Context) {
+	p.t.Helper()
+	vm := p.vms[0]
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: vm.DialContext, DisableKeepAlives: true}}
+	want := fmt.Sprintf("0 %d %d", container.UserNSBase, container.UserNSSize)
+	testwait.For(p.t, "the app's uid_map through "+vm.Name(), time.Minute, func() error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vm.HostAddr(RouterHTTPPort)+"/uid_map", nil)
+		req.Host = "demo.test"
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := strings.Join(strings.Fields(string(body)), " "); resp.StatusCode != http.StatusOK || got != want {
+			return fmt.Errorf("%s: uid_map %q, want %q", resp.Status, got, want)
+		}
+		return nil
+	})
 }
 
 // gitPushApp pushes a small app with the system git client through

@@ -296,6 +296,7 @@ func TestPlatformColdStarts(t *testing.T) {
 	p.routesServe(ctx, "routes added")
 	p.deployApp(ctx)
 	p.appServes(ctx, "app deployed")
+	p.appInUserNamespace(ctx)
 	if gitPush {
 		p.gitPushApp(ctx)
 	}

@@ -105,6 +105,28 @@ type IDMapping struct {
 	Root   int
 }
 
+// CanIDMap reports whether the store's filesystem takes idmapped mounts
+// with userns, by making one; the error says why not.
+func (s *Store) CanIDMap(userns *os.File) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	dir, err := os.MkdirTemp(s.path("tmp"), "idmap-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	src, target := filepath.Join(dir, "src"), filepath.Join(dir, "target")
+	for _, d := range []string{src, target} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := idmap.Mount(src, target, userns, true); err != nil {
+		return err
+	}
+	return unix.Unmount(target, unix.MNT_DETACH)
+}
+
 // mapLayers mounts idmapped views of the layer directories under
 // jobDir/lower, and returns their paths and how to unmount them.
 func (ids *IDMapping) mapLayers(jobDir string, layers []string) (mapped []string, unmap func(), err error) {

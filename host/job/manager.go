@@ -144,6 +144,8 @@ type Manager struct {
 	networkReady chan struct{}
 
 	userns      idmap.Namespaces // for image jobs' idmapped layers
+	idmapOnce   sync.Once
+	idmapOK     bool
 	sysrootOnce sync.Once
 	sysrootDir  string
 	sysrootErr  error
@@ -265,6 +267,9 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := spec.Check(); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if spec.PreferUserNamespace && spec.Image != "" && !spec.UserNamespace {
+		spec.UserNamespace = m.canIDMap()
+	}
 	if spec.Credentials && m.cfg.Credentials == nil {
 		return Job{}, fmt.Errorf("%w: this host issues no credentials (it has no cluster CA)", ErrInvalid)
 	}
@@ -383,7 +388,7 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 	}
 	var ids *imagestore.IDMapping
 	if s.UserNamespace {
-		userns, err := m.userns.Get(idmap.Range{Host: container.UserNSBase, Size: container.UserNSSize})
+		userns, err := m.jobUserns()
 		if err != nil {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
@@ -397,6 +402,26 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 		return "", fmt.Errorf("job %s: mount image: %w", s.ID, err)
 	}
 	return dir, nil
+}
+
+// jobUserns is the user namespace of user-namespaced jobs' IDs.
+func (m *Manager) jobUserns() (*os.File, error) {
+	return m.userns.Get(idmap.Range{Host: container.UserNSBase, Size: container.UserNSSize})
+}
+
+// canIDMap reports whether image jobs can have their layers idmapped on
+// this host, found out once and logged when they cannot.
+func (m *Manager) canIDMap() bool {
+	m.idmapOnce.Do(func() {
+		userns, err := m.jobUserns()
+		if err == nil && m.cfg.Images != nil {
+			err = m.cfg.Images.CanIDMap(userns)
+		}
+		if m.idmapOK = err == nil && m.cfg.Images != nil; !m.idmapOK {
+			m.log.Warn("image jobs run without user namespaces on this host: their layers cannot be idmapped", "err", err)
+		}
+	})
+	return m.idmapOK
 }
 
 // attachNetwork gives a bridge job its address (once: it keeps it) and

@@ -68,6 +68,12 @@ type Spec struct {
 	// range (see host/idmap); a rootfs job's directory must be open to
 	// others, and its files owned by host root look owned by nobody.
 	UserNamespace bool `json:"user_namespace,omitempty"`
+	// PreferUserNamespace asks for UserNamespace for an image job if this
+	// host can idmap its image layers, and for none if it cannot (its
+	// image store is on tmpfs before Linux 6.3): the platform's default
+	// for app workloads. hostd decides at create, and the job's
+	// UserNamespace says what it got.
+	PreferUserNamespace bool `json:"prefer_user_namespace,omitempty"`
 	// Volumes are host directories bound into the job.
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Restart says when the job is started again after it exits.

@@ -6,7 +6,8 @@
 //
 // HTTP answers "<service> <name> <local address> <path>\n" and the
 // request's X-Forwarded-* and X-Request-Id as headers; /slow?ms=N answers after
-// N ms (at most 60 s); a request with "Connection: Upgrade" gets 101 and
+// N ms (at most 60 s); /uid_map answers its /proc/self/uid_map (the user
+// namespace it runs in); a request with "Connection: Upgrade" gets 101 and
 // an echo of its bytes. UDP replies "<name> <payload>".
 package main
 
@@ -57,6 +58,17 @@ func serveHTTP(addr, service, name string) {
 		if r.URL.Path == "/slow" {
 			ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 			time.Sleep(time.Duration(min(ms, 60000)) * time.Millisecond)
+		}
+		if r.URL.Path == "/uid_map" {
+			// Whose IDs the server's are on its host: a test's view of
+			// the user namespace it runs in.
+			data, err := os.ReadFile("/proc/self/uid_map")
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Write(data)
+			return
 		}
 		w.Header().Set("X-Seen-Forwarded-For", r.Header.Get("X-Forwarded-For"))
 		w.Header().Set("X-Seen-Forwarded-Proto", r.Header.Get("X-Forwarded-Proto"))

@@ -576,7 +576,10 @@ func releaseJob(r *Release, typ string, cmd []string) job.Spec {
 		Cmd:     cmd,
 		Env:     env,
 		Network: job.NetworkBridge,
-		Tags:    map[string]string{AppTag: r.App, ReleaseTag: strconv.Itoa(r.Version), TypeTag: typ},
+		// Root in an app's container is never root on its host where
+		// the host can idmap the image.
+		PreferUserNamespace: true,
+		Tags:                map[string]string{AppTag: r.App, ReleaseTag: strconv.Itoa(r.Version), TypeTag: typ},
 	}
 }
 
