@@ -29,9 +29,8 @@ import (
 // failed and reboots back when it does not become healthy in time.
 
 // HealthyMarker is the file hostd writes once the host is healthy after
-// a boot: back in the cluster, its jobs running. PID 1 commits a boot on
-// trial when it appears.
-const HealthyMarker = "/run/plinth/host-healthy"
+// a boot (see slots.HealthyMarker).
+const HealthyMarker = slots.HealthyMarker
 
 // MaxBundle bounds an upgrade bundle, which is held in memory until it
 // is checked; half the available memory bounds it further.

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/init/kmod"
@@ -82,7 +81,7 @@ func commitOrFallBack(d *slots.Disk, timeout time.Duration, power chan<- powerEv
 	say("slot %s is on trial: committed once the host is healthy, back to slot %s if not within %s", d.Booted, slots.Other(d.Booted), timeout)
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat(host.HealthyMarker); err == nil {
+		if _, err := os.Stat(slots.HealthyMarker); err == nil {
 			if err := d.Commit(); err != nil {
 				say("commit slot %s: %v", d.Booted, err)
 				return

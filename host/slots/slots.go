@@ -30,6 +30,11 @@ import (
 // SlotParam is the kernel command line parameter naming the booted slot.
 const SlotParam = "plinth.slot"
 
+// HealthyMarker is the file hostd writes once the host is healthy after
+// a boot: back in the cluster, its jobs running. PID 1 commits a boot on
+// trial when it appears.
+const HealthyMarker = "/run/plinth/host-healthy"
+
 // Partition names (GPT) of a plinth disk.
 const (
 	ESPName = "PLINTH-ESP"
