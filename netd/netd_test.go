@@ -187,7 +187,7 @@ func hasAddr(nl *netlink.Handle, link string, want netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	addrs, err := nl.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := nl.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return err
 	}
@@ -206,7 +206,7 @@ func hasRoute(nl *netlink.Handle, link, dst, gw string) error {
 	if err != nil {
 		return err
 	}
-	routes, err := nl.RouteList(l, netlink.FAMILY_V4)
+	routes, err := nl.RouteList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return err
 	}
@@ -309,6 +309,101 @@ func TestStaticPlanKeptApplied(t *testing.T) {
 	i := slices.IndexFunc(st.Links, func(l LinkStatus) bool { return l.Name == n.HostIf })
 	if i < 0 || !st.Links[i].Present || !slices.Contains(st.Links[i].Addresses, "10.77.0.2/24") || st.Reconciles < 2 {
 		t.Errorf("status %+v", st)
+	}
+}
+
+// IPv6: static addresses, a default route and a route from the config,
+// an IPv6 DNS server in resolv.conf; and an address the kernel makes by
+// SLAAC from a router advertisement (dnsmasq's, in the peer namespace)
+// is left alone, next to netd's.
+func TestIPv6StaticAndSLAAC(t *testing.T) {
+	n := newTestNet(t)
+	run(t, "ip", "-n", n.Peer, "addr", "add", "2001:db8:77::1/64", "dev", n.PeerIf, "nodad")
+	ra := false
+	if _, err := exec.LookPath("dnsmasq"); err == nil {
+		// Router advertisements only: the prefix for SLAAC, no DHCPv6.
+		cmd := exec.Command("ip", "netns", "exec", n.Peer, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+			"--port=0", "--interface="+n.PeerIf, "--bind-interfaces", "--enable-ra",
+			"--dhcp-range=::,constructor:"+n.PeerIf+",ra-only,64,1h", "--ra-param="+n.PeerIf+",3",
+			"--pid-file="+filepath.Join(n.dir, "dnsmasq-ra.pid"), "--user=root")
+		log, _ := os.Create(filepath.Join(n.dir, "dnsmasq-ra.log"))
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		ra = true
+	}
+	cfg := DefaultConfig()
+	cfg.StateDir, cfg.RunDir = filepath.Join(n.dir, "state"), filepath.Join(n.dir, "run")
+	cfg.Interfaces = []Interface{{Name: n.HostIf, Addressing: Addressing{
+		Addresses: []netip.Prefix{netip.MustParsePrefix("2001:db8:77::2/64")},
+		Gateway:   netip.MustParseAddr("2001:db8:77::1"),
+		Routes:    []Route{{To: netip.MustParsePrefix("2001:db8:99::/48"), Via: netip.MustParseAddr("2001:db8:77::fe")}},
+		Required:  true,
+	}}}
+	cfg.DNS = []netip.Addr{netip.MustParseAddr("2001:db8:77::53")}
+	n.startNetd(t, cfg)
+	nl := n.handle(t, n.Host)
+
+	eventually(t, "netd ready", func() error {
+		st, err := status(t, cfg.RunDir)
+		if err == nil && !st.Ready {
+			err = fmt.Errorf("not ready: %+v", st)
+		}
+		return err
+	})
+	eventually(t, "static IPv6 address", func() error { return hasAddr(nl, n.HostIf, netip.MustParsePrefix("2001:db8:77::2/64")) })
+	eventually(t, "IPv6 default route", func() error { return hasRoute(nl, n.HostIf, "default", "2001:db8:77::1") })
+	eventually(t, "IPv6 static route", func() error { return hasRoute(nl, n.HostIf, "2001:db8:99::/48", "2001:db8:77::fe") })
+	resolv, err := os.ReadFile(filepath.Join(cfg.RunDir, ResolvConfName))
+	if err != nil || !strings.Contains(string(resolv), "nameserver 2001:db8:77::53\n") {
+		t.Errorf("resolv.conf = %q (%v), want the IPv6 server", resolv, err)
+	}
+	// Traffic flows once duplicate address detection has passed.
+	eventually(t, "ping the peer over IPv6", func() error {
+		out, err := exec.Command("ip", "netns", "exec", n.Host, "busybox", "ping6", "-c", "1", "-W", "1", "2001:db8:77::1").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	if !ra {
+		t.Log("dnsmasq not installed: SLAAC not tried")
+		return
+	}
+	slaac := func() (netip.Prefix, error) {
+		l, err := nl.LinkByName(n.HostIf)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		addrs, err := nl.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		for _, a := range addrs {
+			if p, ok := toPrefix(a.IPNet); ok && p.Bits() == 64 && p.Addr() != netip.MustParseAddr("2001:db8:77::2") &&
+				netip.MustParsePrefix("2001:db8:77::/64").Contains(p.Addr()) {
+				return p, nil
+			}
+		}
+		return netip.Prefix{}, fmt.Errorf("no SLAAC address in 2001:db8:77::/64 on %s", n.HostIf)
+	}
+	var auto netip.Prefix
+	eventually(t, "SLAAC address from the router advertisement", func() (err error) {
+		auto, err = slaac()
+		return err
+	})
+	// netd's resyncs and reconciles leave it be.
+	run(t, "ip", "-n", n.Host, "addr", "del", "2001:db8:77::2/64", "dev", n.HostIf)
+	eventually(t, "static IPv6 address restored", func() error { return hasAddr(nl, n.HostIf, netip.MustParsePrefix("2001:db8:77::2/64")) })
+	if err := hasAddr(nl, n.HostIf, auto); err != nil {
+		t.Errorf("netd removed the SLAAC address: %v", err)
+	}
+	// Its routes were never taken for others: IPv6 routes get a metric
+	// from the kernel that netd must compare with.
+	if log, _ := os.ReadFile(filepath.Join(n.dir, "netd.log")); strings.Contains(string(log), "route removed") {
+		t.Errorf("netd removed a route it wants:\n%s", log)
 	}
 }
 

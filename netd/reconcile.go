@@ -483,6 +483,13 @@ func (d *Daemon) syncRoutes(m *managed, lease dhcp.Lease, leased bool) error {
 		want = append(want, netlink.Route{LinkIndex: idx, Dst: defaultDst(lease.Router), Gw: lease.Router.AsSlice(),
 			Src: lease.Address.Addr().AsSlice(), Priority: dhcpRouteMetric, Protocol: protoDHCP})
 	}
+	for i := range want {
+		// The kernel gives an IPv6 route without a metric its default:
+		// compare with that, or every pass would replace the route.
+		if want[i].Priority == 0 && want[i].Dst.IP.To4() == nil {
+			want[i].Priority = ipv6DefaultMetric
+		}
+	}
 	have, err := d.nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: idx, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -517,6 +524,10 @@ func (d *Daemon) syncRoutes(m *managed, lease dhcp.Lease, leased bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// ipv6DefaultMetric is the metric the kernel gives an IPv6 route added
+// without one (IP6_RT_PRIO_USER).
+const ipv6DefaultMetric = 1024
 
 func (d *Daemon) applyDHCPHostname(leases map[string]dhcp.Lease) {
 	if d.cfg.Hostname != "" || d.opts.SetHostname == nil {
