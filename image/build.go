@@ -312,6 +312,12 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		return err
 	}
 	defer os.RemoveAll(stage)
+	// The image's / gets the stage's mode: 0755, not MkdirTemp's 0700,
+	// which kept every unprivileged process (a user-namespaced job's
+	// root among them) from walking the root filesystem.
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return err
+	}
 
 	modDir := "lib/modules/" + tree.Release()
 	entries := []entry{

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	"github.com/plinth-os/plinth/host/mountinfo"
 	"github.com/plinth-os/plinth/init/kmod"
@@ -202,6 +203,13 @@ func selftest() Selftest {
 	if !r.Mounts["/"].ReadOnly {
 		problem("/ is writable, want read-only")
 	}
+	// Unprivileged processes (a user-namespaced job's root among them)
+	// walk and read the system image.
+	if st, err := os.Stat("/"); err != nil {
+		problem("stat /: %v", err)
+	} else if st.Mode().Perm()&0o005 != 0o005 {
+		problem("/ has mode %v: others cannot walk and read the system", st.Mode().Perm())
+	}
 	for t := range r.Mounts {
 		if _, ok := want[t]; !ok {
 			delete(r.Mounts, t)
@@ -258,22 +266,28 @@ func selftest() Selftest {
 // boot at about the same time, so the first echoes may go unanswered.
 const pingTimeout = 60 * time.Second
 
-// ping sends ICMP echo requests to target, one a second, until one is
-// answered or timeout passes.
+// ping sends ICMP (or ICMPv6) echo requests to target, one a second,
+// until one is answered or timeout passes.
 func ping(target string, timeout time.Duration) (bool, error) {
 	dst, err := netip.ParseAddr(target)
-	if err != nil || !dst.Is4() {
-		return false, fmt.Errorf("%q is not an IPv4 address", target)
+	if err != nil {
+		return false, fmt.Errorf("%q is not an IP address", target)
 	}
-	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	var echo, reply icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if dst.Is6() {
+		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+		echo, reply = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
+	c, err := icmp.ListenPacket(network, listen)
 	if err != nil {
 		return false, fmt.Errorf("open ICMP socket: %w", err)
 	}
 	defer c.Close()
 	buf := make([]byte, 1500)
 	for seq, deadline := 1, time.Now().Add(timeout); time.Now().Before(deadline); seq++ {
-		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: seq, Data: []byte("plinth")}}
-		wb, _ := msg.Marshal(nil)
+		msg := icmp.Message{Type: echo, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: seq, Data: []byte("plinth")}}
+		wb, _ := msg.Marshal(nil) // the kernel fills in the ICMPv6 checksum
 		if _, err = c.WriteTo(wb, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 			time.Sleep(time.Second)
 			continue
@@ -285,11 +299,11 @@ func ping(target string, timeout time.Duration) (bool, error) {
 				err = fmt.Errorf("no reply: %w", rerr)
 				break
 			}
-			reply, perr := icmp.ParseMessage(1, buf[:n])
-			if perr != nil || reply.Type != ipv4.ICMPTypeEchoReply || from.String() != dst.String() {
+			m, perr := icmp.ParseMessage(proto, buf[:n])
+			if perr != nil || m.Type != reply || from.String() != dst.String() {
 				continue
 			}
-			if e, ok := reply.Body.(*icmp.Echo); ok && e.ID == os.Getpid()&0xffff {
+			if e, ok := m.Body.(*icmp.Echo); ok && e.ID == os.Getpid()&0xffff {
 				return true, nil
 			}
 		}

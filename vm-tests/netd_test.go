@@ -94,6 +94,54 @@ required = true
 	}
 }
 
+// TestNetdIPv6Segment: three VMs on an IPv6-only segment (no IPv4
+// address anywhere) with static addresses from their machine configs
+// ping each other over IPv6.
+func TestNetdIPv6Segment(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	seg := NewSegment(t)
+	addr := func(i int) string { return fmt.Sprintf("2001:db8:60::%d", i+1) }
+	var cfgs []Config
+	for i := range 3 {
+		var others []string
+		for j := range 3 {
+			if j != i {
+				others = append(others, addr(j))
+			}
+		}
+		cfgs = append(cfgs, Config{
+			Name: fmt.Sprintf("v6-%d", i+1), Kernel: kernel, Initrd: initrd,
+			Cmdline: "plinth.selftest=1 plinth.selftest.ping=" + strings.Join(others, ","),
+			NICs:    []NIC{{MAC: fmt.Sprintf("52:54:00:66:00:%02d", i+1), Segment: seg}},
+			MachineConfig: []byte(fmt.Sprintf(`[network]
+dns = ["2001:db8:60::53"]
+[[network.interface]]
+mac = "52:54:00:66:00:%02d"
+name = "lan0"
+addresses = ["%s/64"]
+gateway = "2001:db8:60::fe"
+required = true
+`, i+1, addr(i))),
+		})
+	}
+	vms := StartN(t, cfgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	for i, r := range selftestReports(t, ctx, vms) {
+		if got := r.Addresses["lan0"]; !slices.Equal(got, []string{addr(i) + "/64"}) {
+			t.Errorf("%s: lan0 addresses %v, want only %s/64", vms[i].Name(), got, addr(i))
+		}
+		if len(r.Ping) != 2 {
+			t.Errorf("%s: pinged %v, want the 2 other VMs", vms[i].Name(), r.Ping)
+		}
+		for target, ok := range r.Ping {
+			if !ok {
+				t.Errorf("%s: no answer from %s (problems %v)", vms[i].Name(), target, r.Problems)
+			}
+		}
+	}
+}
+
 // TestNetdBondAndVLAN: VM a bonds its two NICs (active-backup) and runs a
 // VLAN on the bond; VM b has the same VLAN on its one NIC. Traffic passes
 // both untagged over the bond and tagged over the VLAN. (The dev host's

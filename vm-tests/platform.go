@@ -53,6 +53,11 @@ func DataDisk(dir string, size int64) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(stage)
+	// mkfs gives the filesystem's root the stage's mode: 0755, as a
+	// fresh filesystem's, not MkdirTemp's 0700.
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return "", err
+	}
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return "", fmt.Errorf("data disk: %w (install busybox-static)", err)

@@ -393,6 +393,9 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
 		ids = &imagestore.IDMapping{Userns: userns, Root: container.UserNSBase}
+		if err := m.walkable(m.imageDir(s.ID)); err != nil {
+			return "", fmt.Errorf("job %s: %w", s.ID, err)
+		}
 	}
 	dir, err := m.cfg.Images.Mount(context.Background(), s.Image, m.imageDir(s.ID), ids)
 	if errors.Is(err, imagestore.ErrNoOverlay) {
@@ -402,6 +405,29 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 		return "", fmt.Errorf("job %s: mount image: %w", s.ID, err)
 	}
 	return dir, nil
+}
+
+// walkable lets anyone walk (not list) through every directory above
+// dir: the runtime sets a user-namespaced job's root filesystem up as the
+// job's root, an unprivileged ID, which must reach it. hostd's own
+// directories are made so; one above them that is closed (a /var of mode
+// 0700) is opened for walking, and the change logged.
+func (m *Manager) walkable(dir string) error {
+	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if mode := st.Mode().Perm(); mode&0o001 == 0 {
+			if err := os.Chmod(d, mode|0o001); err != nil {
+				return fmt.Errorf("let user-namespaced jobs walk through %s: %w", d, err)
+			}
+			m.log.Info("directory opened for walking by user-namespaced jobs", "dir", d, "mode", fmt.Sprintf("%o", mode|0o001))
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
 }
 
 // jobUserns is the user namespace of user-namespaced jobs' IDs.
