@@ -60,9 +60,8 @@ func pid1() {
 	buttonArmed := watchPowerButton(power)
 
 	m, src, raw, err := loadMachineConfig(cl)
-	hurryModules(modules, m.Network)
 	ready := make(chan struct{})
-	loadInBackground(modules, ready)
+	loadInBackground(modules, hurryModules(modules, m.Network), ready)
 	if err != nil {
 		<-buttonArmed
 		maintenance(src, err, power)
@@ -199,7 +198,7 @@ func loadModules(dir string, disk, slot bool) *kmod.Queue {
 	}
 	phase("init: %d modules loaded, %d more in the background", len(now), len(later))
 	q := kmod.NewQueue(dir, later)
-	q.Hurry(nicDrivers(later)...) // nicHurry
+	q.Hurry(nicDrivers(later)...)
 	return q
 }
 
@@ -212,13 +211,14 @@ func loadModules(dir string, disk, slot bool) *kmod.Queue {
 // as soon as anything else ran: a module's init holds kernel locks (rtnl,
 // the network namespace list) that netd and container starts need, and a
 // preempted holder made the jobs after boot 4–7 times slower until the
-// last module was in.
-func loadInBackground(q *kmod.Queue, ready <-chan struct{}) {
+// last module was in. Modules hurried with a rank up to bootPath load at
+// once, the rest after ready.
+func loadInBackground(q *kmod.Queue, bootPath int, ready <-chan struct{}) {
 	n := q.Len()
 	go func() {
 		start := time.Now()
 		err := q.Run(func(hurry int) {
-			if hurry == 0 || hurry > linksHurry {
+			if hurry == 0 || hurry > bootPath {
 				<-ready
 			}
 		})
@@ -229,13 +229,6 @@ func loadInBackground(q *kmod.Queue, ready <-chan struct{}) {
 		phase("init: %d background modules loaded in %.3fs", n, time.Since(start).Seconds())
 	}()
 }
-
-// The queue's Hurry calls, in order: loadModules's, then hurryModules's.
-const (
-	nicHurry   = 1 // NIC drivers
-	linksHurry = 2 // the link types netd is configured to make
-	jobsHurry  = 3 // what jobs need
-)
 
 // nicDrivers are the modules of mods that drive network cards, and the
 // virtio PCI transport that virtio cards appear through.
@@ -254,8 +247,9 @@ func nicDrivers(mods []kmod.Module) []string {
 var jobModules = []string{"overlay", "veth", "bridge", "vxlan"}
 
 // hurryModules puts ahead, after the NIC drivers, the link types netd is
-// configured to make, then what the first job will need.
-func hurryModules(q *kmod.Queue, n netd.Config) {
+// configured to make, then what the first job will need. It returns the
+// links' rank: the boot path is loaded with it.
+func hurryModules(q *kmod.Queue, n netd.Config) (bootPath int) {
 	var links []string
 	if len(n.Bonds) > 0 {
 		links = append(links, "bonding")
@@ -266,8 +260,9 @@ func hurryModules(q *kmod.Queue, n netd.Config) {
 	if len(n.Bridges) > 0 {
 		links = append(links, "bridge")
 	}
-	q.Hurry(links...)      // linksHurry
-	q.Hurry(jobModules...) // jobsHurry
+	bootPath = q.Hurry(links...)
+	q.Hurry(jobModules...)
+	return bootPath
 }
 
 // maintenance is where a machine with an unusable config waits: the error is

@@ -134,10 +134,10 @@ func LoadAll(dir string, mods []Module) error {
 }
 
 // Queue loads modules one after another, on the goroutine that runs it: for
-// loading in the background on a thread of low priority. It takes them in
-// list order, except that modules named in Hurry, with their dependencies,
-// go ahead of the rest, earlier calls' before later ones'. Like LoadAll it
-// skips modules whose dependencies failed.
+// loading in the background. It takes them in list order, except that
+// modules named in Hurry, with their dependencies, go ahead of the rest,
+// earlier calls' before later ones'. Like LoadAll it skips modules whose
+// dependencies failed.
 type Queue struct {
 	dir string
 
@@ -159,9 +159,11 @@ func NewQueue(dir string, mods []Module) *Queue {
 }
 
 // Hurry puts the named modules and their dependencies ahead of the modules
-// not hurried yet. Names the queue does not hold are ignored: they may be
-// loaded already, or not be in the image.
-func (q *Queue) Hurry(names ...string) {
+// not hurried yet, and returns the call's rank (1 for the first call), which
+// Run hands its callback for each module this call hurried. Names the queue
+// does not hold are ignored: they may be loaded already, or not be in the
+// image.
+func (q *Queue) Hurry(names ...string) (rank int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.calls++
@@ -179,6 +181,7 @@ func (q *Queue) Hurry(names ...string) {
 	for _, name := range names {
 		mark(name)
 	}
+	return q.calls
 }
 
 // Len is the number of modules waiting.
@@ -189,8 +192,8 @@ func (q *Queue) Len() int {
 }
 
 // next takes the module to load now off the queue: the first in list order
-// of the earliest hurried, or else the first. hurry is the Hurry call that
-// asked for it (1 for the first call), 0 for none.
+// of the earliest hurried, or else the first. hurry is the rank of the
+// Hurry call that asked for it, 0 for none.
 func (q *Queue) next() (m Module, hurry int, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -214,8 +217,8 @@ func (q *Queue) next() (m Module, hurry int, ok bool) {
 
 // Run loads every module of the queue, including those hurried while it
 // runs, and returns the errors of those that failed, joined. If before is
-// set, Run calls it before each module with the Hurry call that asked for
-// the module (0 for none): to set the loading thread's priority.
+// set, Run calls it before each module with the rank of the Hurry call that
+// asked for the module (0 for none): to hold back what may wait.
 func (q *Queue) Run(before func(hurry int)) error {
 	var errs []error
 	for {

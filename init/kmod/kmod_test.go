@@ -127,8 +127,9 @@ func TestQueueRunSkipsDependentsOfFailed(t *testing.T) {
 
 func TestQueueRunTellsEachModulesHurry(t *testing.T) {
 	q := NewQueue(t.TempDir(), sample)
-	q.Hurry("stp")
-	q.Hurry("qemu_fw_cfg")
+	if r1, r2 := q.Hurry("stp"), q.Hurry("qemu_fw_cfg"); r1 != 1 || r2 != 2 {
+		t.Errorf("Hurry ranks %d, %d; want 1, 2", r1, r2)
+	}
 	var got []int
 	q.Run(func(hurry int) { got = append(got, hurry) })
 	// llc and stp from the first call, qemu_fw_cfg from the second, then
