@@ -88,17 +88,16 @@ type Watch struct {
 
 // RunSelftest checks the running system, prints the report on one line
 // and, with plinth.selftest.watch, watches the ping targets and bonds for
-// that many seconds. It exits 0 when every
-// check of the report passed.
+// that many seconds. It exits 0 when every check of the report passed.
 func RunSelftest() int {
-	r := selftest()
+	cl := readCmdline()
+	r := selftest(cl)
 	data, err := json.Marshal(r)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "selftest:", err)
 		return 1
 	}
 	fmt.Println(SelftestMarker + string(data))
-	cl := readCmdline()
 	if rounds, err := strconv.Atoi(cl[paramWatch]); err == nil && cl[paramPing] != "" {
 		watch(strings.Split(cl[paramPing], ","), min(rounds, maxWatchRounds))
 	}
@@ -166,7 +165,7 @@ func readBonds() map[string]BondState {
 	return bonds
 }
 
-func selftest() Selftest {
+func selftest(cl cmdline) Selftest {
 	r := Selftest{Version: version.Version, Kernel: kernelRelease(), ConfigSource: os.Getenv("PLINTH_CONFIG_SOURCE"), Mounts: map[string]Mount{}}
 	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
 
@@ -246,7 +245,7 @@ func selftest() Selftest {
 		}
 	}
 	r.Addresses = interfaceAddresses()
-	if targets := readCmdline()[paramPing]; targets != "" {
+	if targets := cl[paramPing]; targets != "" {
 		r.Ping = map[string]bool{}
 		for _, t := range strings.Split(targets, ",") {
 			ok, err := ping(t, pingTimeout)

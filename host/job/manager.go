@@ -146,6 +146,8 @@ type Manager struct {
 	userns      idmap.Namespaces // for image jobs' idmapped layers
 	idmapOnce   sync.Once
 	idmapOK     bool
+	walkMu      sync.Mutex
+	walked      bool // walkable has opened the path to image jobs' roots
 	sysrootOnce sync.Once
 	sysrootDir  string
 	sysrootErr  error
@@ -267,7 +269,7 @@ func (m *Manager) Create(spec Spec) (Job, error) {
 	if err := spec.Check(); err != nil {
 		return Job{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if spec.PreferUserNamespace && spec.Image != "" && !spec.UserNamespace {
+	if spec.PreferUserNamespace && spec.Image != "" && spec.Rootfs == "" && !spec.UserNamespace {
 		spec.UserNamespace = m.canIDMap()
 	}
 	if spec.Credentials && m.cfg.Credentials == nil {
@@ -393,7 +395,7 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
 		ids = &imagestore.IDMapping{Userns: userns, Root: container.UserNSBase}
-		if err := m.walkable(m.imageDir(s.ID)); err != nil {
+		if err := m.walkable(); err != nil {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
 	}
@@ -407,13 +409,19 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 	return dir, nil
 }
 
-// walkable lets anyone walk (not list) through every directory above
-// dir: the runtime sets a user-namespaced job's root filesystem up as the
-// job's root, an unprivileged ID, which must reach it. hostd's own
-// directories are made so; one above them that is closed (a /var of mode
-// 0700) is opened for walking, and the change logged.
-func (m *Manager) walkable(dir string) error {
-	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+// walkable lets anyone walk (not list) through every directory above the
+// image jobs' directories, once a manager: the runtime sets a
+// user-namespaced job's root filesystem up as the job's root, an
+// unprivileged ID, which must reach it. hostd's own directories are made
+// so; one above them that is closed (a /var of mode 0700) is opened for
+// walking, and the change logged. A failure is tried again next time.
+func (m *Manager) walkable() error {
+	m.walkMu.Lock()
+	defer m.walkMu.Unlock()
+	if m.walked {
+		return nil
+	}
+	for d := filepath.Join(m.cfg.StateDir, "rootfs"); ; d = filepath.Dir(d) {
 		st, err := os.Stat(d)
 		if err != nil {
 			return err
@@ -425,6 +433,7 @@ func (m *Manager) walkable(dir string) error {
 			m.log.Info("directory opened for walking by user-namespaced jobs", "dir", d, "mode", fmt.Sprintf("%o", mode|0o001))
 		}
 		if d == "/" || d == "." {
+			m.walked = true
 			return nil
 		}
 	}
@@ -439,11 +448,12 @@ func (m *Manager) jobUserns() (*os.File, error) {
 // this host, found out once and logged when they cannot.
 func (m *Manager) canIDMap() bool {
 	m.idmapOnce.Do(func() {
+		// Only jobs that run an image ask, and Create has found its store.
 		userns, err := m.jobUserns()
-		if err == nil && m.cfg.Images != nil {
+		if err == nil {
 			err = m.cfg.Images.CanIDMap(userns)
 		}
-		if m.idmapOK = err == nil && m.cfg.Images != nil; !m.idmapOK {
+		if m.idmapOK = err == nil; !m.idmapOK {
 			m.log.Warn("image jobs run without user namespaces on this host: their layers cannot be idmapped", "err", err)
 		}
 	})
