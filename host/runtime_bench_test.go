@@ -1,15 +1,18 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +34,12 @@ import (
 //
 //   - hostd's resident memory with 100 idle jobs against none.
 //
-//     bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48 (of medians 0.48)
+// With PLINTH_HOSTD_BINARY set (make bench-runtime sets it to
+// plinth-host), hostd is that binary in a process of its own, as on a
+// plinth machine, so each container start re-executes it; otherwise it
+// runs in this test binary, whose re-exec costs more.
+//
+//	bench runtime-start: plinth=12.0ms runc=25.0ms ratio=0.48 (of medians 0.48)
 func BenchmarkRuntime(b *testing.B) {
 	root := busyboxRoot(b)
 	runc, err := exec.LookPath("runc")
@@ -47,13 +55,24 @@ func BenchmarkRuntime(b *testing.B) {
 	}
 	cfg := loopbackConfig(b, "127.0.0.1", "bench", 0)
 	cfg.Bundle = bnd
-	d := runHost(b, cfg)
 	ctx := context.Background()
 	creds, err := bnd.IssueClient("bench", time.Hour)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := NewClient(d.APIAddr().String(), creds.TLS())
+	var c *Client
+	var hostdPID func() int
+	if bin := os.Getenv("PLINTH_HOSTD_BINARY"); bin != "" {
+		var pid int
+		c, pid = runHostdBinary(b, bin, cfg, creds)
+		hostdPID = func() int { return pid }
+		fmt.Printf("bench runtime: hostd is %s\n", bin)
+	} else {
+		d := runHost(b, cfg)
+		c = NewClient(d.APIAddr().String(), creds.TLS())
+		hostdPID = os.Getpid
+		fmt.Printf("bench runtime: hostd runs in the test binary (set PLINTH_HOSTD_BINARY for plinth-host)\n")
+	}
 
 	bundleDir := runcBundle(b, root)
 	runcRoot := b.TempDir()
@@ -109,16 +128,20 @@ func BenchmarkRuntime(b *testing.B) {
 		ms(p), ms(r), ratios[len(ratios)/2], p.Seconds()/r.Seconds())
 
 	// Memory: hostd with 100 idle jobs against hostd with none.
-	idle := rss()
+	idle := procRSS(hostdPID())
 	for i := range 100 {
 		if _, err := c.CreateJob(ctx, job.Spec{ID: "idle-" + strconv.Itoa(i), Rootfs: root, Cmd: []string{"sleep", "3600"}}); err != nil {
 			b.Fatal(err)
 		}
 	}
 	time.Sleep(time.Second)
-	busy := rss()
+	busy := procRSS(hostdPID())
 	var initRSS int64
-	for _, j := range d.jobs.List() {
+	jobs, err := c.Jobs(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, j := range jobs {
 		initRSS += procRSS(j.Status.Pid)
 	}
 	fmt.Printf("bench runtime-memory: plinth-100-jobs=%.1fMB plinth-0-jobs=%.1fMB ratio=%.2f (plus %.1fMB for the 100 jobs' inits)\n",
@@ -131,8 +154,61 @@ func BenchmarkRuntime(b *testing.B) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func mb(b int64) float64         { return float64(b) / (1 << 20) }
 
-// rss is this process's resident memory in bytes.
-func rss() int64 { return procRSS(os.Getpid()) }
+// runHostdBinary runs `bin hostd` with cfg's directories, addresses and
+// bundle until the benchmark ends, and returns a client of its API once
+// it answers, and its PID.
+func runHostdBinary(b *testing.B, bin string, cfg Config, creds *bundle.Credentials) (*Client, int) {
+	data, err := cfg.Bundle.Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bundlePath := filepath.Join(b.TempDir(), "bundle.toml")
+	if err := os.WriteFile(bundlePath, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "hostd", "--bundle", bundlePath, "--state-dir", cfg.StateDir, "--run-dir", cfg.RunDir,
+		"--bind", cfg.BindAddr, "--advertise", cfg.Advertise, "--api-bind", cfg.APIBind,
+		"--api-port", strconv.Itoa(port), "--gossip-port", "0", "--container-network=false", "--hostname", cfg.Hostname)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	b.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	c := NewClient(net.JoinHostPort(cfg.APIBind, strconv.Itoa(port)), creds.TLS())
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Health(ctx)
+		cancel()
+		if err == nil {
+			return c, cmd.Process.Pid
+		}
+		select {
+		case err := <-exited:
+			b.Fatalf("%s hostd exited: %v\n%s", bin, err, log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s hostd not answering within 30s: %v\n%s", bin, err, log.String())
+		}
+	}
+}
 
 func procRSS(pid int) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -13,6 +13,7 @@ package image
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -38,9 +39,16 @@ import (
 type Config struct {
 	OutDir   string // where vmlinuz, initrd.img, system.img, manifest.json go
 	CacheDir string // kernel package downloads (kept between builds)
-	Binary   string // the plinth binary to install as /init and /usr/bin/plinth
-	Version  string // written to os-release and the manifest
-	Kernel   Kernel
+	// Binary is the plinth binary (CLI, platform services), installed as
+	// /usr/bin/plinth in the system image.
+	Binary string
+	// HostBinary is the layer-0 binary (plinth-host), installed as the
+	// initramfs's /init: what runs before ready and at every container
+	// start. Empty installs Binary there instead, and /usr/bin/plinth
+	// links to it: one binary, larger and slower to start.
+	HostBinary string
+	Version    string // written to os-release and the manifest
+	Kernel     Kernel
 
 	// InitramfsModules are loaded by stage 1 to mount the system image;
 	// SystemModules by PID 1 from the system image. Dependencies are added.
@@ -87,6 +95,10 @@ const (
 
 // FaultPath is where a test image names its fault.
 const FaultPath = "/usr/lib/plinth/test-fault"
+
+// hostBinaryPath is where the running system finds the initramfs's /init
+// (bound there by stage 1, see init/stage1.go).
+const hostBinaryPath = "/usr/lib/plinth/bin/plinth-host"
 
 // BootLoaderPath is where the system image carries the EFI boot loader.
 const BootLoaderPath = "/usr/lib/plinth/systemd-bootx64.efi"
@@ -325,8 +337,7 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		// over it, so the image does not carry a second copy of the
 		// binary (see init/stage1.go).
 		{Name: "usr/lib/plinth/bin", Mode: cpio.TypeDir | 0o755},
-		{Name: "usr/bin/plinth", Link: "/usr/lib/plinth/bin/plinth"},
-		{Name: "sbin/init", Link: "/usr/bin/plinth"},
+		{Name: "sbin/init", Link: hostBinaryPath},
 		{Name: "etc/os-release", Mode: 0o644, Data: osRelease(cfg.Version)},
 		{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/usr/bin/plinth\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/plinth\n")},
 		{Name: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
@@ -334,6 +345,11 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		{Name: "etc/mtab", Link: "/proc/self/mounts"},
 		{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Src: cfg.CACerts},
 		{Name: "usr/lib/plinth/tini", Mode: 0o755, Src: cfg.Tini},
+	}
+	if cfg.HostBinary == "" {
+		entries = append(entries, entry{Name: "usr/bin/plinth", Link: hostBinaryPath})
+	} else {
+		entries = append(entries, entry{Name: "usr/bin/plinth", Mode: 0o755, Src: cfg.Binary})
 	}
 	if len(trusted) > 0 {
 		entries = append(entries, entry{Name: TrustedKeysPath[1:], Mode: 0o644, Data: trusted})
@@ -396,7 +412,7 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 // everything after it; the kernel reads concatenated archives as one.
 func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, trusted []byte, sysImg string) error {
 	modDir := "lib/modules/" + tree.Release()
-	entries := []entry{{Name: "init", Mode: 0o755, Src: cfg.Binary}}
+	entries := []entry{{Name: "init", Mode: 0o755, Src: cmp.Or(cfg.HostBinary, cfg.Binary)}}
 	for _, d := range []string{"dev", "proc", "sys", "newroot"} {
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
 	}

@@ -102,13 +102,16 @@ func pid1() {
 
 	start := time.Now()
 	var notReady, more []string
+	phase("init: starting netd")
 	busy(func() { notReady, err = sup.Start(context.Background(), netdService(m, raw != nil)) })
 	must(err)
 	if len(notReady) == 0 {
 		phase("init: network ready in %.2fs", time.Since(start).Seconds())
 	}
+	start = time.Now()
 	busy(func() { more, err = sup.Start(context.Background(), services(cl, src, raw != nil)...) })
 	must(err)
+	phase("init: services ready in %.2fs", time.Since(start).Seconds())
 	if notReady = append(notReady, more...); len(notReady) > 0 {
 		say("services not ready: %s (still supervised)", strings.Join(notReady, ", "))
 	}

@@ -38,7 +38,7 @@ type Selftest struct {
 	Kernel       string               `json:"kernel"`
 	Hostname     string               `json:"hostname"`
 	PID1Exe      string               `json:"pid1_exe"`
-	PID1IsImage  bool                 `json:"pid1_is_image_plinth"` // same bytes as /usr/bin/plinth
+	PID1IsImage  bool                 `json:"pid1_is_image_plinth"` // same bytes as the system's layer-0 binary
 	ServiceExe   string               `json:"service_exe"`          // this service's binary, as the kernel names it
 	ConfigSource string               `json:"config_source"`
 	Mounts       map[string]Mount     `json:"mounts"`          // by mount point, for the ones checked
@@ -171,13 +171,19 @@ func selftest(cl cmdline) Selftest {
 
 	r.Hostname, _ = os.Hostname()
 	// PID 1 runs the initramfs's /init, which stage 1 makes the system's
-	// binary (see bindBinary): /usr/bin/plinth must lead to that same
+	// layer-0 binary (see bindBinary): the services must run that same
 	// file, or the system runs another binary than its init.
 	r.PID1Exe, _ = os.Readlink("/proc/1/exe")
-	if same, err := sameContent("/proc/1/exe", "/usr/bin/plinth"); err != nil {
-		problem("compare PID 1 with /usr/bin/plinth: %v", err)
+	if same, err := sameContent("/proc/1/exe", binaryPath); err != nil {
+		problem("compare PID 1 with %s: %v", binaryPath, err)
 	} else if r.PID1IsImage = same; !same {
-		problem("PID 1 (%s) is not the binary /usr/bin/plinth leads to", r.PID1Exe)
+		problem("PID 1 (%s) is not the binary %s", r.PID1Exe, binaryPath)
+	}
+	// The CLI and the platform's jobs run /usr/bin/plinth.
+	if st, err := os.Stat(platformBinary); err != nil {
+		problem("platform binary: %v", err)
+	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 || st.Size() == 0 {
+		problem("platform binary %s is not an executable file (%s, %d bytes)", platformBinary, st.Mode(), st.Size())
 	}
 	// Services (this one too) run the binary by the path of its directory
 	// in the system, where libcontainer finds it to seal it per container.

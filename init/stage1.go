@@ -1,9 +1,12 @@
 package boot
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,11 +18,14 @@ const (
 	newRoot     = "/newroot"
 	systemImage = "/system.img" // where the image builder puts it in the initramfs
 	stage2      = "/sbin/init"  // argv[0] of stage 2, its path in the system image
-	// binaryDir is where the running system finds the plinth binary: a
-	// directory of the initramfs bound over the system image's empty
-	// placeholder (/usr/bin/plinth links into it). See bindBinary.
+	// binaryDir is where the running system finds its layer-0 binary
+	// (plinth-host): a directory of the initramfs bound over the system
+	// image's empty placeholder. See bindBinary.
 	binaryDir  = "/usr/lib/plinth/bin"
-	binaryPath = binaryDir + "/plinth"
+	binaryPath = binaryDir + "/plinth-host"
+	// platformBinary is the CLI and the platform's services, in the system
+	// image (a link to binaryPath in an image built with one binary).
+	platformBinary = "/usr/bin/plinth"
 	// binaryStage is that directory in the initramfs.
 	binaryStage = "/.plinth-bin"
 )
@@ -37,7 +43,9 @@ func stage1() {
 	must(mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
 	cl := readCmdline()
 	applyPanicPolicy(cl, nil)
-	phase("stage1: started")
+	// The exec's time shows what the kernel took (unpacking the
+	// initramfs) apart from what this binary's start took.
+	phase("stage1: started (exec at %.2fs)", execUptime())
 
 	// The initramfs has the modules of both kinds of boot: a disk slot's
 	// needs the disk driver and dm-verity too.
@@ -76,7 +84,7 @@ func stage1() {
 }
 
 // bindBinary makes this process's binary, the initramfs's /init, the
-// system's plinth binary without a second copy of it (the largest file of
+// system's layer-0 binary without a second copy of it (the largest file of
 // the boot) in the system image: it links /init into a directory of its
 // own in the initramfs and binds that directory over the image's empty
 // dstDir. A directory, not the file: tools that look the binary up by
@@ -168,6 +176,37 @@ func switchRoot(dir string) error {
 		return fmt.Errorf("chroot: %w", err)
 	}
 	return unix.Chdir("/")
+}
+
+// execUptime returns when the kernel executed /init, in seconds since
+// boot, from its log (which keeps the record under quiet too), or 0 if
+// the record is not there.
+func execUptime() float64 {
+	f, err := os.OpenFile("/dev/kmsg", os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	// Each read returns one record, "prio,seq,usec,flags;text"; the
+	// end of the log is EAGAIN.
+	buf := make([]byte, 8192)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			if errors.Is(err, unix.EPIPE) {
+				continue // overwritten while being read
+			}
+			return 0
+		}
+		head, text, ok := strings.Cut(string(buf[:n]), ";")
+		if !ok || !strings.HasPrefix(text, "Run /init as init process") {
+			continue
+		}
+		if f := strings.Split(head, ","); len(f) >= 3 {
+			usec, _ := strconv.ParseUint(f[2], 10, 64)
+			return float64(usec) / 1e6
+		}
+	}
 }
 
 func kernelRelease() string {

@@ -17,35 +17,10 @@ import (
 
 	"github.com/plinth-os/plinth/bootstrap"
 	"github.com/plinth-os/plinth/host"
-	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/manifests"
 	"github.com/plinth-os/plinth/services/controller"
 )
-
-// bootstrapJobID is the job a machine config's bootstrap_expect makes
-// hostd create: it runs `plinth cluster bootstrap --auto`.
-const bootstrapJobID = "plinth-bootstrap"
-
-// bootstrapStateDir keeps the auto bootstrap's step outputs on the host's
-// data partition.
-const bootstrapStateDir = "/var/lib/plinth/bootstrap"
-
-// bootstrapJobSpec is that job: on the system rootfs with the host's
-// network and a host certificate, restarted after a failure (with the
-// job backoff) until it succeeds. Once it has exited well, its record
-// stays, so hostd does not create it again, even after a reboot.
-func bootstrapJobSpec(expect int) job.Spec {
-	return job.Spec{
-		ID:     bootstrapJobID,
-		Rootfs: job.SystemRootfs,
-		Cmd: []string{platformBinary, "cluster", "bootstrap", "--auto", "--expect", strconv.Itoa(expect),
-			"--credentials", jobCredentials, "--state", filepath.Join(bootstrapStateDir, "state.json")},
-		Network:     job.NetworkHost,
-		Restart:     job.Restart{Policy: job.RestartOnFailure},
-		Credentials: true,
-		Volumes:     []job.Volume{{Source: bootstrapStateDir, Target: bootstrapStateDir}},
-	}
-}
 
 func clusterBootstrapCommand() *cobra.Command {
 	f := &clusterFlags{}
@@ -134,7 +109,7 @@ func clusterBootstrapCommand() *cobra.Command {
 	fl.StringSliceVar(&steps, "steps", nil, "run only these steps (IDs from the manifest)")
 	fl.StringVar(&statePath, "state", defaultBootstrapState(), "file that keeps each step's outputs")
 	fl.StringVar(&manifestPath, "manifest", "", "manifest file (default: the built-in platform.toml)")
-	fl.StringVar(&binary, "binary", platformBinary, "the plinth binary's path on the hosts' system rootfs")
+	fl.StringVar(&binary, "binary", layer0.PlatformBinary, "the plinth binary's path on the hosts' system rootfs")
 	fl.BoolVar(&auto, "auto", false, "run only on the lowest-ID controller host (what bootstrap_expect runs)")
 	return cmd
 }

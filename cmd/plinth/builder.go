@@ -24,6 +24,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/imagestore"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/builder"
 	"github.com/plinth-os/plinth/services/controller"
 )
@@ -54,7 +55,7 @@ func builderRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
 	fl.StringVar(&cfg.Addr, "addr", cfg.Addr, "address the builder listens on")
 	fl.StringVar(&cfg.Dir, "dir", cfg.Dir, "where the repositories are kept")

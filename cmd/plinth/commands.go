@@ -13,7 +13,7 @@ import (
 	"github.com/plinth-os/plinth/host/slots"
 	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/image/disk"
-	boot "github.com/plinth-os/plinth/init"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/version"
 )
 
@@ -24,8 +24,8 @@ func rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), selftestCommand(), netdCommand(), netCommand(),
-		hostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(), discoveryCommand(),
+	root.AddCommand(versionCommand(), imageCommand(), vmCommand(), layer0.SelftestCommand(), layer0.NetdCommand(), netCommand(),
+		layer0.HostdCommand(), membersCommand(), clusterCommand(), hostCommand(), controllerCommand(), servicesCommand(), discoveryCommand(),
 		schedulerCommand(), hostsCommand(), statusCommand(), formationsCommand(), routerCommand(), routesCommand(), registryCommand(),
 		appsCommand(), deployCommand(), releasesCommand(), rollbackCommand(), configCommand(), psCommand(), logsCommand(), runCommand(),
 		deploysCommand(), eventsCommand(), applyCommand(), exportCommand(), builderCommand(), gitCommand(), buildsCommand(), settingsCommand(),
@@ -61,6 +61,14 @@ func imageCommand() *cobra.Command {
 				}
 				cfg.Binary = self
 			}
+			if cfg.HostBinary == "" {
+				// make builds plinth-host beside plinth.
+				if sib := filepath.Join(filepath.Dir(cfg.Binary), "plinth-host"); fileExists(sib) {
+					cfg.HostBinary = sib
+				} else {
+					fmt.Fprintf(os.Stderr, "no %s: the image's /init is plinth itself, larger and slower to start (build plinth-host, or pass --host-binary)\n", sib)
+				}
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			m, err := image.Build(ctx, cfg)
@@ -70,16 +78,20 @@ func imageCommand() *cobra.Command {
 			var total int64
 			for _, f := range m.Files {
 				fmt.Printf("%-16s %9.2f MB  sha256:%s\n", f.Name, float64(f.Size)/1e6, f.SHA256[:16])
-				total += f.Size
+				// initrd.img is system.img and initrd-slot.img in one.
+				if f.Name != image.InitrdName {
+					total += f.Size
+				}
 			}
-			fmt.Printf("%-16s %9.2f MB  (plinth %s, kernel %s)\n", "total", float64(total)/1e6, m.Version, m.KernelRelease)
+			fmt.Printf("%-16s %9.2f MB  (plinth %s, kernel %s; initrd.img counted in its parts)\n", "total", float64(total)/1e6, m.Version, m.KernelRelease)
 			return nil
 		},
 	}
 	f := build.Flags()
 	f.StringVar(&cfg.OutDir, "out", cfg.OutDir, "output directory")
 	f.StringVar(&cfg.CacheDir, "cache", cfg.CacheDir, "kernel download cache")
-	f.StringVar(&cfg.Binary, "binary", "", "plinth binary to install (default: this one)")
+	f.StringVar(&cfg.Binary, "binary", "", "plinth binary to install as /usr/bin/plinth (default: this one)")
+	f.StringVar(&cfg.HostBinary, "host-binary", "", "layer-0 binary to install as /init (default: plinth-host beside --binary)")
 	f.StringVar(&cfg.Compression, "compression", cfg.Compression, "initramfs compression: "+strings.Join([]string{image.CompressLZ4, image.CompressNone}, ", "))
 	f.StringVar(&cfg.SquashfsCompression, "squashfs-compression", cfg.SquashfsCompression, "system image compression: lz4, zstd, none")
 	f.StringVar(&cfg.Version, "version", cfg.Version, "image version (os-release, manifest)")
@@ -150,15 +162,6 @@ func signCommand() *cobra.Command {
 	cmd.Flags().StringVar(&key, "key", "", "ed25519 private key (PEM) from `plinth image keygen`")
 	cmd.MarkFlagRequired("key")
 	return cmd
-}
-
-func selftestCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "selftest",
-		Short: "Check the running plinth system and print a JSON report",
-		Args:  cobra.NoArgs,
-		Run:   func(*cobra.Command, []string) { os.Exit(boot.RunSelftest()) },
-	}
 }
 
 func powerCommand(name, short string, sig unix.Signal) *cobra.Command {
@@ -232,4 +235,9 @@ func diskCommand() *cobra.Command {
 	f.StringVar(&cmdline, "cmdline", slots.DefaultOptions, "kernel command line of the boot entries")
 	f.StringVar(&loader, "boot-loader", image.DefaultConfig().SystemdBoot, "systemd-boot EFI binary")
 	return cmd
+}
+
+func fileExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular()
 }

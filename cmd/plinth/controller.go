@@ -18,14 +18,9 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/controller"
 )
-
-// jobCredentials is where hostd puts a platform job's certificate.
-const jobCredentials = "/run/plinth/credentials.toml"
-
-// platformBinary is the plinth binary's path on the system rootfs.
-const platformBinary = "/usr/bin/plinth"
 
 // clusterFlags are how CLI commands reach the cluster: credentials, a
 // host to ask for members, or controller addresses given outright.
@@ -143,7 +138,7 @@ func controllerRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "raft log, snapshots")
 	fl.StringVar(&cfg.HostAPI, "host-api", cfg.HostAPI, "the local host API")
 	fl.IntVar(&cfg.Ports.API, "api-port", cfg.Ports.API, "controller API port (the same on every controller)")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/discovery"
 )
@@ -35,7 +36,7 @@ func discoveryRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
 	fl.StringVar(&cfg.DNSAddr, "dns", cfg.DNSAddr, "address DNS is served on, UDP and TCP")
 	fl.StringVar(&cfg.ResolvConf, "resolv-conf", cfg.ResolvConf, "resolvers for names outside .plinth")

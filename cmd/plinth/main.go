@@ -1,30 +1,20 @@
-// Command plinth is the one binary of a plinth machine: init (stage 1 as
-// /init, PID 1 as /sbin/init), the layer-0 services, and the CLI. main only
-// dispatches; the work lives in the packages.
+// Command plinth is the CLI and the platform's services, and can run
+// everything of layer 0 as well (init, netd, hostd), for hosts that are
+// not plinth machines. A plinth machine's own /init is plinth-host, the
+// same layer 0 without the rest. main only dispatches; the work lives in
+// the packages.
 package main
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
-	"github.com/plinth-os/plinth/host/container"
-	boot "github.com/plinth-os/plinth/init"
+	"github.com/plinth-os/plinth/internal/layer0"
 )
 
 func main() {
-	// A container's setup re-executes this binary as "<self> init" inside
-	// the container's PID namespace, where it is PID 1 too: recognise it
-	// before anything looks at the PID.
-	if container.IsInit() {
-		container.Init()
-		return
-	}
-	// PID 1 and stage 1 are recognised before any argument parsing: the
-	// kernel may pass stray command-line words as arguments to init.
-	if os.Getpid() == 1 || filepath.Clean(os.Args[0]) == "/init" {
-		boot.Main()
+	if layer0.Dispatch() {
 		return
 	}
 	// "init" is reserved for the container runtime (above).

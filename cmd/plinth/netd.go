@@ -5,74 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
-	boot "github.com/plinth-os/plinth/init"
-	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/netd"
 )
-
-func netdCommand() *cobra.Command {
-	var configPath, stateDir, runDir string
-	var dhcpHostname bool
-	cmd := &cobra.Command{
-		Use:   "netd",
-		Short: "Run the network daemon: links, addresses, routes, DHCP, DNS from the machine config",
-		Long: "netd reads the [network] section of a machine config (--config; without it, DHCP on every\n" +
-			"physical interface with carrier), applies it with netlink and keeps it applied. It reports\n" +
-			"readiness on $NOTIFY_SOCKET and serves its status on <run-dir>/netd.sock (plinth net status).",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := netd.DefaultConfig()
-			if configPath != "" {
-				m, err := config.Load(configPath)
-				if err != nil {
-					return err
-				}
-				cfg = m.Network
-			}
-			if cmd.Flags().Changed("state-dir") {
-				cfg.StateDir = stateDir
-			}
-			if cmd.Flags().Changed("run-dir") {
-				cfg.RunDir = runDir
-			}
-			log := boot.ConsoleLogger(os.Stdout)
-			opts := netd.Options{
-				Log:   log,
-				Ready: func() { daemon.SdNotify(false, daemon.SdNotifyReady) },
-				ReleaseOnStop: func() bool {
-					_, err := os.Stat(filepath.Join(cfg.RunDir, netd.ShutdownMarker))
-					return err == nil
-				},
-			}
-			if dhcpHostname {
-				opts.SetHostname = func(h string) error { return unix.Sethostname([]byte(h)) }
-			}
-			d, err := netd.New(cfg, opts)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
-			defer stop()
-			return d.Run(ctx)
-		},
-	}
-	f := cmd.Flags()
-	f.StringVar(&configPath, "config", "", "machine config file (TOML); its [network] section is used")
-	f.StringVar(&stateDir, "state-dir", netd.DefaultConfig().StateDir, "where DHCP leases are kept across restarts")
-	f.StringVar(&runDir, "run-dir", netd.DefaultConfig().RunDir, "where resolv.conf and the status socket go")
-	f.BoolVar(&dhcpHostname, "dhcp-hostname", false, "set the hostname a DHCP server offers when the config names none")
-	return cmd
-}
 
 func netCommand() *cobra.Command {
 	net := &cobra.Command{Use: "net", Short: "Inspect the network daemon"}

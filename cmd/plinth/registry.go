@@ -13,6 +13,7 @@ import (
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/registry"
 )
@@ -45,7 +46,7 @@ func registryRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
 	fl.StringVar(&cfg.Addr, "addr", cfg.Addr, "address the registry listens on")
 	fl.StringVar(&cfg.Dir, "dir", cfg.Dir, "where the blobs are kept")

@@ -16,6 +16,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/router"
 )
@@ -47,7 +48,7 @@ func routerRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
 	fl.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "address HTTP routes are served on")
 	fl.StringVar(&cfg.HTTPSAddr, "https", cfg.HTTPSAddr, "address HTTPS routes are served on")

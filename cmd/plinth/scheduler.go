@@ -12,6 +12,7 @@ import (
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/imagestore"
+	"github.com/plinth-os/plinth/internal/layer0"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/deployer"
 	"github.com/plinth-os/plinth/services/router"
@@ -75,7 +76,7 @@ func schedulerRunCommand() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&credsPath, "credentials", jobCredentials, "host certificate of the cluster CA")
+	fl.StringVar(&credsPath, "credentials", layer0.JobCredentials, "host certificate of the cluster CA")
 	fl.StringVar(&hostAPI, "host-api", controller.DefaultConfig().HostAPI, "the local host API")
 	fl.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long a job being removed gets for its routed work to end")
 	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "how long the active scheduler's lease lasts unrenewed")

@@ -333,8 +333,8 @@ func newEntry(j Job) *entry {
 	return &entry{job: j, stop: make(chan struct{}), ran: make(chan struct{}), gone: make(chan struct{}), done: make(chan struct{})}
 }
 
-// systemBinaryDir holds the plinth binary on a plinth machine;
-// /usr/bin/plinth links into it.
+// systemBinaryDir holds the layer-0 binary (plinth-host) on a plinth
+// machine; in an image built with one binary, /usr/bin/plinth links to it.
 const systemBinaryDir = "/usr/lib/plinth/bin"
 
 // sysroot returns a read-only bind of the host's root filesystem alone
@@ -363,7 +363,7 @@ func (m *Manager) sysroot() (string, error) {
 			// On a plinth machine the binary's directory is a bind over
 			// an empty placeholder (see init/stage1.go), which the
 			// non-recursive bind leaves out; bring it along.
-			if st, err := os.Stat(filepath.Join(systemBinaryDir, "plinth")); err == nil && st.Size() > 0 {
+			if st, err := os.Stat(filepath.Join(systemBinaryDir, "plinth-host")); err == nil && st.Size() > 0 {
 				if err := unix.Mount(systemBinaryDir, dir+systemBinaryDir, "", unix.MS_BIND, ""); err != nil {
 					unix.Unmount(dir, unix.MNT_DETACH)
 					m.sysrootErr = fmt.Errorf("bind %s into the system root: %w", systemBinaryDir, err)
