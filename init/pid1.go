@@ -118,6 +118,7 @@ func pid1() {
 	busy(func() { <-buttonArmed })
 	close(ready)
 	say("ready in %.2fs", uptime().Seconds())
+	go guard(func() { prefetch(platformBinary) })
 
 	if cl[paramDebug] == "panic" {
 		panic("fault injected by " + paramDebug + "=panic")
@@ -368,4 +369,31 @@ func ConsoleLogger(w io.Writer) *slog.Logger {
 		}
 		return a
 	}}))
+}
+
+// prefetch reads a file of the system image into the page cache, after
+// ready: the platform binary's first start otherwise decompresses its
+// squashfs blocks page fault by page fault (under TCG it took 2.2 s for
+// the first job against 0.5 s for the next). Its pages are then shared by
+// every platform job. A link (an image with one binary, which is in RAM
+// already) is left alone.
+func prefetch(path string) {
+	st, err := os.Lstat(path)
+	if err != nil || !st.Mode().IsRegular() {
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	start := time.Now()
+	// Reading, not fadvise(WILLNEED): squashfs decompresses in the
+	// reader's context either way, and a read says when it is done.
+	n, err := io.Copy(io.Discard, f)
+	if err != nil {
+		say("prefetch %s: %v", path, err)
+		return
+	}
+	phase("init: %s read ahead (%.1f MB) in %.2fs", path, float64(n)/1e6, time.Since(start).Seconds())
 }
