@@ -46,6 +46,8 @@ type Daemon struct {
 	leases  map[string]dhcp.Lease   // link name → current lease
 	clients map[string]*dhcp.Client // link name → its DHCP client
 	owned   map[string][]netip.Prefix
+	ra      raState     // DNS from router advertisements
+	raTimer *time.Timer // the next of them to expire
 	status  Status
 	ready   bool
 	started time.Time
@@ -110,6 +112,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 	defer d.stopDHCP()
+	defer func() {
+		d.mu.Lock()
+		if d.raTimer != nil {
+			d.raTimer.Stop()
+		}
+		d.mu.Unlock()
+	}()
 
 	readyDeadline := time.NewTimer(d.cfg.ReadyTimeout)
 	defer readyDeadline.Stop()
@@ -176,6 +185,9 @@ func (d *Daemon) subscribe(ctx context.Context) error {
 	routes := make(chan netlink.RouteUpdate, 64)
 	if err := netlink.RouteSubscribeWithOptions(routes, ctx.Done(), netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to route changes: %w", err)
+	}
+	if err := subscribeRA(ctx.Done(), d.learnRA, onErr); err != nil {
+		return err
 	}
 	go func() {
 		for {

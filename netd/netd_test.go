@@ -321,10 +321,12 @@ func TestIPv6StaticAndSLAAC(t *testing.T) {
 	run(t, "ip", "-n", n.Peer, "addr", "add", "2001:db8:77::1/64", "dev", n.PeerIf, "nodad")
 	ra := false
 	if _, err := exec.LookPath("dnsmasq"); err == nil {
-		// Router advertisements only: the prefix for SLAAC, no DHCPv6.
+		// Router advertisements only: the prefix for SLAAC and DNS
+		// (RDNSS, DNSSL), no DHCPv6.
 		cmd := exec.Command("ip", "netns", "exec", n.Peer, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
 			"--port=0", "--interface="+n.PeerIf, "--bind-interfaces", "--enable-ra",
 			"--dhcp-range=::,constructor:"+n.PeerIf+",ra-only,64,1h", "--ra-param="+n.PeerIf+",3",
+			"--dhcp-option=option6:dns-server,[2001:db8:77::35]", "--dhcp-option=option6:domain-search,ra.example",
 			"--pid-file="+filepath.Join(n.dir, "dnsmasq-ra.pid"), "--user=root")
 		log, _ := os.Create(filepath.Join(n.dir, "dnsmasq-ra.log"))
 		cmd.Stdout, cmd.Stderr = log, log
@@ -393,6 +395,25 @@ func TestIPv6StaticAndSLAAC(t *testing.T) {
 	eventually(t, "SLAAC address from the router advertisement", func() (err error) {
 		auto, err = slaac()
 		return err
+	})
+	// The advertisement's DNS server and domain follow the configured
+	// server in resolv.conf and the status.
+	eventually(t, "DNS from the router advertisement", func() error {
+		resolv, err := os.ReadFile(filepath.Join(cfg.RunDir, ResolvConfName))
+		if err != nil {
+			return err
+		}
+		if want := "nameserver 2001:db8:77::53\nnameserver 2001:db8:77::35\nsearch ra.example\n"; !strings.HasSuffix(string(resolv), want) {
+			return fmt.Errorf("resolv.conf = %q, want it to end %q", resolv, want)
+		}
+		st, err := status(t, cfg.RunDir)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(st.DNS, []string{"2001:db8:77::53", "2001:db8:77::35"}) || !slices.Equal(st.Search, []string{"ra.example"}) {
+			return fmt.Errorf("status DNS %v search %v", st.DNS, st.Search)
+		}
+		return nil
 	})
 	// netd's resyncs and reconciles leave it be.
 	run(t, "ip", "-n", n.Host, "addr", "del", "2001:db8:77::2/64", "dev", n.HostIf)

@@ -102,6 +102,7 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 	for k, v := range d.leases {
 		leases[k] = v
 	}
+	ra := d.ra.clone()
 	d.mu.Unlock()
 
 	var errs []error
@@ -126,7 +127,7 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 			d.startDHCP(ctx, wg, m.name)
 		}
 	}
-	if err := d.writeResolvConf(leases); err != nil {
+	if err := d.writeResolvConf(leases, ra); err != nil {
 		errs = append(errs, err)
 	}
 	d.applyDHCPHostname(leases)

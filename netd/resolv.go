@@ -17,10 +17,11 @@ import (
 const ResolvConfName = "resolv.conf"
 
 // writeResolvConf writes the configured DNS servers and search domains,
-// then those of the leases (in link-name order), without duplicates. The
-// file is replaced atomically and only when its contents change.
-func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease) error {
-	servers, search := d.resolvers(leases)
+// then those of the leases (in link-name order), then those routers
+// advertised (in link-index order), without duplicates. The file is
+// replaced atomically and only when its contents change.
+func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease, ra raState) error {
+	servers, search := d.resolvers(leases, ra)
 	var b bytes.Buffer
 	b.WriteString("# written by plinth netd\n")
 	for _, s := range servers {
@@ -48,7 +49,7 @@ func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease) error {
 	return nil
 }
 
-func (d *Daemon) resolvers(leases map[string]dhcp.Lease) (servers []netip.Addr, search []string) {
+func (d *Daemon) resolvers(leases map[string]dhcp.Lease, ra raState) (servers []netip.Addr, search []string) {
 	servers = slices.Clone(d.cfg.DNS)
 	search = slices.Clone(d.cfg.Search)
 	names := make([]string, 0, len(leases))
@@ -71,6 +72,17 @@ func (d *Daemon) resolvers(leases map[string]dhcp.Lease) (servers []netip.Addr, 
 			if !slices.Contains(search, s) {
 				search = append(search, s)
 			}
+		}
+	}
+	raServers, raSearch := ra.snapshot()
+	for _, s := range raServers {
+		if !slices.Contains(servers, s) {
+			servers = append(servers, s)
+		}
+	}
+	for _, s := range raSearch {
+		if !slices.Contains(search, s) {
+			search = append(search, s)
 		}
 	}
 	return servers, search

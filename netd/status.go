@@ -138,7 +138,7 @@ func (d *Daemon) updateStatus(ms []*managed) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.status.Links = links
-	servers, search := d.resolvers(d.leases)
+	servers, search := d.resolvers(d.leases, d.ra)
 	d.status.DNS, d.status.Search = nil, search
 	for _, s := range servers {
 		d.status.DNS = append(d.status.DNS, s.String())
