@@ -1,7 +1,8 @@
 // Package netd is plinth's layer-0 network daemon: it brings a machine's
 // links, addresses, routes and DNS to the state its Config describes, with
 // netlink, and keeps them there when links flap or someone changes them by
-// hand. DHCPv4 leases come from package netd/dhcp.
+// hand. DHCPv4 leases come from package netd/dhcp, DHCPv6 ones from
+// netd/dhcp6.
 //
 // netd reads no flags or environment: callers build a Config (the machine
 // config's [network] section, see init/config) and call Run.
@@ -62,6 +63,10 @@ type Addressing struct {
 	// DHCP runs a DHCPv4 client on the link. It excludes Addresses and
 	// Gateway.
 	DHCP bool
+	// DHCP6 runs a DHCPv6 client on the link for addresses (IA_NA) and
+	// DNS; the on-link prefix and the default route come from router
+	// advertisements. It goes with static addresses and DHCPv4 alike.
+	DHCP6 bool
 	// Addresses are static addresses with their prefix length.
 	Addresses []netip.Prefix
 	// Gateway is the default route's next hop; it must be inside one of
@@ -333,7 +338,7 @@ func quoteAll(ss []string) string {
 }
 
 func (a Addressing) configured() bool {
-	return a.DHCP || len(a.Addresses) > 0 || a.Gateway.IsValid() || len(a.Routes) > 0
+	return a.DHCP || a.DHCP6 || len(a.Addresses) > 0 || a.Gateway.IsValid() || len(a.Routes) > 0
 }
 
 func checkAddressing(section string, i int, a Addressing) []ConfigError {

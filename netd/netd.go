@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/netd/dhcp"
+	"github.com/plinth-os/plinth/netd/dhcp6"
 )
 
 // Options are what the caller of Run provides besides the Config.
@@ -43,8 +45,10 @@ type Daemon struct {
 	kick chan struct{} // a reconcile is wanted
 
 	mu      sync.Mutex
-	leases  map[string]dhcp.Lease   // link name → current lease
-	clients map[string]*dhcp.Client // link name → its DHCP client
+	leases  map[string]dhcp.Lease    // link name → current lease
+	clients map[string]*dhcp.Client  // link name → its DHCP client
+	leases6 map[string]dhcp6.Lease   // link name → current DHCPv6 lease
+	client6 map[string]*dhcp6.Client // link name → its DHCPv6 client
 	owned   map[string][]netip.Prefix
 	ra      raState     // DNS from router advertisements
 	raTimer *time.Timer // the next of them to expire
@@ -69,6 +73,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		kick:    make(chan struct{}, 1),
 		leases:  map[string]dhcp.Lease{},
 		clients: map[string]*dhcp.Client{},
+		leases6: map[string]dhcp6.Lease{},
+		client6: map[string]*dhcp6.Client{},
 		owned:   map[string][]netip.Prefix{},
 	}, nil
 }
@@ -250,6 +256,38 @@ func (d *Daemon) startDHCP(ctx context.Context, wg *sync.WaitGroup, link string)
 	}()
 }
 
+// startDHCP6 starts a DHCPv6 client for link unless one runs.
+func (d *Daemon) startDHCP6(ctx context.Context, wg *sync.WaitGroup, link string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.client6[link] != nil {
+		return
+	}
+	cfg := dhcp6.DefaultConfig(link)
+	cfg.Log = d.log.With("link", link)
+	cfg.OnBound = func(l dhcp6.Lease) {
+		d.mu.Lock()
+		d.leases6[link] = l
+		d.mu.Unlock()
+		d.trigger()
+	}
+	cfg.OnExpired = func(dhcp6.Lease) {
+		d.mu.Lock()
+		delete(d.leases6, link)
+		d.mu.Unlock()
+		d.trigger()
+	}
+	c := dhcp6.New(cfg)
+	d.client6[link] = c
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("dhcpv6 client stopped", "link", link, "err", err)
+		}
+	}()
+}
+
 // stopDHCP releases the leases when asked to (machine shutdown).
 func (d *Daemon) stopDHCP() {
 	if d.opts.ReleaseOnStop == nil || !d.opts.ReleaseOnStop() {
@@ -260,9 +298,17 @@ func (d *Daemon) stopDHCP() {
 	for k, v := range d.clients {
 		clients[k] = v
 	}
+	clients6 := maps.Clone(d.client6)
 	d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	for link, c := range clients6 {
+		if err := c.Release(ctx); err != nil {
+			d.log.Warn("dhcpv6 release", "link", link, "err", err)
+			continue
+		}
+		d.log.Info("dhcpv6 lease released", "link", link)
+	}
 	for link, c := range clients {
 		if err := c.Release(ctx); err != nil {
 			d.log.Warn("dhcp release", "link", link, "err", err)

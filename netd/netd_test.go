@@ -1,6 +1,7 @@
 package netd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -426,6 +427,102 @@ func TestIPv6StaticAndSLAAC(t *testing.T) {
 	if log, _ := os.ReadFile(filepath.Join(n.dir, "netd.log")); strings.Contains(string(log), "route removed") {
 		t.Errorf("netd removed a route it wants:\n%s", log)
 	}
+}
+
+// TestDHCPv6 runs netd's DHCPv6 client against dnsmasq, which also sends
+// the router advertisements with the prefix (on-link, managed).
+func TestDHCPv6(t *testing.T) {
+	n := newTestNet(t)
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		t.Skip("dnsmasq not installed (scripts/deps.sh installs it)")
+	}
+	run(t, "ip", "-n", n.Peer, "addr", "add", "2001:db8:78::1/64", "dev", n.PeerIf, "nodad")
+	cmd := exec.Command("ip", "netns", "exec", n.Peer, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+		"--port=0", "--interface="+n.PeerIf, "--bind-interfaces", "--enable-ra", "--log-facility=-", "--log-dhcp",
+		"--dhcp-range=2001:db8:78::100,2001:db8:78::1ff,64,10m", "--ra-param="+n.PeerIf+",3",
+		"--dhcp-option=option6:dns-server,[2001:db8:78::53]", "--dhcp-option=option6:domain-search,v6.example",
+		"--dhcp-leasefile="+filepath.Join(n.dir, "dnsmasq6.leases"), "--pid-file="+filepath.Join(n.dir, "dnsmasq6.pid"), "--user=root")
+	dlogPath := filepath.Join(n.dir, "dnsmasq6.log")
+	dlog, err := os.Create(dlogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = dlog, dlog
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); dlog.Close() })
+
+	cfg := DefaultConfig()
+	cfg.StateDir, cfg.RunDir = filepath.Join(n.dir, "state"), filepath.Join(n.dir, "run")
+	cfg.Interfaces = []Interface{{Name: n.HostIf, Addressing: Addressing{DHCP6: true, Required: true}}}
+	stop := n.startNetd(t, cfg)
+	nl := n.handle(t, n.Host)
+
+	var leased netip.Addr
+	eventually(t, "a DHCPv6 address in the range, ready", func() error {
+		st, err := status(t, cfg.RunDir)
+		if err != nil {
+			return err
+		}
+		if len(st.Links) != 1 || st.Links[0].DHCP6 == nil || st.Links[0].DHCP6.Lease == nil || !st.Ready {
+			return fmt.Errorf("status %+v", st)
+		}
+		d6 := st.Links[0].DHCP6
+		if d6.State != "bound" || len(d6.Lease.Addresses) != 1 {
+			return fmt.Errorf("dhcp6 %+v", d6)
+		}
+		leased = d6.Lease.Addresses[0].Addr
+		if r := netip.MustParsePrefix("2001:db8:78::/64"); !r.Contains(leased) || leased.Less(netip.MustParseAddr("2001:db8:78::100")) {
+			return fmt.Errorf("leased %s, outside the range", leased)
+		}
+		if !slices.Equal(st.DNS, []string{"2001:db8:78::53"}) || !slices.Equal(st.Search, []string{"v6.example"}) {
+			return fmt.Errorf("DNS %v search %v", st.DNS, st.Search)
+		}
+		return nil
+	})
+	// On the link as a /128 that expires with the lease.
+	l, err := nl.LinkByName(n.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := nl.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onLink *netlink.Addr
+	for i, a := range addrs {
+		if p, ok := toPrefix(a.IPNet); ok && p == netip.PrefixFrom(leased, 128) {
+			onLink = &addrs[i]
+		}
+	}
+	if onLink == nil {
+		t.Fatalf("%s/128 not on %s: %v", leased, n.HostIf, addrs)
+	}
+	if onLink.ValidLft <= 0 || onLink.ValidLft > 600 {
+		t.Errorf("valid lifetime %d s, want the lease's (up to 600 s)", onLink.ValidLft)
+	}
+	resolv, err := os.ReadFile(filepath.Join(cfg.RunDir, ResolvConfName))
+	if err != nil || !strings.Contains(string(resolv), "nameserver 2001:db8:78::53\nsearch v6.example\n") {
+		t.Errorf("resolv.conf = %q (%v)", resolv, err)
+	}
+	// The router advertisement's prefix makes the peer reachable from
+	// the leased address.
+	eventually(t, "ping the peer from the leased address", func() error {
+		out, err := exec.Command("ip", "netns", "exec", n.Host, "busybox", "ping6", "-c", "1", "-W", "1", "-I", leased.String(), "2001:db8:78::1").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	// Shutting down releases the lease and takes the address away.
+	stop(true)
+	eventually(t, "dnsmasq saw the release", func() error {
+		if log, _ := os.ReadFile(dlogPath); !bytes.Contains(log, []byte("DHCPRELEASE")) {
+			return fmt.Errorf("dnsmasq log:\n%s", log)
+		}
+		return nil
+	})
 }
 
 func TestMissingInterfaceReported(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-os/plinth/netd/dhcp"
+	"github.com/plinth-os/plinth/netd/dhcp6"
 )
 
 // Route protocols netd marks its routes with, so that it can tell them
@@ -102,6 +104,7 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 	for k, v := range d.leases {
 		leases[k] = v
 	}
+	leases6 := maps.Clone(d.leases6)
 	ra := d.ra.clone()
 	d.mu.Unlock()
 
@@ -118,7 +121,7 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 			continue
 		}
 		lease, leased := leases[m.name]
-		if err := d.configureLink(m, lease, leased); err != nil {
+		if err := d.configureLink(m, lease, leased, leases6[m.name]); err != nil {
 			m.err = err
 			errs = append(errs, fmt.Errorf("%s: %w", m.name, err))
 			continue
@@ -126,8 +129,11 @@ func (d *Daemon) reconcile(ctx context.Context, wg *sync.WaitGroup) error {
 		if m.addr.DHCP && m.master == "" {
 			d.startDHCP(ctx, wg, m.name)
 		}
+		if m.addr.DHCP6 && m.master == "" {
+			d.startDHCP6(ctx, wg, m.name)
+		}
 	}
-	if err := d.writeResolvConf(leases, ra); err != nil {
+	if err := d.writeResolvConf(leases, leases6, ra); err != nil {
 		errs = append(errs, err)
 	}
 	d.applyDHCPHostname(leases)
@@ -359,7 +365,7 @@ func (d *Daemon) enslave(l, master netlink.Link) error {
 }
 
 // configureLink sets MTU and up, then addresses and routes.
-func (d *Daemon) configureLink(m *managed, lease dhcp.Lease, leased bool) error {
+func (d *Daemon) configureLink(m *managed, lease dhcp.Lease, leased bool, lease6 dhcp6.Lease) error {
 	l, err := d.nl.LinkByIndex(m.link.Attrs().Index) // fresh flags after the steps above
 	if err != nil {
 		return fmt.Errorf("read link: %w", err)
@@ -383,7 +389,7 @@ func (d *Daemon) configureLink(m *managed, lease dhcp.Lease, leased bool) error 
 	if m.master != "" {
 		return nil // a member carries no addresses of its own
 	}
-	if err := d.syncAddresses(m, lease, leased); err != nil {
+	if err := d.syncAddresses(m, lease, leased, lease6); err != nil {
 		return err
 	}
 	return d.syncRoutes(m, lease, leased)
@@ -392,10 +398,11 @@ func (d *Daemon) configureLink(m *managed, lease dhcp.Lease, leased bool) error 
 // syncAddresses adds the desired addresses that are missing and removes the
 // ones netd added earlier that are no longer desired (an expired lease, a
 // changed config). Addresses netd never added are left alone.
-func (d *Daemon) syncAddresses(m *managed, lease dhcp.Lease, leased bool) error {
+func (d *Daemon) syncAddresses(m *managed, lease dhcp.Lease, leased bool, lease6 dhcp6.Lease) error {
 	type wantAddr struct {
-		p        netip.Prefix
-		lifetime time.Duration // 0: forever
+		p         netip.Prefix
+		lifetime  time.Duration // 0: forever
+		preferred time.Duration // 0: the lifetime
 	}
 	var want []wantAddr
 	for _, p := range m.addr.Addresses {
@@ -405,6 +412,14 @@ func (d *Daemon) syncAddresses(m *managed, lease dhcp.Lease, leased bool) error 
 		// The kernel drops the address at expiry even if netd is gone.
 		if left := time.Until(lease.Expires()); left > 0 {
 			want = append(want, wantAddr{p: lease.Address, lifetime: left})
+		}
+	}
+	// DHCPv6 addresses are /128s: the prefix's on-link route comes from
+	// the router advertisement.
+	for _, a := range lease6.Addresses {
+		elapsed := time.Since(lease6.Bound)
+		if left := a.Valid - elapsed; left > 0 {
+			want = append(want, wantAddr{p: netip.PrefixFrom(a.Addr, 128), lifetime: left, preferred: max(a.Preferred-elapsed, time.Second)})
 		}
 	}
 	have, err := d.nl.AddrList(m.link, netlink.FAMILY_ALL)
@@ -428,6 +443,9 @@ func (d *Daemon) syncAddresses(m *managed, lease dhcp.Lease, leased bool) error 
 		if w.lifetime > 0 {
 			secs := int(w.lifetime / time.Second)
 			a.ValidLft, a.PreferedLft = secs, secs
+			if w.preferred > 0 && w.preferred < w.lifetime {
+				a.PreferedLft = int(w.preferred / time.Second)
+			}
 		}
 		switch {
 		case cur == nil:

@@ -3,6 +3,7 @@ package netd
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"sort"
 
 	"github.com/plinth-os/plinth/netd/dhcp"
+	"github.com/plinth-os/plinth/netd/dhcp6"
 )
 
 // ResolvConfName is the file netd writes in RunDir; the image's
@@ -17,11 +19,12 @@ import (
 const ResolvConfName = "resolv.conf"
 
 // writeResolvConf writes the configured DNS servers and search domains,
-// then those of the leases (in link-name order), then those routers
+// then those of the DHCPv4 and then DHCPv6 leases (each in link-name
+// order), then those routers
 // advertised (in link-index order), without duplicates. The file is
 // replaced atomically and only when its contents change.
-func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease, ra raState) error {
-	servers, search := d.resolvers(leases, ra)
+func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease, leases6 map[string]dhcp6.Lease, ra raState) error {
+	servers, search := d.resolvers(leases, leases6, ra)
 	var b bytes.Buffer
 	b.WriteString("# written by plinth netd\n")
 	for _, s := range servers {
@@ -49,7 +52,7 @@ func (d *Daemon) writeResolvConf(leases map[string]dhcp.Lease, ra raState) error
 	return nil
 }
 
-func (d *Daemon) resolvers(leases map[string]dhcp.Lease, ra raState) (servers []netip.Addr, search []string) {
+func (d *Daemon) resolvers(leases map[string]dhcp.Lease, leases6 map[string]dhcp6.Lease, ra raState) (servers []netip.Addr, search []string) {
 	servers = slices.Clone(d.cfg.DNS)
 	search = slices.Clone(d.cfg.Search)
 	names := make([]string, 0, len(leases))
@@ -69,6 +72,19 @@ func (d *Daemon) resolvers(leases map[string]dhcp.Lease, ra raState) (servers []
 			domains = append([]string{l.DomainName}, domains...)
 		}
 		for _, s := range domains {
+			if !slices.Contains(search, s) {
+				search = append(search, s)
+			}
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(leases6)) {
+		l := leases6[n]
+		for _, s := range l.DNS {
+			if !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+		for _, s := range l.Search {
 			if !slices.Contains(search, s) {
 				search = append(search, s)
 			}

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"sort"
 	"time"
 
+	"github.com/plinth-os/plinth/netd/dhcp6"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -37,18 +39,19 @@ type Status struct {
 
 // LinkStatus is one managed link.
 type LinkStatus struct {
-	Name      string      `json:"name"`
-	Kind      string      `json:"kind"` // interface, vlan, bond, bridge
-	Present   bool        `json:"present"`
-	MAC       string      `json:"mac,omitempty"`
-	Up        bool        `json:"up"`      // administratively
-	Carrier   bool        `json:"carrier"` // lower layer up
-	MTU       int         `json:"mtu,omitempty"`
-	Master    string      `json:"master,omitempty"`
-	Addresses []string    `json:"addresses"`
-	Required  bool        `json:"required,omitempty"`
-	DHCP      *DHCPStatus `json:"dhcp,omitempty"`
-	Error     string      `json:"error,omitempty"`
+	Name      string       `json:"name"`
+	Kind      string       `json:"kind"` // interface, vlan, bond, bridge
+	Present   bool         `json:"present"`
+	MAC       string       `json:"mac,omitempty"`
+	Up        bool         `json:"up"`      // administratively
+	Carrier   bool         `json:"carrier"` // lower layer up
+	MTU       int          `json:"mtu,omitempty"`
+	Master    string       `json:"master,omitempty"`
+	Addresses []string     `json:"addresses"`
+	Required  bool         `json:"required,omitempty"`
+	DHCP      *DHCPStatus  `json:"dhcp,omitempty"`
+	DHCP6     *DHCP6Status `json:"dhcp6,omitempty"`
+	Error     string       `json:"error,omitempty"`
 }
 
 // DHCPStatus is a link's DHCP client state.
@@ -66,14 +69,22 @@ type DHCPStatus struct {
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
 
+// DHCP6Status is a link's DHCPv6 client state.
+type DHCP6Status = dhcp6.Status
+
 // Status returns a copy of the current status.
 func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	st := d.status
 	st.Links = append([]LinkStatus(nil), d.status.Links...)
 	clients := d.clients
+	clients6 := maps.Clone(d.client6)
 	d.mu.Unlock()
 	for i := range st.Links {
+		if c := clients6[st.Links[i].Name]; c != nil {
+			s := c.Status()
+			st.Links[i].DHCP6 = &s
+		}
 		c := clients[st.Links[i].Name]
 		if c == nil {
 			continue
@@ -138,7 +149,7 @@ func (d *Daemon) updateStatus(ms []*managed) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.status.Links = links
-	servers, search := d.resolvers(d.leases, d.ra)
+	servers, search := d.resolvers(d.leases, d.leases6, d.ra)
 	d.status.DNS, d.status.Search = nil, search
 	for _, s := range servers {
 		d.status.DNS = append(d.status.DNS, s.String())

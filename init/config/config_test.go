@@ -132,6 +132,12 @@ func TestGood(t *testing.T) {
 				Miimon: 50, LACPRate: "fast", XmitHashPolicy: "layer3+4",
 				Addressing: netd.Addressing{DHCP: true, Required: true}}}
 		}),
+		"network-ipv6.toml": withDefaults(func(m *config.Machine) {
+			m.Network.Interfaces = []netd.Interface{
+				{Name: "eth0", Addressing: netd.Addressing{Addresses: prefixes("2001:db8:1::10/64"), DHCP6: true, Required: true}},
+				{Name: "eth1", Addressing: netd.Addressing{DHCP: true, DHCP6: true}},
+			}
+		}),
 		"network-dns-only.toml": withDefaults(func(m *config.Machine) {
 			m.Network.DNS = addrs("192.0.2.53", "192.0.2.54")
 			m.Network.Search = []string{"example.org"}

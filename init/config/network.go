@@ -103,6 +103,7 @@ func bridgeFields(b *netd.Bridge) []field {
 func addressingFields(a *netd.Addressing) []field {
 	return []field{
 		boolField("dhcp", &a.DHCP),
+		boolField("dhcp6", &a.DHCP6),
 		textsField("addresses", &a.Addresses, hostAddress),
 		textField("gateway", &a.Gateway, ipAddr),
 		inlineTablesField("routes", &a.Routes, "route", `[{ to = "10.0.0.0/8", via = "192.0.2.254" }]`, routeFields),
