@@ -329,18 +329,18 @@ func (d *Daemon) stopDHCP() {
 func (d *Daemon) checkReady() {
 	d.mu.Lock()
 	links := d.status.Links
-	d.mu.Unlock()
 	required, any, missing := false, false, ""
 	for _, l := range links {
 		has := len(l.Addresses) > 0
 		any = any || has
 		if l.Required {
 			required = true
-			if !has && missing == "" {
+			if !d.linkReady(l) && missing == "" {
 				missing = l.Name
 			}
 		}
 	}
+	d.mu.Unlock()
 	switch {
 	case required && missing == "":
 		d.markReady("required links have addresses")
@@ -349,6 +349,53 @@ func (d *Daemon) checkReady() {
 	case d.cfg.Default() && d.nics == 0:
 		d.markReady("no network hardware")
 	}
+}
+
+// linkReady reports whether a link has the addresses its config asks
+// for: a DHCPv4 and a DHCPv6 lease when it runs those clients, else any
+// global address (static, or SLAAC's). An address from the router's
+// advertisement alone does not make a DHCP link ready on a dual-stack
+// network. d.mu is held.
+func (d *Daemon) linkReady(l LinkStatus) bool {
+	if len(l.Addresses) == 0 {
+		return false
+	}
+	a, ok := d.addressingOf(l.Name)
+	if !ok {
+		return true
+	}
+	if _, leased := d.leases[l.Name]; a.DHCP && !leased {
+		return false
+	}
+	if _, leased := d.leases6[l.Name]; a.DHCP6 && !leased {
+		return false
+	}
+	return true
+}
+
+// addressingOf returns the configured addressing of the link called name.
+func (d *Daemon) addressingOf(name string) (Addressing, bool) {
+	for _, i := range d.cfg.Interfaces {
+		if i.Name == name {
+			return i.Addressing, true
+		}
+	}
+	for _, v := range d.cfg.VLANs {
+		if v.Name == name {
+			return v.Addressing, true
+		}
+	}
+	for _, b := range d.cfg.Bonds {
+		if b.Name == name {
+			return b.Addressing, true
+		}
+	}
+	for _, b := range d.cfg.Bridges {
+		if b.Name == name {
+			return b.Addressing, true
+		}
+	}
+	return Addressing{}, false
 }
 
 // countPCINICs counts the Ethernet controllers on the PCI bus. They are

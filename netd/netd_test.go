@@ -455,9 +455,25 @@ func TestDHCPv6(t *testing.T) {
 
 	cfg := DefaultConfig()
 	cfg.StateDir, cfg.RunDir = filepath.Join(n.dir, "state"), filepath.Join(n.dir, "run")
-	cfg.Interfaces = []Interface{{Name: n.HostIf, Addressing: Addressing{DHCP6: true, Required: true}}}
+	// A static address too: it is there at once, while the DHCPv6 client
+	// waits for its link-local address; ready must wait for the lease.
+	cfg.Interfaces = []Interface{{Name: n.HostIf, Addressing: Addressing{
+		Addresses: []netip.Prefix{netip.MustParsePrefix("2001:db8:78::2/64")}, DHCP6: true, Required: true}}}
 	stop := n.startNetd(t, cfg)
 	nl := n.handle(t, n.Host)
+
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st, err := status(t, cfg.RunDir)
+		if err == nil && st.Ready {
+			if len(st.Links) != 1 || st.Links[0].DHCP6 == nil || st.Links[0].DHCP6.Lease == nil {
+				t.Fatalf("ready before the DHCPv6 lease: %+v", st)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 20s: %+v (%v)", st, err)
+		}
+	}
 
 	var leased netip.Addr
 	eventually(t, "a DHCPv6 address in the range, ready", func() error {
@@ -469,7 +485,7 @@ func TestDHCPv6(t *testing.T) {
 			return fmt.Errorf("status %+v", st)
 		}
 		d6 := st.Links[0].DHCP6
-		if d6.State != "bound" || len(d6.Lease.Addresses) != 1 {
+		if d6.State != "bound" || len(d6.Lease.Addresses) != 1 || len(st.Links[0].Addresses) != 2 {
 			return fmt.Errorf("dhcp6 %+v", d6)
 		}
 		leased = d6.Lease.Addresses[0].Addr

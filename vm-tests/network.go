@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -101,6 +102,45 @@ type Segment struct {
 	Netns string
 	// Group is the multicast group address and UDP port of the segment.
 	Group string
+}
+
+// HostPort connects the segment to a tap device named name in its
+// namespace, up and without addresses, until the test ends: a QEMU
+// without a machine joins the segment's socket and the tap in one hub.
+// Programs of the test (a DHCP server, a router) then run on the tap in
+// the namespace, as on the VMs' Ethernet.
+func (s *Segment) HostPort(t testing.TB, name string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", s.Netns, "qemu-system-x86_64",
+		"-machine", "none", "-nodefaults", "-no-user-config", "-display", "none",
+		"-netdev", "socket,id=seg,mcast="+s.Group+",localaddr=127.0.0.1",
+		"-netdev", "tap,id=tap,ifname="+name+",script=no,downscript=no",
+		"-netdev", "hubport,id=p1,hubid=0,netdev=seg",
+		"-netdev", "hubport,id=p2,hubid=0,netdev=tap")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ip("-n", s.Netns, "link", "set", name, "up") == nil {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatalf("segment port %s: QEMU exited: %s", name, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("segment port %s: no tap after 10s", name)
+		}
+	}
 }
 
 // NewSegment creates a segment in a new network namespace, deleted when
