@@ -39,7 +39,7 @@ func TestLeaseFrom(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l, err := leaseFrom(reply(t, 0, 0,
 		iaAddr("2001:db8::100", time.Hour, 2*time.Hour),
-		iaAddr("2001:db8::101", 0, 0),                 // withdrawn
+		iaAddr("2001:db8::101", 0, 0),                   // withdrawn
 		iaAddr("2001:db8::102", 3*time.Hour, time.Hour), // preferred past valid: invalid
 		iaAddr("2001:db8::103", 20*time.Minute, 3*time.Hour),
 	), now)
