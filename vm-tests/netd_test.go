@@ -5,6 +5,9 @@ package vmtest
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -95,50 +98,97 @@ required = true
 }
 
 // TestNetdIPv6Segment: three VMs on an IPv6-only segment (no IPv4
-// address anywhere) with static addresses from their machine configs
-// ping each other over IPv6.
+// address anywhere), each addressed its own way: a static address from
+// its machine config, SLAAC from router advertisements, and DHCPv6. The
+// router is dnsmasq on the test's port to the segment, advertising the
+// prefix (autonomous, managed) and a DNS server, and serving DHCPv6.
+// Every VM pings the others' addresses of those kinds and the router.
 func TestNetdIPv6Segment(t *testing.T) {
 	kernel, initrd := plinthImage(t)
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		t.Skip("dnsmasq not installed (scripts/deps.sh installs it)")
+	}
 	seg := NewSegment(t)
-	addr := func(i int) string { return fmt.Sprintf("2001:db8:60::%d", i+1) }
+	const port, router = "v6port", "2001:db8:60::fe"
+	seg.HostPort(t, port)
+	if err := ip("-n", seg.Netns, "addr", "add", router+"/64", "dev", port, "nodad"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mac := func(i int) string { return fmt.Sprintf("52:54:00:66:00:%02d", i+1) }
+	// The DHCPv6 VM's DUID is DUID-LL of its MAC: type 3, hardware 1.
+	dnsmasq := exec.Command("ip", "netns", "exec", seg.Netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+		"--port=0", "--user=root", "--log-facility=-", "--log-dhcp", "--interface="+port, "--bind-interfaces",
+		"--enable-ra", "--ra-param="+port+",3",
+		"--dhcp-range=2001:db8:60::100,2001:db8:60::1ff,slaac,64,10m",
+		"--dhcp-host=id:00:03:00:01:"+mac(2)+",[2001:db8:60::103]",
+		"--dhcp-option=option6:dns-server,[2001:db8:60::53]",
+		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"))
+	dlog, err := os.Create(filepath.Join(dir, "dnsmasq.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsmasq.Stdout, dnsmasq.Stderr = dlog, dlog
+	if err := dnsmasq.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dnsmasq.Process.Kill()
+		dnsmasq.Wait()
+		dlog.Close()
+		if t.Failed() {
+			out, _ := os.ReadFile(dlog.Name())
+			t.Logf("dnsmasq:\n%s", out)
+		}
+	})
+
+	static, slaac, leased := "2001:db8:60::1", "2001:db8:60:0:5054:ff:fe66:2", "2001:db8:60::103"
+	addressing := []string{
+		`addresses = ["` + static + `/64"]` + "\n" + `gateway = "` + router + `"`,
+		``,             // SLAAC: the kernel's, from the advertisement
+		`dhcp6 = true`, // and SLAAC as well
+	}
+	own := []string{static + "/64", slaac + "/64", leased + "/128"}
 	var cfgs []Config
 	for i := range 3 {
-		var others []string
+		targets := []string{router}
 		for j := range 3 {
 			if j != i {
-				others = append(others, addr(j))
+				targets = append(targets, strings.TrimSuffix(strings.TrimSuffix(own[j], "/64"), "/128"))
 			}
 		}
 		cfgs = append(cfgs, Config{
 			Name: fmt.Sprintf("v6-%d", i+1), Kernel: kernel, Initrd: initrd,
-			Cmdline: "plinth.selftest=1 plinth.selftest.ping=" + strings.Join(others, ","),
-			NICs:    []NIC{{MAC: fmt.Sprintf("52:54:00:66:00:%02d", i+1), Segment: seg}},
-			MachineConfig: []byte(fmt.Sprintf(`[network]
-dns = ["2001:db8:60::53"]
-[[network.interface]]
-mac = "52:54:00:66:00:%02d"
+			Cmdline: "plinth.selftest=1 plinth.selftest.ping=" + strings.Join(targets, ","),
+			NICs:    []NIC{{MAC: mac(i), Segment: seg}},
+			MachineConfig: []byte(fmt.Sprintf(`[[network.interface]]
+mac = "%s"
 name = "lan0"
-addresses = ["%s/64"]
-gateway = "2001:db8:60::fe"
 required = true
-`, i+1, addr(i))),
+%s
+`, mac(i), addressing[i])),
 		})
 	}
 	vms := StartN(t, cfgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	for i, r := range selftestReports(t, ctx, vms) {
-		if got := r.Addresses["lan0"]; !slices.Equal(got, []string{addr(i) + "/64"}) {
-			t.Errorf("%s: lan0 addresses %v, want only %s/64", vms[i].Name(), got, addr(i))
+		// Each is ready with the address of its own kind (the DHCPv6 VM
+		// only once it holds its lease).
+		if got := r.Addresses["lan0"]; !slices.Contains(got, own[i]) {
+			t.Errorf("%s: lan0 addresses %v, want %s among them", vms[i].Name(), got, own[i])
 		}
-		if len(r.Ping) != 2 {
-			t.Errorf("%s: pinged %v, want the 2 other VMs", vms[i].Name(), r.Ping)
+		if len(r.Ping) != 3 {
+			t.Errorf("%s: pinged %v, want the router and the 2 other VMs", vms[i].Name(), r.Ping)
 		}
 		for target, ok := range r.Ping {
 			if !ok {
 				t.Errorf("%s: no answer from %s (problems %v)", vms[i].Name(), target, r.Problems)
 			}
 		}
+	}
+	if log, _ := os.ReadFile(dlog.Name()); !strings.Contains(string(log), "DHCPREPLY("+port+") "+leased) {
+		t.Errorf("dnsmasq did not lease %s:\n%s", leased, log)
 	}
 }
 
