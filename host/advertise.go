@@ -53,24 +53,34 @@ func kernelAddrs() ([]hostAddr, error) {
 }
 
 // defaultRouteLink returns the index of the link holding the IPv4 default
-// route, or 0.
+// route, else the IPv6 one (an IPv6-only network), or 0.
 func defaultRouteLink() int {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 254}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return 0
-	}
-	for _, r := range routes {
-		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
-			return r.LinkIndex
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: 254}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			continue
+		}
+		for _, r := range routes {
+			if r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask) {
+				return r.LinkIndex
+			}
 		}
 	}
 	return 0
 }
 
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
 // pickAdvertise chooses the address to advertise from addrs by spec (see
 // Config.Advertise). IPv4 is preferred when the spec leaves a choice,
-// because most LANs that plinth hosts share are IPv4.
-func pickAdvertise(spec string, addrs []hostAddr, defaultLink int) (netip.Addr, error) {
+// because most LANs that plinth hosts share are IPv4. Without a spec,
+// addresses inside avoid (the container range, whose bridge address is
+// this host's alone) are never chosen: on an IPv6-only network the
+// bridge's would otherwise be the only IPv4 one.
+func pickAdvertise(spec string, addrs []hostAddr, defaultLink int, avoid netip.Prefix) (netip.Addr, error) {
 	v4first := func(cands []hostAddr) []hostAddr {
 		return slices.SortedStableFunc(slices.Values(cands), func(a, b hostAddr) int {
 			switch {
@@ -95,6 +105,7 @@ func pickAdvertise(spec string, addrs []hostAddr, defaultLink int) (netip.Addr, 
 		return v4first(cands)[0].Addr, nil
 	}
 	if spec == "" {
+		addrs = slices.DeleteFunc(slices.Clone(addrs), func(a hostAddr) bool { return avoid.IsValid() && avoid.Contains(a.Addr) })
 		if defaultLink != 0 {
 			if ip, err := pick(func(a hostAddr) bool { return a.Index == defaultLink }, "on the default route's link"); err == nil {
 				return ip, nil
@@ -115,12 +126,12 @@ func pickAdvertise(spec string, addrs []hostAddr, defaultLink int) (netip.Addr, 
 }
 
 // currentAdvertise evaluates spec against the kernel's addresses now.
-func currentAdvertise(spec string) (netip.Addr, error) {
+func currentAdvertise(spec string, avoid netip.Prefix) (netip.Addr, error) {
 	addrs, err := kernelAddrs()
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	ip, err := pickAdvertise(spec, addrs, defaultRouteLink())
+	ip, err := pickAdvertise(spec, addrs, defaultRouteLink(), avoid)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("advertise address: %w", err)
 	}

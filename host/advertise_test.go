@@ -12,6 +12,7 @@ func TestPickAdvertise(t *testing.T) {
 		{Link: "lan0", Index: 3, Addr: netip.MustParseAddr("192.168.7.5")},
 		{Link: "br0", Index: 4, Addr: netip.MustParseAddr("172.16.0.1")},
 	}
+	none := netip.Prefix{}
 	for _, tc := range []struct {
 		spec        string
 		defaultLink int
@@ -27,18 +28,37 @@ func TestPickAdvertise(t *testing.T) {
 		{"172.16.0.1", 0, "172.16.0.1"},
 		{"127.0.0.1", 0, "127.0.0.1"},
 	} {
-		got, err := pickAdvertise(tc.spec, addrs, tc.defaultLink)
+		got, err := pickAdvertise(tc.spec, addrs, tc.defaultLink, none)
 		if err != nil || got.String() != tc.want {
 			t.Errorf("pickAdvertise(%q, default link %d) = %v, %v; want %s", tc.spec, tc.defaultLink, got, err, tc.want)
 		}
 	}
 	for _, spec := range []string{"wlan0", "10.9.9.9", "10.9.0.0/16"} {
-		if got, err := pickAdvertise(spec, addrs, 0); err == nil {
+		if got, err := pickAdvertise(spec, addrs, 0, none); err == nil {
 			t.Errorf("pickAdvertise(%q) = %v, want an error", spec, got)
 		}
 	}
-	if _, err := pickAdvertise("", nil, 0); err == nil {
+	if _, err := pickAdvertise("", nil, 0, none); err == nil {
 		t.Error("no addresses: want an error")
+	}
+
+	// An IPv6-only host: its one IPv4 address is the container bridge's,
+	// which is never advertised without a spec that names it.
+	v6only := []hostAddr{
+		{Link: "lan0", Index: 2, Addr: netip.MustParseAddr("2001:db8:60::1")},
+		{Link: "plinth0", Index: 5, Addr: netip.MustParseAddr("10.200.21.1")},
+	}
+	containers := netip.MustParsePrefix("10.200.0.0/16")
+	for _, defaultLink := range []int{0, 2} {
+		if got, err := pickAdvertise("", v6only, defaultLink, containers); err != nil || got != netip.MustParseAddr("2001:db8:60::1") {
+			t.Errorf("IPv6-only host, default link %d: %v, %v; want its IPv6 address", defaultLink, got, err)
+		}
+	}
+	if got, err := pickAdvertise("plinth0", v6only, 2, containers); err != nil || got != netip.MustParseAddr("10.200.21.1") {
+		t.Errorf("a spec naming the bridge: %v, %v", got, err)
+	}
+	if _, err := pickAdvertise("", v6only[1:], 0, containers); err == nil {
+		t.Error("only a container address: want an error")
 	}
 }
 

@@ -94,7 +94,8 @@ type Config struct {
 	// global address. hostd follows changes of that address.
 	Advertise string
 	// BindAddr is the IP the gossip sockets listen on. The default,
-	// 0.0.0.0, keeps them working when the advertised address changes.
+	// 0.0.0.0, keeps them working when the advertised address changes;
+	// with an IPv6 address advertised, it means "::".
 	BindAddr string
 	// GossipPort is Serf's UDP and TCP port; 0 picks a free one.
 	GossipPort int

@@ -296,7 +296,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.useBundle(b)
 	}
-	adv, err := currentAdvertise(d.cfg.Advertise)
+	adv, err := currentAdvertise(d.cfg.Advertise, d.cfg.containerRange())
 	d.advertise = adv
 	if err != nil {
 		// The member moves once an address appears (followAddress).

@@ -159,6 +159,10 @@ func (m *membership) serfConfig(adv netip.Addr) *serf.Config {
 	ml := memberlist.DefaultLANConfig()
 	ml.Name = m.id
 	ml.BindAddr = m.cfg.BindAddr
+	if ml.BindAddr == "0.0.0.0" && adv.Is6() && !adv.Is4In6() {
+		// An IPv6 member: "::" listens on both families' addresses.
+		ml.BindAddr = "::"
+	}
 	ml.BindPort = m.cfg.GossipPort
 	ml.AdvertiseAddr = adv.String()
 	ml.AdvertisePort = m.cfg.GossipPort
@@ -471,7 +475,7 @@ func (m *membership) followAddress(ctx context.Context) {
 }
 
 func (m *membership) checkAddress() {
-	ip, err := currentAdvertise(m.cfg.Advertise)
+	ip, err := currentAdvertise(m.cfg.Advertise, m.cfg.containerRange())
 	m.mu.Lock()
 	old := m.adv
 	m.mu.Unlock()

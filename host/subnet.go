@@ -29,10 +29,7 @@ const subnetBits = 24
 // shows it, and a configured subnet avoids it. A lease from the
 // controller will replace this.
 func pickSubnet(cfg Config, nodeID string, taken []string) (netip.Prefix, error) {
-	rng := cfg.ContainerRange
-	if !rng.IsValid() {
-		rng = cnet.DefaultRange
-	}
+	rng := cfg.containerRange()
 	if cfg.ContainerSubnet.IsValid() {
 		return cfg.ContainerSubnet, nil
 	}
@@ -77,4 +74,12 @@ func slice(rng netip.Prefix, i int) netip.Prefix {
 	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	n += uint32(i) << (32 - subnetBits)
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), subnetBits)
+}
+
+// containerRange is the configured container range, or the default one.
+func (c Config) containerRange() netip.Prefix {
+	if c.ContainerRange.IsValid() {
+		return c.ContainerRange
+	}
+	return cnet.DefaultRange
 }

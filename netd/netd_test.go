@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // The tests run netd for real, as a subprocess inside a network namespace
@@ -349,13 +350,27 @@ func TestIPv6StaticAndSLAAC(t *testing.T) {
 	n.startNetd(t, cfg)
 	nl := n.handle(t, n.Host)
 
-	eventually(t, "netd ready", func() error {
+	// Ready only once duplicate address detection has passed: a
+	// tentative address can be neither bound nor sent from.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		st, err := status(t, cfg.RunDir)
-		if err == nil && !st.Ready {
-			err = fmt.Errorf("not ready: %+v", st)
+		if err == nil && st.Ready {
+			l, err := nl.LinkByName(n.HostIf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addrs, _ := nl.AddrList(l, netlink.FAMILY_V6)
+			for _, a := range addrs {
+				if p, ok := toPrefix(a.IPNet); ok && p == netip.MustParsePrefix("2001:db8:77::2/64") && a.Flags&unix.IFA_F_TENTATIVE != 0 {
+					t.Fatalf("ready with %s still tentative", p)
+				}
+			}
+			break
 		}
-		return err
-	})
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 20s: %+v (%v)", st, err)
+		}
+	}
 	eventually(t, "static IPv6 address", func() error { return hasAddr(nl, n.HostIf, netip.MustParsePrefix("2001:db8:77::2/64")) })
 	eventually(t, "IPv6 default route", func() error { return hasRoute(nl, n.HostIf, "default", "2001:db8:77::1") })
 	eventually(t, "IPv6 static route", func() error { return hasRoute(nl, n.HostIf, "2001:db8:99::/48", "2001:db8:77::fe") })

@@ -136,6 +136,12 @@ func (d *Daemon) updateStatus(ms []*managed) {
 				ls.Carrier = a.RawFlags&unix.IFF_LOWER_UP != 0
 				if addrs, err := d.nl.AddrList(l, netlink.FAMILY_ALL); err == nil {
 					for _, ad := range addrs {
+						// An IPv6 address still in (or failed) duplicate
+						// address detection cannot be used yet: the kernel
+						// neither sends from it nor binds to it.
+						if ad.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+							continue
+						}
 						if p, ok := toPrefix(ad.IPNet); ok && p.Addr().IsGlobalUnicast() {
 							ls.Addresses = append(ls.Addresses, p.String())
 						}

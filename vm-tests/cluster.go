@@ -22,6 +22,12 @@ const FWCfgBundle = "opt/plinth/bundle"
 // caller's loopback (see HostClient), and the controller API's port
 // too. roles are the node's machine-config roles ("demo" when none).
 func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath string, roles ...string) Config {
+	return ClusterNodeAt(i, n, ClusterAddr, 24, kernel, initrd, seg, bundlePath, roles...)
+}
+
+// ClusterNodeAt is ClusterNode with node j's lan0 address addr(j)/bits,
+// for example on an IPv6-only segment.
+func ClusterNodeAt(i, n int, addr func(int) string, bits int, kernel, initrd string, seg *Segment, bundlePath string, roles ...string) Config {
 	if len(roles) == 0 {
 		roles = []string{"demo"}
 	}
@@ -31,7 +37,7 @@ func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath strin
 	}
 	var seeds []string
 	for j := range n {
-		seeds = append(seeds, fmt.Sprintf("%q", ClusterAddr(j)))
+		seeds = append(seeds, fmt.Sprintf("%q", addr(j)))
 	}
 	name := fmt.Sprintf("node%d", i+1)
 	lanMAC := fmt.Sprintf("52:54:00:60:00:%02x", i+1)
@@ -48,7 +54,7 @@ func ClusterNode(i, n int, kernel, initrd string, seg *Segment, bundlePath strin
 [[network.interface]]
 mac = %q
 name = "lan0"
-addresses = ["%s/24"]
+addresses = ["%s/%d"]
 required = true
 
 # QEMU's user network forwards the host API to 10.0.2.15.
@@ -62,7 +68,7 @@ bundle = "fw_cfg"
 join = [%s]
 advertise = "lan0"
 roles = [%s]
-`, name, lanMAC, ClusterAddr(i), mgmtMAC, strings.Join(seeds, ", "), strings.Join(quoted, ", ")),
+`, name, lanMAC, addr(i), bits, mgmtMAC, strings.Join(seeds, ", "), strings.Join(quoted, ", ")),
 	}
 }
 

@@ -139,7 +139,7 @@ func (n *Network) vxlan(br netlink.Link) error {
 	if err != nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = vxlanName
-		attrs.MTU = 1450 // 1500 less the VXLAN, UDP, IP and Ethernet headers
+		attrs.MTU = overlayMTU(n.cfg.VTEP)
 		if err := netlink.LinkAdd(&netlink.Vxlan{LinkAttrs: attrs, VxlanId: n.cfg.VNI, SrcAddr: n.cfg.VTEP.AsSlice(),
 			Port: n.cfg.Port, Learning: false}); err != nil {
 			return fmt.Errorf("create overlay device: %w", err)
@@ -152,6 +152,16 @@ func (n *Network) vxlan(br netlink.Link) error {
 		return fmt.Errorf("overlay device on %s: %w", n.cfg.Bridge, err)
 	}
 	return netlink.LinkSetUp(vx)
+}
+
+// overlayMTU is the jobs' MTU over a VTEP of vtep's family: 1500 less
+// VXLAN's encapsulation (Ethernet, VXLAN and UDP headers, 30 bytes) and
+// the outer IP header (20 bytes for IPv4, 40 for IPv6).
+func overlayMTU(vtep netip.Addr) int {
+	if vtep.Is6() && !vtep.Is4In6() {
+		return 1430
+	}
+	return 1450
 }
 
 // SetVTEP moves the overlay to a new local address (the host's advertised
@@ -263,7 +273,10 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 	}
 	host, peer := vethName(id), vethName(id)+"p"
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.MasterIndex, attrs.MTU = host, br.Attrs().Index, 1450
+	n.mu.Lock()
+	mtu := overlayMTU(n.cfg.VTEP)
+	n.mu.Unlock()
+	attrs.Name, attrs.MasterIndex, attrs.MTU = host, br.Attrs().Index, mtu
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: peer, PeerNamespace: netlink.NsFd(ns)}); err != nil {
 		return fmt.Errorf("create veth %s: %w", host, err)
 	}

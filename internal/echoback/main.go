@@ -3,12 +3,15 @@
 // bytes of an upgraded HTTP connection (as a websocket echo would).
 //
 //	echoback [--name NAME] [--http :8080] [--api :8081] [--tcp :9000] [--udp :9001]
+//	echoback --get URL
 //
 // HTTP answers "<service> <name> <local address> <path>\n" and the
 // request's X-Forwarded-* and X-Request-Id as headers; /slow?ms=N answers after
 // N ms (at most 60 s); /uid_map answers its /proc/self/uid_map (the user
 // namespace it runs in); a request with "Connection: Upgrade" gets 101 and
-// an echo of its bytes. UDP replies "<name> <payload>".
+// an echo of its bytes. UDP replies "<name> <payload>". With --get it is
+// a client instead: it prints the body of one GET of URL and exits, 1 if
+// the request failed or did not answer 200.
 package main
 
 import (
@@ -33,7 +36,11 @@ func main() {
 	apiAddr := flag.String("api", "", "address of the \"api\" HTTP service")
 	tcpAddr := flag.String("tcp", "", "address of the TCP echo")
 	udpAddr := flag.String("udp", "", "address of the UDP echo")
+	get := flag.String("get", "", "GET this URL, print the body and exit")
 	flag.Parse()
+	if *get != "" {
+		os.Exit(fetch(*get))
+	}
 	if *httpAddr != "" {
 		go serveHTTP(*httpAddr, "web", *name)
 	}
@@ -128,4 +135,24 @@ func serveUDP(addr, name string) {
 		}
 		c.WriteTo(append([]byte(name+" "), buf[:n]...), from)
 	}
+}
+
+// fetch prints the body of a GET of url and returns the exit code.
+func fetch(url string) int {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(os.Stdout, resp.Body); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, resp.Status)
+		return 1
+	}
+	return 0
 }

@@ -1,0 +1,125 @@
+//go:build vmtest
+
+package vmtest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/job"
+)
+
+// TestIPv6Cluster: three VMs whose cluster segment is IPv6-only form a
+// cluster over it (Serf, the host API's certificates) and run the
+// container overlay over it: a job on node 2 fetches from a job on node 1
+// at its overlay address. The only IPv4 a VM has is its own QEMU user
+// network, which the test uses to reach its host API and which no other
+// VM shares.
+func TestIPv6Cluster(t *testing.T) {
+	kernel, initrd := plinthImage(t)
+	bundlePath, creds, err := ClusterFiles(t.TempDir(), "vmtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := NewSegment(t)
+	addr := func(i int) string { return fmt.Sprintf("2001:db8:61::%d", i+1) }
+	var cfgs []Config
+	for i := range 3 {
+		cfgs = append(cfgs, ClusterNodeAt(i, 3, addr, 64, kernel, initrd, seg, bundlePath))
+	}
+	vms := StartN(t, cfgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clients := make([]*host.Client, len(vms))
+	for i, vm := range vms {
+		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+			t.Fatalf("%s: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
+		}
+		if clients[i], err = HostClient(vm, creds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for {
+		var problems []string
+		for i, vm := range vms {
+			ms, err := clients[i].Members(ctx)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", vm.Name(), err))
+				continue
+			}
+			if len(ms) != 3 {
+				problems = append(problems, fmt.Sprintf("%s sees %d members", vm.Name(), len(ms)))
+				continue
+			}
+			for j, m := range ms {
+				if want := "[" + addr(j) + "]:"; m.Status != host.StatusAlive || !strings.HasPrefix(m.Addr, want) {
+					problems = append(problems, fmt.Sprintf("%s: member %d = %s at %s, want alive at %s", vm.Name(), j, m.Status, m.Addr, want))
+				}
+			}
+		}
+		if len(problems) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			for _, vm := range vms {
+				t.Logf("%s console:\n%s", vm.Name(), vm.ConsoleTail(40))
+			}
+			t.Fatalf("no cluster over IPv6: %s", strings.Join(problems, "; "))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("three members alive at their IPv6 addresses %.1fs after the last ready", time.Since(start).Seconds())
+
+	// The overlay: echoback on node 1 and on node 2, bridge network.
+	archive := appArchive(t, t.TempDir())
+	for i := range 2 {
+		f, err := os.Open(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs, err := clients[i].ImportImage(ctx, f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: import: %v", vms[i].Name(), err)
+		}
+		if _, err := clients[i].CreateJob(ctx, job.Spec{ID: "echo", Image: imgs[0].ID, Network: job.NetworkBridge}); err != nil {
+			t.Fatalf("%s: create job: %v", vms[i].Name(), err)
+		}
+	}
+	var ip netip.Addr
+	for {
+		j, err := clients[0].Job(ctx, "echo")
+		if err == nil && j.Status.State == job.StateRunning && j.Status.IP.IsValid() {
+			ip = j.Status.IP
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("node1's job never ran with an address: %+v, %v", j.Status, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	url := fmt.Sprintf("http://%s:8080/over-ipv6", ip)
+	var last string
+	for {
+		r, err := clients[1].ExecJob(ctx, "echo", []string{"/echoback", "--get", url}, 20*time.Second)
+		if err == nil && r.ExitCode == 0 && strings.HasPrefix(r.Output, "web ") && strings.Contains(r.Output, "/over-ipv6") {
+			t.Logf("node2's job fetched %s: %s", url, strings.TrimSpace(r.Output))
+			break
+		}
+		last = fmt.Sprintf("%+v, %v", r, err)
+		if ctx.Err() != nil {
+			for _, vm := range vms[:2] {
+				t.Logf("%s console:\n%s", vm.Name(), vm.ConsoleTail(40))
+			}
+			t.Fatalf("node2's job never fetched %s over the overlay: %s", url, last)
+		}
+		time.Sleep(time.Second)
+	}
+}
