@@ -123,3 +123,19 @@ func TestIPv6Cluster(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// TestIPv6Platform: the platform bootstraps itself on three hosts whose
+// cluster segment is IPv6-only (the controller's raft and API, the
+// scheduler, discovery, the routers, the registry), and an app pushed to
+// it is deployed and served by every router.
+func TestIPv6Platform(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	p := newPlatformVMsAt(t, 3, func(i int) string { return fmt.Sprintf("2001:db8:62::%d", i+1) }, 64)
+	start := time.Now()
+	p.boot(ctx)
+	p.healthy(ctx, "bootstrap over IPv6", nil)
+	t.Logf("bootstrapped and healthy %.1fs after power-on", time.Since(start).Seconds())
+	p.deployApp(ctx)
+	p.appServes(ctx, "app deployed over IPv6")
+}

@@ -20,7 +20,12 @@ import (
 // platform: role controller, bootstrap_expect = n, and a data disk
 // (disk, made by DataDisk) that keeps /var across power cycles.
 func PlatformNode(i, n int, kernel, initrd string, seg *Segment, bundlePath, disk string) Config {
-	cfg := ClusterNode(i, n, kernel, initrd, seg, bundlePath, "controller")
+	return PlatformNodeAt(i, n, ClusterAddr, 24, kernel, initrd, seg, bundlePath, disk)
+}
+
+// PlatformNodeAt is PlatformNode with node j's lan0 address addr(j)/bits.
+func PlatformNodeAt(i, n int, addr func(int) string, bits int, kernel, initrd string, seg *Segment, bundlePath, disk string) Config {
+	cfg := ClusterNodeAt(i, n, addr, bits, kernel, initrd, seg, bundlePath, "controller")
 	// The routers' HTTP port and a TCP route's, as a client outside the
 	// cluster reaches them.
 	user := cfg.NICs[1].User

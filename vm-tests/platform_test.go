@@ -34,6 +34,12 @@ type platformVMs struct {
 // newPlatformVMs makes the configs of n nodes with a data disk each and
 // bootstrap_expect = n.
 func newPlatformVMs(t testing.TB, n int) *platformVMs {
+	return newPlatformVMsAt(t, n, ClusterAddr, 24)
+}
+
+// newPlatformVMsAt is newPlatformVMs with node j's cluster address
+// addr(j)/bits.
+func newPlatformVMsAt(t testing.TB, n int, addr func(int) string, bits int) *platformVMs {
 	kernel, initrd := plinthImage(t)
 	bundlePath, creds, err := ClusterFiles(t.TempDir(), "vmtest")
 	if err != nil {
@@ -46,7 +52,7 @@ func newPlatformVMs(t testing.TB, n int) *platformVMs {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.cfgs = append(p.cfgs, PlatformNode(i, n, kernel, initrd, seg, bundlePath, disk))
+		p.cfgs = append(p.cfgs, PlatformNodeAt(i, n, addr, bits, kernel, initrd, seg, bundlePath, disk))
 	}
 	return p
 }
