@@ -196,15 +196,33 @@ func (e *LinkEnd) Close() error {
 	return err
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago
+// and that it has not returned before. The VMs of a segment forward
+// ports on the loopback of the segment's namespace, not this one's,
+// where a port closed here may well be handed out again: two VMs given
+// the same one failed to start about one run in a hundred.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free loopback port: %w", err)
+	givenMu.Lock()
+	defer givenMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find a free loopback port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !given[port] {
+			given[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("find a free loopback port: every one tried was handed out before")
 }
+
+var (
+	givenMu sync.Mutex
+	given   = map[int]bool{}
+)
 
 func ip(args ...string) error {
 	out, err := exec.Command("ip", args...).CombinedOutput()
