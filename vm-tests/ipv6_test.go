@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/services/controller"
 )
 
 // TestIPv6Cluster: three VMs whose cluster segment is IPv6-only form a
@@ -138,4 +140,36 @@ func TestIPv6Platform(t *testing.T) {
 	t.Logf("bootstrapped and healthy %.1fs after power-on", time.Since(start).Seconds())
 	p.deployApp(ctx)
 	p.appServes(ctx, "app deployed over IPv6")
+
+	// The platform DNS, asked from inside an app instance, names the
+	// controller hosts by their IPv6 addresses (AAAA).
+	want := []string{"2001:db8:62::1", "2001:db8:62::2", "2001:db8:62::3"}
+	var got string
+	for {
+		for _, c := range p.hosts {
+			jobs, err := c.Jobs(ctx)
+			if err != nil {
+				continue
+			}
+			for _, j := range jobs {
+				if j.Spec.Tags[controller.AppTag] != "demo" || j.Status.State != job.StateRunning {
+					continue
+				}
+				r, err := c.ExecJob(ctx, j.Spec.ID, []string{"/echoback", "--resolve", "controller.plinth"}, 20*time.Second)
+				got = fmt.Sprintf("%+v, %v", r, err)
+				if err == nil && r.ExitCode == 0 {
+					lines := strings.Fields(r.Output)
+					slices.Sort(lines)
+					if slices.Equal(lines, want) {
+						t.Logf("controller.plinth from app instance %s: %s", j.Spec.ID, strings.Join(lines, " "))
+						return
+					}
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("controller.plinth never resolved to %v in an app instance: %s", want, got)
+		}
+		time.Sleep(time.Second)
+	}
 }

@@ -4,6 +4,7 @@
 //
 //	echoback [--name NAME] [--http :8080] [--api :8081] [--tcp :9000] [--udp :9001]
 //	echoback --get URL
+//	echoback --resolve NAME
 //
 // HTTP answers "<service> <name> <local address> <path>\n" and the
 // request's X-Forwarded-* and X-Request-Id as headers; /slow?ms=N answers after
@@ -11,7 +12,9 @@
 // namespace it runs in); a request with "Connection: Upgrade" gets 101 and
 // an echo of its bytes. UDP replies "<name> <payload>". With --get it is
 // a client instead: it prints the body of one GET of URL and exits, 1 if
-// the request failed or did not answer 200.
+// the request failed or did not answer 200. With --resolve it prints the
+// addresses NAME resolves to, one a line, as the job's resolver answers
+// (A and AAAA).
 package main
 
 import (
@@ -37,9 +40,21 @@ func main() {
 	tcpAddr := flag.String("tcp", "", "address of the TCP echo")
 	udpAddr := flag.String("udp", "", "address of the UDP echo")
 	get := flag.String("get", "", "GET this URL, print the body and exit")
+	resolve := flag.String("resolve", "", "print the addresses of this name and exit")
 	flag.Parse()
 	if *get != "" {
 		os.Exit(fetch(*get))
+	}
+	if *resolve != "" {
+		ips, err := net.LookupIP(*resolve)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		for _, ip := range ips {
+			fmt.Println(ip)
+		}
+		os.Exit(0)
 	}
 	if *httpAddr != "" {
 		go serveHTTP(*httpAddr, "web", *name)
