@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -277,6 +276,19 @@ func (d *Daemon) startDHCP6(ctx context.Context, wg *sync.WaitGroup, link string
 		d.mu.Unlock()
 		d.trigger()
 	}
+	// The client releases at stop, when netd's own stop does; its
+	// addresses are no longer ours then. The package's functions, not
+	// d.nl: this runs on the client's goroutine.
+	cfg.ReleaseOnStop = d.opts.ReleaseOnStop
+	cfg.OnReleased = func(l dhcp6.Lease) {
+		nl, err := netlink.LinkByName(link)
+		if err != nil {
+			return
+		}
+		for _, a := range l.Addresses {
+			netlink.AddrDel(nl, &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(a.Addr, 128))})
+		}
+	}
 	c := dhcp6.New(cfg)
 	d.client6[link] = c
 	wg.Add(1)
@@ -298,17 +310,9 @@ func (d *Daemon) stopDHCP() {
 	for k, v := range d.clients {
 		clients[k] = v
 	}
-	clients6 := maps.Clone(d.client6)
 	d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for link, c := range clients6 {
-		if err := c.Release(ctx); err != nil {
-			d.log.Warn("dhcpv6 release", "link", link, "err", err)
-			continue
-		}
-		d.log.Info("dhcpv6 lease released", "link", link)
-	}
 	for link, c := range clients {
 		if err := c.Release(ctx); err != nil {
 			d.log.Warn("dhcp release", "link", link, "err", err)

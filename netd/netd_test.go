@@ -548,6 +548,10 @@ func TestDHCPv6(t *testing.T) {
 	})
 	// Shutting down releases the lease and takes the address away.
 	stop(true)
+	if err := hasAddr(nl, n.HostIf, netip.PrefixFrom(leased, 128)); err == nil {
+		log, _ := os.ReadFile(dlogPath)
+		t.Errorf("%s/128 still on the link after the release; dnsmasq:\n%s", leased, log)
+	}
 	eventually(t, "dnsmasq saw the release", func() error {
 		if log, _ := os.ReadFile(dlogPath); !bytes.Contains(log, []byte("DHCPRELEASE")) {
 			return fmt.Errorf("dnsmasq log:\n%s", log)

@@ -46,6 +46,12 @@ type Config struct {
 	OnBound func(Lease)
 	// OnExpired is called when a lease is lost.
 	OnExpired func(Lease)
+	// ReleaseOnStop, asked when Run's context ends with a lease held,
+	// says whether to give it back to the server (a machine shutting
+	// down) or keep it for the next client (a restart); OnReleased is
+	// called once it was given back.
+	ReleaseOnStop func() bool
+	OnReleased    func(Lease)
 }
 
 // DefaultConfig returns the config of a client on iface.
@@ -160,6 +166,7 @@ func (c *Client) setState(state string, err error, next time.Time) {
 // Run acquires a lease and keeps it until ctx is done.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.close()
+	defer c.releaseOnStop()
 	backoff := c.cfg.BackoffMin
 	for ctx.Err() == nil {
 		l, err := c.acquire(ctx)
@@ -332,15 +339,28 @@ func (c *Client) extend(ctx context.Context, l Lease, server dhcpv6.DUID) (Lease
 	return leaseFrom(reply, time.Now())
 }
 
-// Release gives the lease's addresses back to its server, for a machine
-// that is shutting down.
-func (c *Client) Release(ctx context.Context) error {
+// releaseOnStop gives the lease back when the config asks for it.
+func (c *Client) releaseOnStop() {
 	c.mu.Lock()
 	l := c.lease
 	c.mu.Unlock()
-	if l == nil {
-		return nil
+	if l == nil || c.cfg.ReleaseOnStop == nil || !c.cfg.ReleaseOnStop() {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.release(ctx, *l); err != nil {
+		c.log.Warn("dhcpv6 release", "err", err)
+		return
+	}
+	c.log.Info("dhcpv6 lease released")
+	if c.cfg.OnReleased != nil {
+		c.cfg.OnReleased(*l)
+	}
+}
+
+// release gives l's addresses back to its server.
+func (c *Client) release(ctx context.Context, l Lease) error {
 	conn, duid, err := c.client()
 	if err != nil {
 		return err

@@ -136,6 +136,8 @@ func lifecycle() error {
 	cfg.BackoffMin, cfg.BackoffMax = 200*time.Millisecond, time.Second
 	cfg.OnBound = func(l Lease) { events <- "bound " + l.Addresses[0].Addr.String() }
 	cfg.OnExpired = func(Lease) { events <- "expired" }
+	cfg.ReleaseOnStop = func() bool { return true }
+	cfg.OnReleased = func(l Lease) { events <- "released " + l.Addresses[0].Addr.String() }
 	c := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -178,6 +180,14 @@ func lifecycle() error {
 	}
 	if st := c.Status(); st.State != "bound" || st.Lease == nil {
 		return fmt.Errorf("status %+v", st)
+	}
+	// Stopped, it gives the lease back.
+	cancel()
+	if err := next("released 2001:db8::100", 3*time.Second); err != nil {
+		return err
+	}
+	if srv.count(dhcpv6.MessageTypeRelease) != 1 {
+		return fmt.Errorf("%d releases sent, want 1", srv.count(dhcpv6.MessageTypeRelease))
 	}
 	return nil
 }
