@@ -210,9 +210,38 @@ func TestImageJob(t *testing.T) {
 // filesystem; what it writes lands on the host owned by the mapped ID; and
 // a host-owned directory stays closed to it.
 func TestImageJobUserNamespace(t *testing.T) {
+	imageJobUserNamespace(t, false)
+}
+
+// The same with the image store on a filesystem that takes no idmapped
+// mounts (ramfs here; tmpfs before Linux 6.3, a plinth host without a
+// data disk): the job gets copies of the layers owned by its range.
+func TestImageJobUserNamespaceCopiedLayers(t *testing.T) {
+	imageJobUserNamespace(t, true)
+}
+
+func imageJobUserNamespace(t *testing.T, storeOnRamfs bool) {
 	busyboxRoot(t)
 	archive := busyboxImage(t)
-	d, c, _ := jobHost(t)
+	if DefaultConfig().Init == "" {
+		t.Skip("needs tini (apt-get install tini)")
+	}
+	b := newBundle(t)
+	cfg := loopbackConfig(t, "127.0.0.1", "alpha", 0)
+	cfg.Bundle, cfg.Roles = b, []string{"test"}
+	if storeOnRamfs {
+		images := filepath.Join(cfg.StateDir, "images")
+		if err := os.Mkdir(images, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount("ramfs", images, "ramfs", 0, "mode=0700"); err != nil {
+			t.Fatal(err)
+		}
+		// After hostd's own cleanup, which runs first (LIFO).
+		t.Cleanup(func() { syscall.Unmount(images, syscall.MNT_DETACH) })
+	}
+	d := runHost(t, cfg)
+	c := adminClient(t, b, d)
 	// The test's directories above hostd's are 0700: hostd opens them
 	// for walking, as it would a /var of that mode.
 	ctx := context.Background()
@@ -287,6 +316,22 @@ func TestImageJobUserNamespace(t *testing.T) {
 	// The image's layers are untouched: still host root's.
 	if entries, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "images", "layers", "*", "etc", "motd")); len(entries) != 1 || owner(entries[0]) != "0:0" {
 		t.Errorf("layer files %v: want one motd owned by 0:0", entries)
+	}
+	// Copies only where the layers could not be idmapped, owned by the
+	// range and keeping the layer's modes.
+	copies, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "images", "shifted", "*", "*", "etc", "motd"))
+	switch {
+	case !storeOnRamfs && len(copies) != 0:
+		t.Errorf("layer copies %v on a store that takes idmapped mounts", copies)
+	case storeOnRamfs && (len(copies) != 1 || owner(copies[0]) != mapped):
+		t.Errorf("layer copies %v: want one motd owned by %s", copies, mapped)
+	case storeOnRamfs:
+		orig, _ := filepath.Glob(filepath.Join(d.cfg.StateDir, "images", "layers", "*", "etc", "motd"))
+		a, errA := os.Stat(orig[0])
+		b, errB := os.Stat(copies[0])
+		if errA != nil || errB != nil || a.Mode() != b.Mode() || !a.ModTime().Equal(b.ModTime()) || a.Size() != b.Size() {
+			t.Errorf("copy %v differs from the layer's %v in mode, time or size (%v, %v)", b, a, errA, errB)
+		}
 	}
 }
 

@@ -54,6 +54,9 @@ func (s *Store) GC(inUse func(diffID string) bool) (removed []string, err error)
 		if err := os.RemoveAll(trash); err != nil {
 			return removed, fmt.Errorf("gc: remove layer %s: %w", diffID, err)
 		}
+		if err := s.removeShifted(e.Name()); err != nil {
+			return removed, fmt.Errorf("gc: remove copies of layer %s: %w", diffID, err)
+		}
 		removed = append(removed, diffID)
 	}
 	slices.Sort(removed)

@@ -73,13 +73,25 @@ func (s *Store) Mount(ctx context.Context, ref, jobDir string, ids *IDMapping) (
 	}
 	if ids != nil {
 		mapped, unmap, err := ids.mapLayers(jobDir, lower)
-		if err != nil {
+		switch {
+		case errors.Is(err, unix.EINVAL):
+			// No idmapped mounts on this filesystem: copies.
+			lower = lower[:0]
+			for i := len(r.Layers) - 1; i >= 0; i-- {
+				dir, err := s.shiftedLayer(r.Layers[i].DiffID, ids)
+				if err != nil {
+					return "", fmt.Errorf("mount image %s: %w", ref, err)
+				}
+				lower = append(lower, dir)
+			}
+		case err != nil:
 			return "", fmt.Errorf("mount image %s: %w", ref, err)
+		default:
+			// overlayfs keeps its own clones of its layers: the idmapped
+			// mounts are not needed once it is mounted.
+			defer unmap()
+			lower = mapped
 		}
-		// overlayfs keeps its own clones of its layers: the idmapped
-		// mounts are not needed once it is mounted.
-		defer unmap()
-		lower = mapped
 		for _, d := range []string{upper, work} {
 			if err := os.Chown(d, ids.Root, ids.Root); err != nil {
 				return "", fmt.Errorf("mount image %s: %w", ref, err)
@@ -103,10 +115,20 @@ func (s *Store) Mount(ctx context.Context, ref, jobDir string, ids *IDMapping) (
 type IDMapping struct {
 	Userns *os.File
 	Root   int
+	// Size is how many IDs the namespace maps; 0 means 65536.
+	Size int
+}
+
+func (ids *IDMapping) size() int {
+	if ids.Size > 0 {
+		return ids.Size
+	}
+	return 65536
 }
 
 // CanIDMap reports whether the store's filesystem takes idmapped mounts
-// with userns, by making one; the error says why not.
+// with userns, by making one; the error says why not. Where it does not,
+// Mount copies layers for user-namespaced jobs instead.
 func (s *Store) CanIDMap(userns *os.File) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()

@@ -102,6 +102,8 @@ type Store struct {
 	recordMu sync.Mutex
 	// pullMu serialises pulls.
 	pullMu sync.Mutex
+	// shiftMu serialises making layer copies for user namespaces.
+	shiftMu sync.Mutex
 }
 
 // Open opens the store in dir (for example /var/lib/plinth/images),

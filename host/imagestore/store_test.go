@@ -769,9 +769,14 @@ func TestGCRemovesOnlyUnusedLayers(t *testing.T) {
 		}
 		for _, d := range want {
 			assertAbsent(t, s.layerDir(d))
+			assertAbsent(t, s.shiftedDir(d, 1048576))
 		}
 	}
 	gc(nil)
+	// a's own layer has a copy for a user namespace; it goes with it.
+	if _, err := s.shiftedLayer(diffID(t, onlyA), &IDMapping{Root: 1048576}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Remove("a:v1"); err != nil {
 		t.Fatal(err)
 	}

@@ -394,7 +394,7 @@ func (m *Manager) rootfs(s Spec) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
-		ids = &imagestore.IDMapping{Userns: userns, Root: container.UserNSBase}
+		ids = &imagestore.IDMapping{Userns: userns, Root: container.UserNSBase, Size: container.UserNSSize}
 		if err := m.walkable(); err != nil {
 			return "", fmt.Errorf("job %s: %w", s.ID, err)
 		}
@@ -444,17 +444,20 @@ func (m *Manager) jobUserns() (*os.File, error) {
 	return m.userns.Get(idmap.Range{Host: container.UserNSBase, Size: container.UserNSSize})
 }
 
-// canIDMap reports whether image jobs can have their layers idmapped on
-// this host, found out once and logged when they cannot.
+// canIDMap reports whether image jobs can run in a user namespace on
+// this host, found out once and logged when they cannot. Their layers
+// are idmapped where the image store's filesystem allows, else copied
+// with shifted owners (see imagestore.Mount).
 func (m *Manager) canIDMap() bool {
 	m.idmapOnce.Do(func() {
 		// Only jobs that run an image ask, and Create has found its store.
 		userns, err := m.jobUserns()
-		if err == nil {
-			err = m.cfg.Images.CanIDMap(userns)
-		}
 		if m.idmapOK = err == nil; !m.idmapOK {
-			m.log.Warn("image jobs run without user namespaces on this host: their layers cannot be idmapped", "err", err)
+			m.log.Warn("image jobs run without user namespaces on this host", "err", err)
+			return
+		}
+		if err := m.cfg.Images.CanIDMap(userns); err != nil {
+			m.log.Info("user-namespaced jobs get copies of their image layers with shifted owners: the image store takes no idmapped mounts", "err", err)
 		}
 	})
 	return m.idmapOK
