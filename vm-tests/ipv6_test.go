@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 )
@@ -91,7 +92,10 @@ func TestIPv6Cluster(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: import: %v", vms[i].Name(), err)
 		}
-		if _, err := clients[i].CreateJob(ctx, job.Spec{ID: "echo", Image: imgs[0].ID, Network: job.NetworkBridge}); err != nil {
+		// In a user namespace, as apps are: these hosts have no data
+		// disk, and the 6.1 kernel cannot idmap their tmpfs /var, so the
+		// jobs get copies of the layers.
+		if _, err := clients[i].CreateJob(ctx, job.Spec{ID: "echo", Image: imgs[0].ID, Network: job.NetworkBridge, PreferUserNamespace: true}); err != nil {
 			t.Fatalf("%s: create job: %v", vms[i].Name(), err)
 		}
 	}
@@ -123,6 +127,10 @@ func TestIPv6Cluster(t *testing.T) {
 			t.Fatalf("node2's job never fetched %s over the overlay: %s", url, last)
 		}
 		time.Sleep(time.Second)
+	}
+	r, err := clients[1].ExecJob(ctx, "echo", []string{"/echoback", "--get", fmt.Sprintf("http://%s:8080/uid_map", ip)}, 20*time.Second)
+	if want := fmt.Sprintf("0 %d %d", container.UserNSBase, container.UserNSSize); err != nil || strings.Join(strings.Fields(r.Output), " ") != want {
+		t.Errorf("node1's job's uid_map: %+v, %v; want %q", r, err, want)
 	}
 }
 
