@@ -364,42 +364,13 @@ func (d *Daemon) linkReady(l LinkStatus) bool {
 	if len(l.Addresses) == 0 {
 		return false
 	}
-	a, ok := d.addressingOf(l.Name)
-	if !ok {
-		return true
-	}
-	if _, leased := d.leases[l.Name]; a.DHCP && !leased {
+	if _, leased := d.leases[l.Name]; l.addr.DHCP && !leased {
 		return false
 	}
-	if _, leased := d.leases6[l.Name]; a.DHCP6 && !leased {
+	if _, leased := d.leases6[l.Name]; l.addr.DHCP6 && !leased {
 		return false
 	}
 	return true
-}
-
-// addressingOf returns the configured addressing of the link called name.
-func (d *Daemon) addressingOf(name string) (Addressing, bool) {
-	for _, i := range d.cfg.Interfaces {
-		if i.Name == name {
-			return i.Addressing, true
-		}
-	}
-	for _, v := range d.cfg.VLANs {
-		if v.Name == name {
-			return v.Addressing, true
-		}
-	}
-	for _, b := range d.cfg.Bonds {
-		if b.Name == name {
-			return b.Addressing, true
-		}
-	}
-	for _, b := range d.cfg.Bridges {
-		if b.Name == name {
-			return b.Addressing, true
-		}
-	}
-	return Addressing{}, false
 }
 
 // countPCINICs counts the Ethernet controllers on the PCI bus. They are

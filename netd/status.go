@@ -52,6 +52,8 @@ type LinkStatus struct {
 	DHCP      *DHCPStatus  `json:"dhcp,omitempty"`
 	DHCP6     *DHCP6Status `json:"dhcp6,omitempty"`
 	Error     string       `json:"error,omitempty"`
+
+	addr Addressing // as the reconcile pass applied it, for readiness
 }
 
 // DHCPStatus is a link's DHCP client state.
@@ -124,7 +126,7 @@ func (d *Daemon) updateStatus(ms []*managed) {
 	}
 	links := make([]LinkStatus, 0, len(ms))
 	for _, m := range ms {
-		ls := LinkStatus{Name: m.name, Kind: m.kind, Required: m.addr.Required, Master: m.master, Addresses: []string{}}
+		ls := LinkStatus{Name: m.name, Kind: m.kind, Required: m.addr.Required, Master: m.master, Addresses: []string{}, addr: m.addr}
 		if m.err != nil {
 			ls.Error = m.err.Error()
 		}
