@@ -5,12 +5,14 @@ package vmtest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
 )
 
@@ -32,11 +34,22 @@ func TestHostdClusterOfThree(t *testing.T) {
 	vms := StartN(t, cfgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	_, took := clusterConverges(t, ctx, vms, creds, ClusterAddr)
+	t.Logf("all three host APIs list three alive members %.1fs after the last ready", took.Seconds())
+}
+
+// clusterConverges waits until the VMs of ClusterNodeAt(…, addr, …) are
+// ready and every host API lists all of them alive at their addresses,
+// and returns the host clients and how long that took after the last
+// ready.
+func clusterConverges(t *testing.T, ctx context.Context, vms []*VM, creds *bundle.Credentials, addr func(int) string) ([]*host.Client, time.Duration) {
+	t.Helper()
 	clients := make([]*host.Client, len(vms))
 	for i, vm := range vms {
 		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
 			t.Fatalf("%s: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
 		}
+		var err error
 		if clients[i], err = HostClient(vm, creds); err != nil {
 			t.Fatal(err)
 		}
@@ -61,12 +74,12 @@ func TestHostdClusterOfThree(t *testing.T) {
 				problems = append(problems, fmt.Sprintf("%s: %v", vm.Name(), err))
 				continue
 			}
-			if p := checkMembers(ms, ids); p != "" {
+			if p := checkMembers(ms, ids, addr); p != "" {
 				problems = append(problems, vm.Name()+": "+p)
 			}
 		}
 		if len(problems) == 0 {
-			break
+			return clients, time.Since(start)
 		}
 		if ctx.Err() != nil {
 			for _, vm := range vms {
@@ -76,20 +89,19 @@ func TestHostdClusterOfThree(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	t.Logf("all three host APIs list three alive members %.1fs after the last ready", time.Since(start).Seconds())
 }
 
 // checkMembers returns what is wrong with ms, a member list that should
-// hold the three nodes alive at their segment addresses, or "".
-func checkMembers(ms []host.Member, ids map[string]string) string {
+// hold the nodes alive at their segment addresses addr(i), or "".
+func checkMembers(ms []host.Member, ids map[string]string, addr func(int) string) string {
 	if len(ms) != len(ids) {
 		return fmt.Sprintf("%d members, want %d: %+v", len(ms), len(ids), ms)
 	}
 	for i, m := range ms {
 		name := fmt.Sprintf("node%d", i+1)
 		if m.ID != ids[name] || m.Hostname != name || m.Status != host.StatusAlive ||
-			!strings.HasPrefix(m.Addr, ClusterAddr(i)+":") || len(m.Roles) != 1 || m.Roles[0] != "demo" {
-			return fmt.Sprintf("member %d = %+v, want %s (%s) alive at %s with role demo", i, m, name, ids[name], ClusterAddr(i))
+			!strings.HasPrefix(m.Addr, net.JoinHostPort(addr(i), "")) || len(m.Roles) != 1 || m.Roles[0] != "demo" {
+			return fmt.Sprintf("member %d = %+v, want %s (%s) alive at %s with role demo", i, m, name, ids[name], addr(i))
 		}
 	}
 	return ""

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-os/plinth/host"
 	"github.com/plinth-os/plinth/host/container"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
@@ -39,46 +38,8 @@ func TestIPv6Cluster(t *testing.T) {
 	vms := StartN(t, cfgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	clients := make([]*host.Client, len(vms))
-	for i, vm := range vms {
-		if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
-			t.Fatalf("%s: %v\n%s", vm.Name(), err, vm.ConsoleTail(30))
-		}
-		if clients[i], err = HostClient(vm, creds); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start := time.Now()
-	for {
-		var problems []string
-		for i, vm := range vms {
-			ms, err := clients[i].Members(ctx)
-			if err != nil {
-				problems = append(problems, fmt.Sprintf("%s: %v", vm.Name(), err))
-				continue
-			}
-			if len(ms) != 3 {
-				problems = append(problems, fmt.Sprintf("%s sees %d members", vm.Name(), len(ms)))
-				continue
-			}
-			for j, m := range ms {
-				if want := "[" + addr(j) + "]:"; m.Status != host.StatusAlive || !strings.HasPrefix(m.Addr, want) {
-					problems = append(problems, fmt.Sprintf("%s: member %d = %s at %s, want alive at %s", vm.Name(), j, m.Status, m.Addr, want))
-				}
-			}
-		}
-		if len(problems) == 0 {
-			break
-		}
-		if ctx.Err() != nil {
-			for _, vm := range vms {
-				t.Logf("%s console:\n%s", vm.Name(), vm.ConsoleTail(40))
-			}
-			t.Fatalf("no cluster over IPv6: %s", strings.Join(problems, "; "))
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Logf("three members alive at their IPv6 addresses %.1fs after the last ready", time.Since(start).Seconds())
+	clients, took := clusterConverges(t, ctx, vms, creds, addr)
+	t.Logf("three members alive at their IPv6 addresses %.1fs after the last ready", took.Seconds())
 
 	// The overlay: echoback on node 1 and on node 2, bridge network.
 	archive := appArchive(t, t.TempDir())
