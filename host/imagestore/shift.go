@@ -3,7 +3,6 @@ package imagestore
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -168,16 +167,11 @@ func setModeAndTimes(path string, st *unix.Stat_t) error {
 }
 
 func copyData(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if err := copyFile(out, src); err != nil {
 		out.Close()
 		return err
 	}
