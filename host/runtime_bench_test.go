@@ -18,6 +18,7 @@ import (
 
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // BenchmarkRuntime measures what a job costs through the host API:
@@ -180,8 +181,10 @@ func runHostdBinary(b *testing.B, bin string, cfg Config, creds *bundle.Credenti
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	// Closed, not sent on: both the wait below and the cleanup look.
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	b.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -192,22 +195,15 @@ func runHostdBinary(b *testing.B, bin string, cfg Config, creds *bundle.Credenti
 		}
 	})
 	c := NewClient(net.JoinHostPort(cfg.APIBind, strconv.Itoa(port)), creds.TLS())
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Health(ctx)
-		cancel()
-		if err == nil {
-			return c, cmd.Process.Pid
-		}
+	testwait.For(b, bin+" hostd's API", 30*time.Second, func() error {
 		select {
-		case err := <-exited:
-			b.Fatalf("%s hostd exited: %v\n%s", bin, err, log.String())
+		case <-exited:
+			b.Fatalf("%s hostd exited: %v\n%s", bin, waitErr, log.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s hostd not answering within 30s: %v\n%s", bin, err, log.String())
-		}
-	}
+		return c.Health(testwait.Ctx(b, time.Second))
+	})
+	return c, cmd.Process.Pid
 }
 
 func procRSS(pid int) int64 {

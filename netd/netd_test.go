@@ -184,6 +184,23 @@ func eventually(t *testing.T, what string, cond func() error) {
 	t.Fatalf("%s: %v", what, err)
 }
 
+// whenReady polls netd's status until it says ready and hands check that
+// first ready status, at once: what must hold from the moment netd is
+// ready, not only eventually.
+func whenReady(t *testing.T, runDir string, check func(Status)) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		st, err := status(t, runDir)
+		if err == nil && st.Ready {
+			check(st)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 20s: %+v (%v)", st, err)
+		}
+	}
+}
+
 func hasAddr(nl *netlink.Handle, link string, want netip.Prefix) error {
 	l, err := nl.LinkByName(link)
 	if err != nil {
@@ -352,25 +369,18 @@ func TestIPv6StaticAndSLAAC(t *testing.T) {
 
 	// Ready only once duplicate address detection has passed: a
 	// tentative address can be neither bound nor sent from.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		st, err := status(t, cfg.RunDir)
-		if err == nil && st.Ready {
-			l, err := nl.LinkByName(n.HostIf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			addrs, _ := nl.AddrList(l, netlink.FAMILY_V6)
-			for _, a := range addrs {
-				if p, ok := toPrefix(a.IPNet); ok && p == netip.MustParsePrefix("2001:db8:77::2/64") && a.Flags&unix.IFA_F_TENTATIVE != 0 {
-					t.Fatalf("ready with %s still tentative", p)
-				}
-			}
-			break
+	whenReady(t, cfg.RunDir, func(Status) {
+		l, err := nl.LinkByName(n.HostIf)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready within 20s: %+v (%v)", st, err)
+		addrs, _ := nl.AddrList(l, netlink.FAMILY_V6)
+		for _, a := range addrs {
+			if p, ok := toPrefix(a.IPNet); ok && p == netip.MustParsePrefix("2001:db8:77::2/64") && a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				t.Fatalf("ready with %s still tentative", p)
+			}
 		}
-	}
+	})
 	eventually(t, "static IPv6 address", func() error { return hasAddr(nl, n.HostIf, netip.MustParsePrefix("2001:db8:77::2/64")) })
 	eventually(t, "IPv6 default route", func() error { return hasRoute(nl, n.HostIf, "default", "2001:db8:77::1") })
 	eventually(t, "IPv6 static route", func() error { return hasRoute(nl, n.HostIf, "2001:db8:99::/48", "2001:db8:77::fe") })
@@ -477,18 +487,11 @@ func TestDHCPv6(t *testing.T) {
 	stop := n.startNetd(t, cfg)
 	nl := n.handle(t, n.Host)
 
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		st, err := status(t, cfg.RunDir)
-		if err == nil && st.Ready {
-			if len(st.Links) != 1 || st.Links[0].DHCP6 == nil || st.Links[0].DHCP6.Lease == nil {
-				t.Fatalf("ready before the DHCPv6 lease: %+v", st)
-			}
-			break
+	whenReady(t, cfg.RunDir, func(st Status) {
+		if len(st.Links) != 1 || st.Links[0].DHCP6 == nil || st.Links[0].DHCP6.Lease == nil {
+			t.Fatalf("ready before the DHCPv6 lease: %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready within 20s: %+v (%v)", st, err)
-		}
-	}
+	})
 
 	var leased netip.Addr
 	eventually(t, "a DHCPv6 address in the range, ready", func() error {
