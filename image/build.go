@@ -96,9 +96,14 @@ const (
 // FaultPath is where a test image names its fault.
 const FaultPath = "/usr/lib/plinth/test-fault"
 
-// hostBinaryPath is where the running system finds the initramfs's /init
-// (bound there by stage 1, see init/stage1.go).
-const hostBinaryPath = "/usr/lib/plinth/bin/plinth-host"
+// Where the running system finds its binaries: the initramfs's /init
+// (the layer-0 binary) in a directory stage 1 binds over the image's
+// empty HostBinaryDir (see init/stage1.go), and the platform binary.
+const (
+	HostBinaryDir      = "/usr/lib/plinth/bin"
+	HostBinaryPath     = HostBinaryDir + "/plinth-host"
+	PlatformBinaryPath = "/usr/bin/plinth"
+)
 
 // BootLoaderPath is where the system image carries the EFI boot loader.
 const BootLoaderPath = "/usr/lib/plinth/systemd-bootx64.efi"
@@ -336,8 +341,8 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		// Empty: stage 1 binds a directory holding the initramfs's /init
 		// over it, so the image does not carry a second copy of the
 		// binary (see init/stage1.go).
-		{Name: "usr/lib/plinth/bin", Mode: cpio.TypeDir | 0o755},
-		{Name: "sbin/init", Link: hostBinaryPath},
+		{Name: HostBinaryDir[1:], Mode: cpio.TypeDir | 0o755},
+		{Name: "sbin/init", Link: HostBinaryPath},
 		{Name: "etc/os-release", Mode: 0o644, Data: osRelease(cfg.Version)},
 		{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/usr/bin/plinth\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/plinth\n")},
 		{Name: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
@@ -347,9 +352,9 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		{Name: "usr/lib/plinth/tini", Mode: 0o755, Src: cfg.Tini},
 	}
 	if cfg.HostBinary == "" {
-		entries = append(entries, entry{Name: "usr/bin/plinth", Link: hostBinaryPath})
+		entries = append(entries, entry{Name: PlatformBinaryPath[1:], Link: HostBinaryPath})
 	} else {
-		entries = append(entries, entry{Name: "usr/bin/plinth", Mode: 0o755, Src: cfg.Binary})
+		entries = append(entries, entry{Name: PlatformBinaryPath[1:], Mode: 0o755, Src: cfg.Binary})
 	}
 	if len(trusted) > 0 {
 		entries = append(entries, entry{Name: TrustedKeysPath[1:], Mode: 0o644, Data: trusted})

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/init/kmod"
 )
 
@@ -21,11 +22,11 @@ const (
 	// binaryDir is where the running system finds its layer-0 binary
 	// (plinth-host): a directory of the initramfs bound over the system
 	// image's empty placeholder. See bindBinary.
-	binaryDir  = "/usr/lib/plinth/bin"
-	binaryPath = binaryDir + "/plinth-host"
+	binaryDir  = image.HostBinaryDir
+	binaryPath = image.HostBinaryPath
 	// platformBinary is the CLI and the platform's services, in the system
 	// image (a link to binaryPath in an image built with one binary).
-	platformBinary = "/usr/bin/plinth"
+	platformBinary = image.PlatformBinaryPath
 	// binaryStage is that directory in the initramfs.
 	binaryStage = "/.plinth-bin"
 )

@@ -22,6 +22,7 @@ import (
 	"github.com/plinth-os/plinth/host/bundle"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/host/labels"
+	"github.com/plinth-os/plinth/image"
 	boot "github.com/plinth-os/plinth/init"
 	"github.com/plinth-os/plinth/init/config"
 	"github.com/plinth-os/plinth/netd"
@@ -31,7 +32,7 @@ import (
 const JobCredentials = "/run/plinth/credentials.toml"
 
 // PlatformBinary is the plinth binary's path on the system rootfs.
-const PlatformBinary = "/usr/bin/plinth"
+const PlatformBinary = image.PlatformBinaryPath
 
 // BootstrapJobID is the job a machine config's bootstrap_expect makes
 // hostd create: it runs `plinth cluster bootstrap --auto`.
