@@ -118,6 +118,10 @@ func pid1() {
 	busy(func() { <-buttonArmed })
 	close(ready)
 	say("ready in %.2fs", uptime().Seconds())
+	// When the kernel ran /init tells what it took (unpacking the
+	// initramfs) apart from this binary's start: read from its log after
+	// ready, off the boot path.
+	phase("init: the kernel ran /init at %.2fs", execUptime())
 	go guard(func() { prefetch(platformBinary) })
 
 	if cl[paramDebug] == "panic" {

@@ -44,9 +44,7 @@ func stage1() {
 	must(mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
 	cl := readCmdline()
 	applyPanicPolicy(cl, nil)
-	// The exec's time shows what the kernel took (unpacking the
-	// initramfs) apart from what this binary's start took.
-	phase("stage1: started (exec at %.2fs)", execUptime())
+	phase("stage1: started")
 
 	// The initramfs has the modules of both kinds of boot: a disk slot's
 	// needs the disk driver and dm-verity too.

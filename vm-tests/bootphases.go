@@ -23,7 +23,7 @@ type Phase struct {
 func (p Phase) String() string { return fmt.Sprintf("%s=%.3f", p.Name, p.Seconds) }
 
 var (
-	phaseExec    = regexp.MustCompile(`stage1: started \(exec at ([0-9.]+)s\)`)
+	phaseExec    = regexp.MustCompile(`init: the kernel ran /init at ([0-9.]+)s`)
 	phaseStamped = regexp.MustCompile(`plinth: \[ *([0-9.]+)s\] (.*)`)
 )
 
@@ -33,7 +33,7 @@ var (
 func BootPhases(console string, ready float64) ([]Phase, error) {
 	m := phaseExec.FindStringSubmatch(console)
 	if m == nil {
-		return nil, fmt.Errorf("boot phases: no stage 1 exec time on the console")
+		return nil, fmt.Errorf("boot phases: no line saying when the kernel ran /init on the console")
 	}
 	exec, _ := strconv.ParseFloat(m[1], 64)
 	marks := map[string]float64{}

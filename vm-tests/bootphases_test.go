@@ -7,7 +7,7 @@ import (
 
 func TestBootPhases(t *testing.T) {
 	console := strings.Join([]string{
-		"plinth: [  1.900s] stage1: started (exec at 1.70s)",
+		"plinth: [  1.900s] stage1: started",
 		"plinth: [  2.000s] stage1: 2 modules loaded in 0.071s",
 		"plinth: [  2.100s] init: started (pid 1)",
 		"plinth: [  2.400s] init: starting netd",
@@ -15,6 +15,7 @@ func TestBootPhases(t *testing.T) {
 		"plinth: [  2.700s] init: network ready in 0.30s",
 		"plinth: [  2.950s] init: services ready in 0.25s",
 		"plinth: ready in 3.00s",
+		"plinth: [  3.010s] init: the kernel ran /init at 1.70s",
 	}, "\n")
 	got, err := BootPhases(console, 3.0)
 	if err != nil {
