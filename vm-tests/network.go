@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/plinth-os/plinth/host/cnet"
+	"github.com/plinth-os/plinth/internal/testwait"
 )
 
 // NetnsPrefix starts the name of every network namespace the harness
@@ -128,19 +129,14 @@ func (s *Segment) HostPort(t testing.TB, name string) {
 		cmd.Process.Kill()
 		<-exited
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if ip("-n", s.Netns, "link", "set", name, "up") == nil {
-			return
-		}
+	testwait.For(t, "segment port "+name, 10*time.Second, func() error {
 		select {
 		case <-exited:
 			t.Fatalf("segment port %s: QEMU exited: %s", name, out.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("segment port %s: no tap after 10s", name)
-		}
-	}
+		return ip("-n", s.Netns, "link", "set", name, "up")
+	})
 }
 
 // NewSegment creates a segment in a new network namespace, deleted when
