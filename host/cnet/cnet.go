@@ -10,6 +10,7 @@
 package cnet
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -112,6 +113,17 @@ func (n *Network) bridge() (netlink.Link, error) {
 		}
 		if br, err = netlink.LinkByName(n.cfg.Bridge); err != nil {
 			return nil, err
+		}
+	}
+	// A bridge without a MAC of its own takes its ports' lowest, so every
+	// job started or stopped could change the gateway's MAC, and jobs
+	// here and hosts across the overlay would send to the old one until
+	// their neighbour entries went stale: seconds of lost replies. Set,
+	// it stays; derived from the gateway's address, it is the same after
+	// a reboot too.
+	if mac := MACFor(n.gw); !bytes.Equal(br.Attrs().HardwareAddr, mac) {
+		if err := netlink.LinkSetHardwareAddr(br, mac); err != nil {
+			return nil, fmt.Errorf("set %s's MAC: %w", n.cfg.Bridge, err)
 		}
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.gw.AsSlice(), Mask: net.CIDRMask(n.cfg.Range.Bits(), 32)}}
@@ -321,8 +333,9 @@ func (n *Network) attach(id, path string, ip netip.Addr) error {
 	return h.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: n.gw.AsSlice()})
 }
 
-// MACFor is the MAC of a job's eth0 at ip: locally administered,
-// unicast, 02:42 and the address's four bytes.
+// MACFor is the MAC of a job's eth0 at ip, and of the bridge at the
+// gateway's: locally administered, unicast, 02:42 and the address's
+// four bytes.
 func MACFor(ip netip.Addr) net.HardwareAddr {
 	b := ip.As4()
 	return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
