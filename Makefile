@@ -19,7 +19,7 @@ GOSRC    := $(shell find . -name '*.go' -not -path './$(CACHE)/*') go.mod go.sum
 
 export PLINTH_IMAGE_DIR = $(CURDIR)/$(OUT)
 
-.PHONY: all deps binary image disk check-static demo test test-unit test-vm test-vm-all \
+.PHONY: all deps binary image image-generic disk check-static demo test test-unit test-vm test-vm-all \
         test-repro bench bench-boot bench-dhcp bench-gossip bench-runtime bench-controller bench-scheduler bench-router bench-platform bench-deploy bench-build bench-upgrade lint clean
 
 all: image
@@ -58,7 +58,13 @@ $(SIGN_KEY): | $(OUT)/plinth
 	$(OUT)/plinth image keygen --out $@
 
 image: binary $(SIGN_KEY)
-	$(OUT)/plinth image build --out $(OUT) --cache $(CACHE)/kernel --host-binary $(OUT)/plinth-host --sign-key $(SIGN_KEY) --serial $(SERIAL)
+	$(OUT)/plinth image build --kernel cloud --out $(OUT) --cache $(CACHE)/kernel --host-binary $(OUT)/plinth-host --sign-key $(SIGN_KEY) --serial $(SERIAL)
+
+# The same build on Debian's generic kernel, with the drivers of real
+# machines (docs/operator-guide.md, "Supported hardware"). FIRMWARE=DIR
+# adds the firmware files those drivers name.
+image-generic: binary $(SIGN_KEY)
+	$(OUT)/plinth image build --kernel generic --out $(OUT)/generic --cache $(CACHE)/kernel --host-binary $(OUT)/plinth-host --sign-key $(SIGN_KEY) --serial $(SERIAL) $(if $(FIRMWARE),--firmware $(FIRMWARE))
 
 # The installable disk: GPT with an ESP (systemd-boot, boot counting),
 # slots A (this build) and B (empty), and the data partition.
@@ -83,15 +89,16 @@ test-unit: deps
 
 # The busybox harness tests boot the pinned kernel from the download cache,
 # which exists only once `image` has run, hence the glob in the recipe.
-VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*/boot/vmlinuz-* | head -1)
+VM_ENV := PLINTH_TEST_KERNEL=$$(ls $(CURDIR)/$(CACHE)/kernel/*-cloud-amd64_*/boot/vmlinuz-* | head -1) \
+	PLINTH_GENERIC_IMAGE_DIR=$(CURDIR)/$(OUT)/generic
 
-test-vm: image
+test-vm: image image-generic
 	$(VM_ENV) GO=$(GO) scripts/vmtest.sh $(OUT)/test-vm.log -timeout 30m
 
 # Longer VM suites read PLINTH_VM_ALL: the platform's cold starts run 10
 # cycles instead of 3, a git push is built on the VM cluster, and three
 # disk-booted VMs are upgraded one at a time under app traffic.
-test-vm-all: image
+test-vm-all: image image-generic
 	$(VM_ENV) GO=$(GO) PLINTH_VM_ALL=1 scripts/vmtest.sh $(OUT)/test-vm-all.log -timeout 90m
 
 # Two builds from the same tree must give identical bytes, binary included.

@@ -47,16 +47,30 @@ type Config struct {
 	// start. Empty installs Binary there instead, and /usr/bin/plinth
 	// links to it: one binary, larger and slower to start.
 	HostBinary string
+	// OneBinary ignores HostBinary: the flavour's size budget has no room
+	// for both binaries (see Flavour).
+	OneBinary bool
 	Version    string // written to os-release and the manifest
-	Kernel     Kernel
+	// Flavour names the kernel and drivers (see Flavours, UseFlavour).
+	Flavour string
+	Kernel  Kernel
 
 	// InitramfsModules are loaded by stage 1 to mount the system image;
-	// SystemModules by PID 1 from the system image. Dependencies are added.
+	// SystemModules by PID 1 from the system image. Dependencies are added;
+	// modules the kernel has built in are left out.
 	InitramfsModules []string
 	SystemModules    []string
-	// SlotModules are loaded by stage 1 on a disk boot, to read the slot's
-	// partition through dm-verity. They are in the initramfs too.
+	// HardwareModules are drivers, in the system image, loaded at boot
+	// only for the devices a machine has (coldplug).
+	HardwareModules []string
+	// SlotModules are in the initramfs for a disk boot, to read the slot's
+	// partition through dm-verity: stage 1 loads the disk drivers among
+	// them for the disks the machine has, and the rest (dm_verity).
 	SlotModules []string
+	// FirmwareDir, when set, holds firmware files (a copy of Debian's
+	// firmware packages' /lib/firmware): those the drivers name in their
+	// .modinfo go into the system image's /lib/firmware.
+	FirmwareDir string
 
 	// Compression of the initramfs part holding init and modules.
 	Compression string
@@ -110,17 +124,13 @@ const BootLoaderPath = "/usr/lib/plinth/systemd-bootx64.efi"
 
 // DefaultConfig returns the configuration `make image` uses.
 func DefaultConfig() Config {
-	return Config{
+	c := Config{
 		OutDir:           "out",
 		CacheDir:         ".cache/kernel",
 		Version:          version.Version,
-		Kernel:           DefaultKernel,
 		InitramfsModules: []string{"loop", "squashfs"},
-		SlotModules:      []string{"virtio_pci", "virtio_blk", "dm_verity"},
 		SystemModules: []string{
-			"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", // paravirtual devices (virtio_pci is their bus driver, no dependency of theirs)
-			"qemu_fw_cfg",     // machine config passed by QEMU -fw_cfg
-			"button", "evdev", // ACPI power button → clean poweroff
+			"ext4",                    // the data partition (built into the cloud kernel)
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply
 			"bridge", "veth", "vxlan", // container networking
 			"8021q", "bonding", // VLANs and bonds from the [network] config
@@ -133,7 +143,16 @@ func DefaultConfig() Config {
 		Tini:                "/usr/bin/tini-static",
 		SystemdBoot:         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
 	}
+	if err := c.UseFlavour(DefaultFlavour); err != nil {
+		panic(err)
+	}
+	return c
 }
+
+// DefaultFlavour is the flavour of images built without --kernel: the one
+// that boots real machines (disk and network boots). VMs boot faster on
+// the cloud flavour, which the test and demo images use.
+const DefaultFlavour = "generic"
 
 // File describes one output file in the manifest.
 type File struct {
@@ -153,10 +172,16 @@ type Manifest struct {
 	KernelRelease    string   `json:"kernel_release"`
 	Compression      string   `json:"initramfs_compression"`
 	SquashfsComp     string   `json:"system_image_compression"`
+	Flavour          string   `json:"flavour,omitempty"`
 	InitramfsModules []string `json:"initramfs_modules"`
 	SystemModules    []string `json:"system_modules"`
 	SlotModules      []string `json:"slot_modules"`
-	Files            []File   `json:"files"`
+	// Firmware are the files in /lib/firmware; FirmwareMissing the files
+	// drivers name that the build's firmware directory did not have, by
+	// driver.
+	Firmware        []string            `json:"firmware,omitempty"`
+	FirmwareMissing map[string][]string `json:"firmware_missing,omitempty"`
+	Files           []File              `json:"files"`
 	// System is the dm-verity tree appended to system.img.
 	System    verity.Params `json:"system_verity"`
 	TestFault string        `json:"test_fault,omitempty"`
@@ -197,6 +222,9 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 	if cfg.Binary == "" {
 		return nil, fmt.Errorf("image build: no plinth binary given")
 	}
+	if cfg.OneBinary {
+		cfg.HostBinary = ""
+	}
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
 		return nil, fmt.Errorf("image build needs mksquashfs: apt-get install squashfs-tools")
 	}
@@ -224,7 +252,14 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	system, err := resolveModules(tree.ModuleDir(), cfg.SystemModules)
+	system, err := resolveModules(tree.ModuleDir(), slices.Concat(cfg.SystemModules, cfg.HardwareModules))
+	if err != nil {
+		return nil, err
+	}
+	// Drivers, and what only drivers need, load for devices, not at boot.
+	system = markOnDemand(system, cfg.SystemModules)
+	early = markOnDemand(early, slices.Concat(cfg.InitramfsModules, nonDrivers(cfg.SlotModules, cfg.HardwareModules)))
+	firmware, missing, err := pickFirmware(cfg.FirmwareDir, system)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +270,7 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 		return nil, err
 	}
 	sysImg := filepath.Join(cfg.OutDir, SystemName)
-	if err := buildSystemImage(ctx, cfg, tree, system, trusted, sysImg); err != nil {
+	if err := buildSystemImage(ctx, cfg, tree, system, firmware, trusted, sysImg); err != nil {
 		return nil, err
 	}
 	params, err := verity.Append(sysImg, nil)
@@ -252,6 +287,7 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 		KernelPackage: cfg.Kernel.Package,
 		KernelVersion: cfg.Kernel.Version,
 		KernelRelease: tree.Release(),
+		Flavour:       cfg.Flavour,
 		Compression:   cfg.Compression,
 		SquashfsComp:  cfg.SquashfsCompression,
 		System:        params,
@@ -261,6 +297,10 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 		m.InitramfsModules = append(m.InitramfsModules, mod.Name)
 	}
 	m.SlotModules = cfg.SlotModules
+	for _, f := range firmware {
+		m.Firmware = append(m.Firmware, f.Name)
+	}
+	m.FirmwareMissing = missing
 	for _, mod := range system {
 		m.SystemModules = append(m.SystemModules, mod.Name)
 	}
@@ -299,6 +339,17 @@ func Build(ctx context.Context, cfg Config) (*Manifest, error) {
 	return m, WriteBundle(cfg.OutDir, filepath.Join(cfg.OutDir, BundleName))
 }
 
+// nonDrivers are the names of mods that are not among drivers.
+func nonDrivers(mods, drivers []string) []string {
+	var out []string
+	for _, m := range mods {
+		if !slices.Contains(drivers, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // trustedKeys returns the trusted-keys file an image carries: the keys of
 // files, and the signing key's own when files name none.
 func trustedKeys(files []string, key ed25519.PrivateKey) ([]byte, error) {
@@ -323,7 +374,7 @@ func trustedKeys(files []string, key ed25519.PrivateKey) ([]byte, error) {
 }
 
 // buildSystemImage stages the root tree and packs it with mksquashfs.
-func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []moduleFile, trusted []byte, dst string) error {
+func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []moduleFile, firmware []entry, trusted []byte, dst string) error {
 	stage, err := os.MkdirTemp("", "plinth-system-")
 	if err != nil {
 		return err
@@ -370,6 +421,8 @@ func buildSystemImage(ctx context.Context, cfg Config, tree KernelTree, mods []m
 		entries = append(entries, entry{Name: d, Mode: cpio.TypeDir | 0o755})
 	}
 	entries = append(entries, moduleEntries(modDir, mods)...)
+	entries = append(entries, firmware...)
+	entries = append(entries, dirsFor(entryNames(firmware))...)
 	if _, err := os.Stat(cfg.Tini); err != nil {
 		return fmt.Errorf("job init %s: %w (apt-get install tini)", cfg.Tini, err)
 	}
@@ -450,9 +503,10 @@ func buildInitramfs(cfg Config, tree KernelTree, mods []moduleFile, trusted []by
 	return os.WriteFile(filepath.Join(cfg.OutDir, InitrdName), full.Bytes(), 0o644)
 }
 
-// moduleEntries returns the module files (decompressed) and their load list.
+// moduleEntries returns the module files (decompressed), their load list
+// and the alias table of the drivers among them.
 func moduleEntries(modDir string, mods []moduleFile) []entry {
-	var list bytes.Buffer
+	var list, aliases bytes.Buffer
 	var es []entry
 	var names []string
 	plain := make([]kmod.Module, 0, len(mods))
@@ -460,10 +514,16 @@ func moduleEntries(modDir string, mods []moduleFile) []entry {
 		plain = append(plain, m.Module)
 		es = append(es, entry{Name: modDir + "/" + m.Path, Mode: 0o644, Src: m.src})
 		names = append(names, modDir+"/"+m.Path)
+		if m.OnDemand {
+			for _, a := range m.aliases {
+				kmod.FormatAliases(&aliases, []kmod.Alias{{Pattern: a, Module: m.Name}})
+			}
+		}
 	}
 	kmod.FormatList(&list, plain)
-	es = append(es, entry{Name: modDir + "/" + kmod.ListName, Mode: 0o644, Data: list.Bytes()})
-	names = append(names, modDir+"/"+kmod.ListName)
+	es = append(es, entry{Name: modDir + "/" + kmod.ListName, Mode: 0o644, Data: list.Bytes()},
+		entry{Name: modDir + "/" + kmod.AliasName, Mode: 0o644, Data: aliases.Bytes()})
+	names = append(names, modDir+"/"+kmod.ListName, modDir+"/"+kmod.AliasName)
 	return append(es, dirsFor(names)...)
 }
 

@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -20,7 +21,9 @@ import (
 // moduleFile is a module found in a kernel tree.
 type moduleFile struct {
 	kmod.Module
-	src string // absolute path of the .ko, .ko.xz or .ko.zst file
+	src      string   // absolute path of the .ko, .ko.xz or .ko.zst file
+	aliases  []string // devices it drives (modalias patterns)
+	firmware []string // files it may load from /lib/firmware
 }
 
 // indexModules maps module name → file for every module under dir/kernel.
@@ -48,9 +51,14 @@ func indexModules(dir string) (map[string]string, error) {
 // resolveModules returns the named modules and everything they depend on, in
 // load order (dependencies first; ties broken by name so the order is stable).
 // Dependencies come from each module's .modinfo "depends=" field, so no
-// modules.dep (which the .deb does not ship) is needed.
+// modules.dep (which the .deb does not ship) is needed. Names the kernel
+// has built in (modules.builtin) need no file and are left out.
 func resolveModules(dir string, names []string) ([]moduleFile, error) {
 	idx, err := indexModules(dir)
+	if err != nil {
+		return nil, err
+	}
+	builtin, err := builtinModules(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -78,10 +86,11 @@ func resolveModules(dir string, names []string) ([]moduleFile, error) {
 		if err != nil {
 			return err
 		}
-		deps, err := moduleDepends(data)
+		info, err := readModinfo(data)
 		if err != nil {
 			return fmt.Errorf("read .modinfo of %s: %w", src, err)
 		}
+		deps := info.depends
 		sort.Strings(deps)
 		for _, d := range deps {
 			if err := visit(d, name); err != nil {
@@ -91,7 +100,8 @@ func resolveModules(dir string, names []string) ([]moduleFile, error) {
 		state[name] = 2
 		rel, _ := filepath.Rel(dir, src)
 		rel = strings.TrimSuffix(strings.TrimSuffix(rel, ".xz"), ".zst")
-		order = append(order, moduleFile{Module: kmod.Module{Name: name, Path: rel, Deps: deps}, src: src})
+		order = append(order, moduleFile{Module: kmod.Module{Name: name, Path: rel, Deps: deps}, src: src,
+			aliases: info.aliases, firmware: info.firmware})
 		return nil
 	}
 	sorted := make([]string, len(names))
@@ -100,6 +110,9 @@ func resolveModules(dir string, names []string) ([]moduleFile, error) {
 	}
 	sort.Strings(sorted)
 	for _, n := range sorted {
+		if builtin[n] {
+			continue
+		}
 		if err := visit(n, ""); err != nil {
 			return nil, err
 		}
@@ -139,32 +152,59 @@ func readDecompressed(path string) ([]byte, error) {
 	return data, nil
 }
 
-// moduleDepends parses the "depends=" entry of an ELF module's .modinfo
-// section (NUL-separated key=value strings).
-func moduleDepends(data []byte) ([]string, error) {
+// builtinModules reads modules.builtin: the modules the kernel has built
+// in, by name.
+func builtinModules(dir string) (map[string]bool, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("built-in modules: %w", err)
+	}
+	b := map[string]bool{}
+	for _, line := range strings.Fields(string(data)) {
+		b[kmod.Name(line)] = true
+	}
+	return b, nil
+}
+
+// modinfo is what the image needs of a module's .modinfo.
+type modinfo struct {
+	depends  []string
+	aliases  []string
+	firmware []string
+}
+
+// readModinfo parses an ELF module's .modinfo section (NUL-separated
+// key=value strings).
+func readModinfo(data []byte) (modinfo, error) {
+	var mi modinfo
 	ef, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
-		return nil, err
+		return mi, err
 	}
 	sec := ef.Section(".modinfo")
 	if sec == nil {
-		return nil, fmt.Errorf("no .modinfo section")
+		return mi, fmt.Errorf("no .modinfo section")
 	}
 	info, err := sec.Data()
 	if err != nil {
-		return nil, err
+		return mi, err
 	}
 	for _, kv := range bytes.Split(info, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
-			if len(v) == 0 {
-				return nil, nil
+		k, v, ok := strings.Cut(string(kv), "=")
+		switch {
+		case !ok || v == "":
+		case k == "depends":
+			for _, d := range strings.Split(v, ",") {
+				mi.depends = append(mi.depends, kmod.Name(d))
 			}
-			deps := strings.Split(string(v), ",")
-			for i := range deps {
-				deps[i] = kmod.Name(deps[i])
-			}
-			return deps, nil
+		case k == "alias":
+			mi.aliases = append(mi.aliases, v)
+		case k == "firmware":
+			mi.firmware = append(mi.firmware, v)
 		}
 	}
-	return nil, nil
+	return mi, nil
 }

@@ -11,10 +11,14 @@ import (
 
 // fakeModule compiles a relocatable ELF object whose .modinfo section holds
 // depends=deps, the way kbuild lays it out, and stores it at dir/kernel/rel.
-func fakeModule(t *testing.T, dir, rel, deps string) string {
+func fakeModule(t *testing.T, dir, rel, deps string, info ...string) string {
 	t.Helper()
 	src := filepath.Join(t.TempDir(), "m.c")
-	code := `__attribute__((section(".modinfo"), used)) static const char info[] = "license=GPL\0depends=` + deps + `\0vermagic=6.1.0 SMP mod_unload";` + "\n"
+	extra := ""
+	for _, kv := range info {
+		extra += kv + `\0`
+	}
+	code := `__attribute__((section(".modinfo"), used)) static const char info[] = "license=GPL\0` + extra + `depends=` + deps + `\0vermagic=6.1.0 SMP mod_unload";` + "\n"
 	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -99,5 +103,60 @@ func TestResolveModulesErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("resolve %s: error %v, want one containing %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// A generic-like tree: ext4 built in is left out, drivers are marked to
+// load on demand with their aliases, what the system needs at boot is not,
+// and the firmware a driver names is taken from the firmware directory
+// when there, else reported missing.
+func TestHardwareModules(t *testing.T) {
+	dir := t.TempDir()
+	fakeModule(t, dir, "ata/libata.ko", "")
+	fakeModule(t, dir, "ata/ahci.ko", "libata", "alias=pci:v*d*sv*sd*bc01sc06i01*")
+	fakeModule(t, dir, "net/tg3.ko", "", "alias=pci:v000014E4d00001644sv*sd*bc*sc*i*", "firmware=tigon/tg3.bin", "firmware=tigon/tg3_tso.bin")
+	fakeModule(t, dir, "net/bridge.ko", "")
+	os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/fs/ext4/ext4.ko\n"), 0o644)
+
+	mods, err := resolveModules(dir, []string{"ext4", "bridge", "ahci", "tg3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods = markOnDemand(mods, []string{"ext4", "bridge"})
+	got := map[string]bool{}
+	for _, m := range mods {
+		got[m.Name] = m.OnDemand
+	}
+	if want := map[string]bool{"bridge": false, "libata": true, "ahci": true, "tg3": true}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("on demand %v, want %v", got, want)
+	}
+	var list, aliases string
+	for _, e := range moduleEntries("lib/modules/x", mods) {
+		switch filepath.Base(e.Name) {
+		case "plinth-modules.list":
+			list = string(e.Data)
+		case "plinth-modules.alias":
+			aliases = string(e.Data)
+		}
+	}
+	if !strings.Contains(list, "ahci kernel/ata/ahci.ko libata demand\n") || !strings.Contains(list, "bridge kernel/net/bridge.ko -\n") {
+		t.Errorf("module list:\n%s", list)
+	}
+	if aliases != "pci:v*d*sv*sd*bc01sc06i01* ahci\npci:v000014E4d00001644sv*sd*bc*sc*i* tg3\n" {
+		t.Errorf("alias table:\n%s", aliases)
+	}
+
+	fw := t.TempDir()
+	os.MkdirAll(filepath.Join(fw, "tigon"), 0o755)
+	os.WriteFile(filepath.Join(fw, "tigon/tg3_tso.bin"), []byte("fw"), 0o644)
+	es, missing, err := pickFirmware(fw, mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Name != "lib/firmware/tigon/tg3_tso.bin" || !reflect.DeepEqual(missing, map[string][]string{"tg3": {"tigon/tg3.bin"}}) {
+		t.Errorf("firmware %+v, missing %v", es, missing)
+	}
+	if es, missing, _ := pickFirmware("", mods); len(es) != 0 || len(missing["tg3"]) != 2 {
+		t.Errorf("without a firmware directory: %+v, missing %v", es, missing)
 	}
 }

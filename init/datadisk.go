@@ -21,11 +21,11 @@ import (
 // written to a larger partition) is grown to fill it once mounted.
 const DataLabel = "PLINTH-DATA"
 
-// diskWait bounds the wait for the disk driver to show the disks the PCI
-// bus has: it probes them asynchronously after it loads, which took over
-// 5 s in a loaded TCG guest. A disk that is on the bus is waited for
-// rather than given up on, since booting without the data partition gives
-// the host a new identity.
+// diskWait bounds the wait for the disk drivers: for their modules to
+// load, and for the virtio disks on the PCI bus to show up (which took
+// over 5 s in a loaded TCG guest). A disk that is on the bus is waited
+// for rather than given up on, since booting without the data partition
+// gives the host a new identity.
 const diskWait = 2 * time.Minute
 
 // partitionGrace is how long, at least, init keeps looking for the label
@@ -34,28 +34,41 @@ const diskWait = 2 * time.Minute
 // disk itself.
 const partitionGrace = time.Second
 
-// virtioBlockDevices returns the sysfs directories of the PCI bus's virtio
-// block devices (legacy 0x1001 or modern 0x1042 of vendor 0x1af4) under
-// sys. Only when there is one does init load the disk driver before
-// ready; a diskless machine pays nothing.
-func virtioBlockDevices(sys string) []string {
+// storageControllers returns the sysfs directories of the PCI bus's
+// storage controllers (class 0x01: SATA, NVMe, SAS, RAID, virtio disks)
+// under sys. Only when there is one does init look for the data
+// partition before ready; a diskless machine pays nothing.
+func storageControllers(sys string) []string {
 	devs, _ := filepath.Glob(filepath.Join(sys, "bus/pci/devices/*"))
-	var blk []string
+	var ctrls []string
 	for _, d := range devs {
-		vendor, _ := os.ReadFile(filepath.Join(d, "vendor"))
-		device, _ := os.ReadFile(filepath.Join(d, "device"))
-		v, dev := strings.TrimSpace(string(vendor)), strings.TrimSpace(string(device))
-		if v == "0x1af4" && (dev == "0x1001" || dev == "0x1042") {
-			blk = append(blk, d)
+		class, _ := os.ReadFile(filepath.Join(d, "class"))
+		if strings.HasPrefix(strings.TrimSpace(string(class)), "0x01") {
+			ctrls = append(ctrls, d)
 		}
 	}
-	return blk
+	return ctrls
+}
+
+// isVirtioBlock: a virtio block device (legacy 0x1001 or modern 0x1042
+// of vendor 0x1af4), which shows its disk under virtioN/block.
+func isVirtioBlock(pci string) bool {
+	vendor, _ := os.ReadFile(filepath.Join(pci, "vendor"))
+	device, _ := os.ReadFile(filepath.Join(pci, "device"))
+	v, dev := strings.TrimSpace(string(vendor)), strings.TrimSpace(string(device))
+	return v == "0x1af4" && (dev == "0x1001" || dev == "0x1042")
 }
 
 // disksShown reports whether the driver has made a block device for each
-// of the PCI devices pcis (sysfs: <pci>/virtioN/block/vdX).
-func disksShown(pcis []string) bool {
-	for _, d := range pcis {
+// virtio block device among ctrls (sysfs: <pci>/virtioN/block/vdX). Other
+// controllers' disks cannot be counted before they show: their drivers
+// probe them before their modules finish loading (libata, NVMe), so that
+// once the drivers are in and their events handled, they are there.
+func disksShown(ctrls []string) bool {
+	for _, d := range ctrls {
+		if !isVirtioBlock(d) {
+			continue
+		}
 		if b, _ := filepath.Glob(filepath.Join(d, "virtio*", "block", "*")); len(b) == 0 {
 			return false
 		}
@@ -64,14 +77,21 @@ func disksShown(pcis []string) bool {
 }
 
 // mountData mounts the filesystem labelled DataLabel at /var, over the
-// tmpfs stage 1 put there, once the disks of pcis have shown up. It
-// returns the device, or "" when no disk carries the label.
-func mountData(pcis []string) (string, error) {
+// tmpfs stage 1 put there, once the storage controllers ctrls have their
+// drivers (settle) and their disks have shown up. It returns the device,
+// or "" when no disk carries the label.
+func mountData(ctrls []string, settle func(time.Duration) error, loadFS func() error) (string, error) {
 	start := time.Now()
+	if err := settle(diskWait); err != nil {
+		return "", fmt.Errorf("disk drivers: %w", err)
+	}
 	var shown time.Time
 	nextSay := start.Add(10 * time.Second)
 	for {
 		if dev := findLabel(DataLabel); dev != "" {
+			if err := loadFS(); err != nil {
+				return dev, fmt.Errorf("ext4 for %s: %w", dev, err)
+			}
 			if err := unix.Mount(dev, "/var", "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, ""); err != nil {
 				return dev, fmt.Errorf("mount %s (%s) at /var: %w", dev, DataLabel, err)
 			}
@@ -85,8 +105,11 @@ func mountData(pcis []string) (string, error) {
 			return dev, nil
 		}
 		now := time.Now()
-		if shown.IsZero() && disksShown(pcis) {
+		if shown.IsZero() && disksShown(ctrls) {
 			shown = now
+			if !anyDisk() {
+				return "", nil
+			}
 		}
 		switch {
 		// A guest slow to show its disks is slow to scan their
@@ -94,13 +117,26 @@ func mountData(pcis []string) (string, error) {
 		case !shown.IsZero() && now.Sub(shown) > max(partitionGrace, shown.Sub(start)):
 			return "", nil
 		case shown.IsZero() && now.Sub(start) > diskWait:
-			return "", fmt.Errorf("%d virtio disk(s) on the PCI bus, but the driver showed no block device for some within %s", len(pcis), diskWait)
+			return "", fmt.Errorf("virtio disk(s) on the PCI bus, but the driver showed no block device for some within %s", diskWait)
 		case shown.IsZero() && now.After(nextSay):
-			say("waiting for the disk driver to show %d disk(s) (%s so far)", len(pcis), now.Sub(start).Round(time.Second))
+			say("waiting for the disk driver to show the virtio disk(s) (%s so far)", now.Sub(start).Round(time.Second))
 			nextSay = now.Add(10 * time.Second)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// anyDisk reports whether the machine has a disk: a block device that is
+// not a loop device, a RAM disk or a device-mapper target.
+func anyDisk() bool {
+	names, _ := os.ReadDir("/sys/class/block")
+	for _, n := range names {
+		name := n.Name()
+		if !strings.HasPrefix(name, "loop") && !strings.HasPrefix(name, "ram") && !strings.HasPrefix(name, "dm-") {
+			return true
+		}
+	}
+	return false
 }
 
 // findLabel returns the block device whose ext2/3/4 superblock carries

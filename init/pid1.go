@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -38,21 +37,27 @@ func pid1() {
 	must(mountSystem())
 	phase("init: filesystems mounted")
 
-	disks := virtioBlockDevices("/sys")
 	slot := cl[paramSlot]
 	modDir := filepath.Join("/lib/modules", kernelRelease())
-	modules := loadModules(modDir, len(disks) > 0, slot != "")
-	if len(disks) > 0 {
+	mods := readModules(modDir)
+	// Drivers for the devices the machine has (the machine config's
+	// fw_cfg, the power button, disks, NICs), and later for those their
+	// drivers find; then the rest of the modules.
+	hw := startColdplug(modDir, mods)
+	modules := loadModules(modDir, mods, slot != "")
+	if ctrls := storageControllers("/sys"); len(ctrls) > 0 {
 		var dev string
 		var err error
-		busy(func() { dev, err = mountData(disks) })
+		busy(func() {
+			dev, err = mountData(ctrls, hw.settle, func() error { return loadNow(modDir, mods, "ext4") })
+		})
 		switch {
 		case err != nil:
 			say("%v; /var stays on tmpfs", err)
 		case dev != "":
 			phase("init: data partition %s mounted at /var", dev)
-		default:
-			say("no %s filesystem on the %d disk(s); /var is a tmpfs and nothing survives a reboot", DataLabel, len(disks))
+		case anyDisk():
+			say("no %s filesystem on the disks; /var is a tmpfs and nothing survives a reboot", DataLabel)
 		}
 	}
 	// Armed before anything can stop for a person (maintenance, ready), so
@@ -165,57 +170,58 @@ func mountSystem() error {
 	return os.MkdirAll("/run/plinth", 0o755)
 }
 
-// initModules are the modules init itself needs before it can report ready:
-// the machine config may come through QEMU's fw_cfg, and the power button
-// must work from then on.
-var initModules = []string{"qemu_fw_cfg", "button", "evdev"}
-
 // espModules read the EFI system partition.
 var espModules = []string{"vfat", "nls_cp437", "nls_ascii"}
 
-// loadModules loads the system image's modules (stage 1 loaded its own):
-// initModules now, and returns the queue of the rest, NIC drivers first,
-// for loadInBackground once hurryModules has read the config. Under TCG
-// each module costs ~50 ms: only what init needs before it reads the
-// machine config is worth waiting for. Services that need a device wait for
-// it to appear, as they must anyway because drivers probe devices
-// asynchronously. A module that fails degrades the machine but does not
-// stop the boot: it stays reachable.
-func loadModules(dir string, disk, slot bool) *kmod.Queue {
+// readModules reads the system image's module list; without one, the
+// machine runs on what the kernel has built in.
+func readModules(dir string) []kmod.Module {
 	mods, err := kmod.ReadList(dir)
 	if err != nil {
 		say("read module list: %v", err)
-		return kmod.NewQueue(dir, nil)
 	}
-	want := initModules
-	if disk {
-		// The data partition must be at /var before the services start:
-		// the disk's driver and the bus it shows up on.
-		want = append(slices.Clone(want), "virtio_pci", "virtio_blk")
+	return mods
+}
+
+// loadModules loads what init needs of the modules that are not drivers
+// (coldplug loads those): the ESP's on a slot boot, now, and returns the
+// queue of the rest for loadInBackground once hurryModules has read the
+// config. Under TCG each module costs ~50 ms: only what init needs
+// before it reads the machine config is worth waiting for. A module that
+// fails degrades the machine but does not stop the boot: it stays
+// reachable.
+func loadModules(dir string, mods []kmod.Module, slot bool) *kmod.Queue {
+	var boot []kmod.Module
+	for _, m := range mods {
+		if !m.OnDemand {
+			boot = append(boot, m)
+		}
 	}
 	if slot {
 		// PID 1 mounts the ESP to commit or fail this boot's entry.
-		want = append(slices.Clone(want), espModules...)
+		now, later, missing := kmod.Split(boot, espModules...)
+		if len(missing) > 0 {
+			say("modules not in the image: %s", strings.Join(missing, ", "))
+		}
+		if err := kmod.LoadAll(dir, now); err != nil {
+			say("module loading: %v", err)
+		}
+		boot = later
 	}
-	now, later, missing := kmod.Split(mods, want...)
-	if len(missing) > 0 {
-		say("modules not in the image: %s", strings.Join(missing, ", "))
-	}
-	if err := kmod.LoadAll(dir, now); err != nil {
-		say("module loading: %v", err)
-	}
-	phase("init: %d modules loaded, %d more in the background", len(now), len(later))
-	q := kmod.NewQueue(dir, later)
-	q.Hurry(nicDrivers(later)...)
-	return q
+	return kmod.NewQueue(dir, boot)
 }
 
-// loadInBackground loads the queue's modules at normal priority: the NIC
-// drivers and the link types the config asks for at once, since netd waits
-// for them; the rest once ready has been said, what jobs need first.
-// Measured under TCG: with the NIC drivers first, netd is ready in 0.4 s
-// instead of 0.6–0.7 s. Loading the jobs' modules before ready cost ready
-// 0.2 s. Loading on a thread of the lowest priority, as before, was worse
+// loadNow loads the named module and its dependencies from mods, unless
+// the kernel has it built in (then mods does not list it).
+func loadNow(dir string, mods []kmod.Module, name string) error {
+	now, _, _ := kmod.Split(mods, name)
+	return kmod.LoadAll(dir, now)
+}
+
+// loadInBackground loads the queue's modules at normal priority: the link
+// types the config asks for at once, since netd waits for them; the rest
+// once ready has been said, what jobs need first. Loading the jobs'
+// modules before ready cost ready 0.2 s under TCG. Loading on a thread of the lowest priority, as before, was worse
 // as soon as anything else ran: a module's init holds kernel locks (rtnl,
 // the network namespace list) that netd and container starts need, and a
 // preempted holder made the jobs after boot 4–7 times slower until the
@@ -238,24 +244,11 @@ func loadInBackground(q *kmod.Queue, bootPath int, ready <-chan struct{}) {
 	}()
 }
 
-// nicDrivers are the modules of mods that drive network cards, and the
-// virtio PCI transport that virtio cards appear through.
-func nicDrivers(mods []kmod.Module) []string {
-	names := []string{"virtio_pci"}
-	for _, m := range mods {
-		if m.Name == "virtio_net" || strings.HasPrefix(m.Path, "kernel/drivers/net/ethernet/") {
-			names = append(names, m.Name)
-		}
-	}
-	return names
-}
-
 // jobModules are what hostd's jobs need: overlayfs for image rootfs, and
 // veth, bridge and vxlan for the container network.
 var jobModules = []string{"overlay", "veth", "bridge", "vxlan"}
 
-// hurryModules puts ahead, after the NIC drivers, the link types netd is
-// configured to make, then what the first job will need. It returns the
+// hurryModules puts ahead the link types netd is configured to make, then what the first job will need. It returns the
 // links' rank: the boot path is loaded with it.
 func hurryModules(q *kmod.Queue, n netd.Config) (bootPath int) {
 	var links []string

@@ -43,7 +43,10 @@ type Selftest struct {
 	ConfigSource string               `json:"config_source"`
 	Mounts       map[string]Mount     `json:"mounts"`          // by mount point, for the ones checked
 	Modules      []string             `json:"modules"`         // loaded, from /proc/modules
-	Missing      []string             `json:"missing_modules"` // in the image's list but not loaded
+	Missing      []string             `json:"missing_modules"` // in the image's list, not a driver, but not loaded
+	// Drivers are the drivers bound to the PCI and USB devices (and USB
+	// interfaces), "" for none: "pci 0000:00:02.0 8086:10d3" → "e1000e".
+	Drivers map[string]string `json:"drivers"`
 	Interfaces   []string             `json:"interfaces"`
 	Addresses    map[string][]string  `json:"addresses"`      // by interface, global unicast only
 	Ping         map[string]bool      `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
@@ -233,7 +236,8 @@ func selftest(cl cmdline) Selftest {
 			loaded[m] = true
 		}
 		for _, m := range listed {
-			if !loaded[m.Name] {
+			// Drivers load only for the devices that need them.
+			if !loaded[m.Name] && !m.OnDemand {
 				r.Missing = append(r.Missing, m.Name)
 			}
 		}
@@ -244,6 +248,7 @@ func selftest(cl cmdline) Selftest {
 	if len(r.Missing) > 0 {
 		problem("modules not loaded: %s", strings.Join(r.Missing, ", "))
 	}
+	r.Drivers = boundDrivers("/sys")
 
 	if entries, err := os.ReadDir("/sys/class/net"); err == nil {
 		for _, e := range entries {
@@ -388,4 +393,32 @@ func ParseSelftest(console string) (Selftest, error) {
 		return r, fmt.Errorf("parse self-test report: %w", err)
 	}
 	return r, nil
+}
+
+// boundDrivers maps the PCI and USB devices under sys to the drivers
+// bound to them.
+func boundDrivers(sys string) map[string]string {
+	out := map[string]string{}
+	for _, bus := range []string{"pci", "usb"} {
+		devs, _ := filepath.Glob(filepath.Join(sys, "bus", bus, "devices", "*"))
+		for _, d := range devs {
+			read := func(f string) string {
+				b, _ := os.ReadFile(filepath.Join(d, f))
+				return strings.TrimPrefix(strings.TrimSpace(string(b)), "0x")
+			}
+			key := bus + " " + filepath.Base(d)
+			switch {
+			case read("vendor") != "":
+				key += " " + read("vendor") + ":" + read("device")
+			case read("idVendor") != "":
+				key += " " + read("idVendor") + ":" + read("idProduct")
+			}
+			driver := ""
+			if l, err := os.Readlink(filepath.Join(d, "driver")); err == nil {
+				driver = filepath.Base(l)
+			}
+			out[key] = driver
+		}
+	}
+	return out
 }

@@ -47,11 +47,18 @@ func stage1() {
 	phase("stage1: started")
 
 	// The initramfs has the modules of both kinds of boot: a disk slot's
-	// needs the disk driver and dm-verity too.
+	// needs dm-verity and the drivers of the disk it is on, which are
+	// loaded for the disk controllers the machine has.
 	slot := cl[paramSlot]
 	modDir := filepath.Join("/lib/modules", kernelRelease())
-	mods, err := kmod.ReadList(modDir)
+	all, err := kmod.ReadList(modDir)
 	must(err)
+	var mods []kmod.Module
+	for _, m := range all {
+		if !m.OnDemand {
+			mods = append(mods, m)
+		}
+	}
 	if slot == "" {
 		mods, _, _ = kmod.Split(mods, netbootModules...)
 	}
@@ -60,7 +67,9 @@ func stage1() {
 	phase("stage1: %d modules loaded in %.3fs", len(mods), time.Since(start).Seconds())
 
 	if slot != "" {
+		hw := startColdplug(modDir, all)
 		must(mountSlot(slot, newRoot))
+		hw.stop()
 	} else {
 		loop, err := attachLoop(systemImage)
 		must(err)

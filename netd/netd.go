@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-os/plinth/init/kmod"
 	"github.com/plinth-os/plinth/netd/dhcp"
 	"github.com/plinth-os/plinth/netd/dhcp6"
 )
@@ -54,7 +55,7 @@ type Daemon struct {
 	status  Status
 	ready   bool
 	started time.Time
-	nics    int // Ethernet controllers on the PCI bus at start
+	nics    int // Ethernet controllers on the PCI bus at start that have a driver
 }
 
 // New checks cfg and returns a daemon for it.
@@ -91,7 +92,11 @@ func configErrors(errs []ConfigError) []error {
 // It serves the status API on RunDir/netd.sock meanwhile.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
-	d.nics = countPCINICs("/sys")
+	var driverless []string
+	d.nics, driverless = countPCINICs("/sys", imageAliases())
+	for _, c := range driverless {
+		d.log.Warn("eth controller " + c + " has no driver in this image; it is not waited for (docs/operator-guide.md: adding a driver)")
+	}
 	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE) // only rtnetlink: the image has no xfrm
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
@@ -351,7 +356,7 @@ func (d *Daemon) checkReady() {
 	case !required && any:
 		d.markReady("a link has an address")
 	case d.cfg.Default() && d.nics == 0:
-		d.markReady("no network hardware")
+		d.markReady("no network hardware with a driver")
 	}
 }
 
@@ -373,19 +378,47 @@ func (d *Daemon) linkReady(l LinkStatus) bool {
 	return true
 }
 
-// countPCINICs counts the Ethernet controllers on the PCI bus. They are
-// there before their drivers load, so a machine that has none need not
-// wait for a link to appear.
-func countPCINICs(sysfs string) int {
+// countPCINICs counts the PCI bus's Ethernet controllers that have a
+// driver, or will have one: the image has a module whose alias matches
+// the device, which coldplug is loading. Those that have none are
+// returned as such, for a message: waiting for them would only hold
+// ready until the timeout.
+func countPCINICs(sysfs string, aliases *kmod.Aliases) (n int, driverless []string) {
 	classes, _ := filepath.Glob(filepath.Join(sysfs, "bus/pci/devices/*/class"))
-	n := 0
 	for _, c := range classes {
 		// PCI class 0x02 (network), subclass 0x00 (Ethernet).
-		if data, err := os.ReadFile(c); err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), "0x0200") {
-			n++
+		if data, err := os.ReadFile(c); err != nil || !strings.HasPrefix(strings.TrimSpace(string(data)), "0x0200") {
+			continue
 		}
+		dev := filepath.Dir(c)
+		if _, err := os.Stat(filepath.Join(dev, "driver")); err == nil {
+			n++
+			continue
+		}
+		modalias, _ := os.ReadFile(filepath.Join(dev, "modalias"))
+		if len(aliases.Match(strings.TrimSpace(string(modalias)))) > 0 {
+			n++
+			continue
+		}
+		read := func(f string) string {
+			b, _ := os.ReadFile(filepath.Join(dev, f))
+			return strings.TrimPrefix(strings.TrimSpace(string(b)), "0x")
+		}
+		driverless = append(driverless, fmt.Sprintf("%s:%s (pci %s)", read("vendor"), read("device"), filepath.Base(dev)))
 	}
-	return n
+	return n, driverless
+}
+
+// imageAliases is the alias table of the running image's drivers (empty
+// on a machine not booted from a plinth image).
+func imageAliases() *kmod.Aliases {
+	var u unix.Utsname
+	unix.Uname(&u)
+	a, err := kmod.ReadAliases(filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:])))
+	if err != nil {
+		a, _ = kmod.ParseAliases(strings.NewReader(""))
+	}
+	return a
 }
 
 func (d *Daemon) anyRequired() bool {

@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"cmp"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -82,7 +83,7 @@ func qemuArgs(c Config, stateDir string) []string {
 			netdev = fmt.Sprintf("stream,id=%s,server=off,addr.type=fd,addr.str=%d", id, fd)
 			fd++
 		}
-		device := "virtio-net-pci,netdev=" + id
+		device := cmp.Or(n.Model, "virtio-net-pci") + ",netdev=" + id
 		if n.MAC != "" {
 			device += ",mac=" + n.MAC
 		}
@@ -91,12 +92,23 @@ func qemuArgs(c Config, stateDir string) []string {
 		}
 		args = append(args, "-netdev", netdev, "-device", device)
 	}
-	for _, d := range c.Disks {
+	for i, d := range c.Disks {
 		format := "raw"
 		if strings.HasSuffix(d, ".qcow2") {
 			format = "qcow2"
 		}
-		args = append(args, "-drive", "file="+qemuEscape(d)+",if=virtio,format="+format)
+		drive := "file=" + qemuEscape(d) + ",format=" + format
+		switch c.DiskBus {
+		case DiskAHCI:
+			// q35's AHCI controller has six ports, buses ide.0 to ide.5.
+			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d", drive, i),
+				"-device", fmt.Sprintf("ide-hd,drive=disk%d,bus=ide.%d", i, i))
+		case DiskNVMe:
+			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d", drive, i),
+				"-device", fmt.Sprintf("nvme,drive=disk%d,serial=plinth%d", i, i))
+		default:
+			args = append(args, "-drive", drive+",if=virtio")
+		}
 	}
 	return append(args, c.ExtraArgs...)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 )
 
 // Defaults applied by Start to zero Config fields.
@@ -55,9 +56,13 @@ type Config struct {
 	// QEMU's default NIC is always disabled (-nic none).
 	NICs []NIC
 
-	// Disks are raw disk images attached as virtio-blk, in order (vda,
+	// Disks are raw disk images attached on DiskBus, in order (vda,
 	// vdb, ...); a name ending in ".qcow2" is attached as qcow2.
 	Disks []string
+	// DiskBus is how Disks are attached: DiskVirtio (default), DiskAHCI
+	// (SATA disks on q35's AHCI controller) or DiskNVMe (one NVMe
+	// controller per disk).
+	DiskBus string
 
 	// UEFI boots the firmware OVMF (pflash, code read-only, variables in
 	// a copy under StateDir that lives as long as it) instead of SeaBIOS:
@@ -100,9 +105,20 @@ type Config struct {
 // /sys/firmware/qemu_fw_cfg/by_name/opt/plinth/config/raw (module qemu_fw_cfg).
 const FWCfgMachineConfig = "opt/plinth/config"
 
-// NIC is one virtio-net-pci network card. Exactly one of User, Segment and
-// Link is set.
+// Values of Config.DiskBus.
+const (
+	DiskVirtio = "virtio"
+	DiskAHCI   = "ahci"
+	DiskNVMe   = "nvme"
+)
+
+// NIC is one network card, virtio-net-pci unless Model says otherwise.
+// Exactly one of User, Segment and Link is set.
 type NIC struct {
+	// Model is QEMU's device model: "e1000", "e1000e", "rtl8139",
+	// "pcnet", ... Default "virtio-net-pci".
+	Model string
+
 	// MAC is the card's fixed MAC address, e.g. "52:54:00:12:34:01".
 	// Empty: QEMU assigns one (52:54:00:12:34:56 plus the card index,
 	// identical across VMs: set MACs when VMs share a segment).
@@ -172,6 +188,15 @@ func (c Config) withDefaults() Config {
 
 // validate checks a defaulted Config.
 func (c Config) validate() error {
+	switch c.DiskBus {
+	case "", DiskVirtio, DiskNVMe:
+	case DiskAHCI:
+		if !strings.HasPrefix(c.Machine, "q35") || len(c.Disks) > 6 {
+			return fmt.Errorf("vm %s: AHCI disks need a q35 machine and at most 6 disks", c.Name)
+		}
+	default:
+		return fmt.Errorf("vm %s: disk bus %q: use %s, %s or %s", c.Name, c.DiskBus, DiskVirtio, DiskAHCI, DiskNVMe)
+	}
 	if c.Kernel == "" && len(c.Disks) == 0 {
 		return fmt.Errorf("vm %s: no Kernel and no Disks: nothing to boot", c.Name)
 	}

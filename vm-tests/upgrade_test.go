@@ -38,7 +38,7 @@ type upgradeBuild struct {
 func buildForUpgrade(t testing.TB, version string, serial uint64, fault string) upgradeBuild {
 	t.Helper()
 	dir := t.TempDir()
-	args := []string{"image", "build", "--out", dir, "--cache", "../.cache/kernel", "--binary", "../out/plinth",
+	args := []string{"image", "build", "--kernel", "cloud", "--out", dir, "--cache", "../.cache/kernel", "--binary", "../out/plinth",
 		"--sign-key", signingKey(t), "--version", version, "--serial", strconv.FormatUint(serial, 10)}
 	if fault != "" {
 		args = append(args, "--test-fault", fault)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -46,6 +47,8 @@ func versionCommand() *cobra.Command {
 func imageCommand() *cobra.Command {
 	img := &cobra.Command{Use: "image", Short: "Build plinth boot images"}
 	cfg := image.DefaultConfig()
+	flavour := image.DefaultFlavour
+	var oneBinary bool
 	build := &cobra.Command{
 		Use:   "build",
 		Short: "Build vmlinuz, initrd.img, system.img and manifest.json",
@@ -54,6 +57,12 @@ func imageCommand() *cobra.Command {
 			"installed into the image.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.UseFlavour(flavour); err != nil {
+				return err
+			}
+			if cfg.FirmwareDir != "" && !fileExists(cfg.FirmwareDir) {
+				return fmt.Errorf("firmware directory %s does not exist", cfg.FirmwareDir)
+			}
 			if cfg.Binary == "" {
 				self, err := os.Executable()
 				if err != nil {
@@ -61,7 +70,12 @@ func imageCommand() *cobra.Command {
 				}
 				cfg.Binary = self
 			}
-			if cfg.HostBinary == "" {
+			if cmd.Flags().Changed("one-binary") {
+				cfg.OneBinary = oneBinary
+			} else if cfg.OneBinary && cfg.HostBinary != "" {
+				fmt.Fprintf(os.Stderr, "the %s flavour is one binary, for its size: plinth is /init and --host-binary is not installed (--one-binary=false installs it)\n", flavour)
+			}
+			if cfg.HostBinary == "" && !cfg.OneBinary {
 				// make builds plinth-host beside plinth.
 				if sib := filepath.Join(filepath.Dir(cfg.Binary), "plinth-host"); fileExists(sib) {
 					cfg.HostBinary = sib
@@ -84,6 +98,18 @@ func imageCommand() *cobra.Command {
 				}
 			}
 			fmt.Printf("%-16s %9.2f MB  (plinth %s, kernel %s; initrd.img counted in its parts)\n", "total", float64(total)/1e6, m.Version, m.KernelRelease)
+			if len(m.Firmware) > 0 {
+				fmt.Printf("firmware: %d file(s) included\n", len(m.Firmware))
+			}
+			if len(m.FirmwareMissing) > 0 {
+				var drivers []string
+				for d, files := range m.FirmwareMissing {
+					drivers = append(drivers, fmt.Sprintf("%s (%d)", d, len(files)))
+				}
+				sort.Strings(drivers)
+				fmt.Printf("firmware not included (in Debian's non-free-firmware; give --firmware DIR): %s; see firmware_missing in %s\n",
+					strings.Join(drivers, ", "), image.ManifestName)
+			}
 			return nil
 		},
 	}
@@ -92,6 +118,9 @@ func imageCommand() *cobra.Command {
 	f.StringVar(&cfg.CacheDir, "cache", cfg.CacheDir, "kernel download cache")
 	f.StringVar(&cfg.Binary, "binary", "", "plinth binary to install as /usr/bin/plinth (default: this one)")
 	f.StringVar(&cfg.HostBinary, "host-binary", "", "layer-0 binary to install as /init (default: plinth-host beside --binary)")
+	f.StringVar(&flavour, "kernel", flavour, "kernel flavour: cloud (virtual machines, cloud hardware) or generic (real machines)")
+	f.BoolVar(&oneBinary, "one-binary", false, "install plinth as /init too, without plinth-host (default: the generic flavour's choice, for its size)")
+	f.StringVar(&cfg.FirmwareDir, "firmware", "", "directory of firmware files (like /lib/firmware) to take the drivers' firmware from")
 	f.StringVar(&cfg.Compression, "compression", cfg.Compression, "initramfs compression: "+strings.Join([]string{image.CompressLZ4, image.CompressNone}, ", "))
 	f.StringVar(&cfg.SquashfsCompression, "squashfs-compression", cfg.SquashfsCompression, "system image compression: lz4, zstd, none")
 	f.StringVar(&cfg.Version, "version", cfg.Version, "image version (os-release, manifest)")

@@ -30,16 +30,28 @@ type Module struct {
 	Name string   // module name, e.g. "virtio_net"
 	Path string   // file path relative to the module directory
 	Deps []string // names of modules that must be loaded first
+	// OnDemand modules are loaded only for a device that needs them
+	// (see Aliases) or by name, not with the rest at boot: drivers, and
+	// what only drivers need.
+	OnDemand bool
 }
 
-// FormatList writes mods, one per line: "name path dep,dep".
+// onDemandMark is the list's fourth field for an OnDemand module.
+const onDemandMark = "demand"
+
+// FormatList writes mods, one per line: "name path dep,dep", and
+// "demand" after an OnDemand module's.
 func FormatList(w io.Writer, mods []Module) error {
 	for _, m := range mods {
 		deps := strings.Join(m.Deps, ",")
 		if deps == "" {
 			deps = "-"
 		}
-		if _, err := fmt.Fprintf(w, "%s %s %s\n", m.Name, m.Path, deps); err != nil {
+		line := m.Name + " " + m.Path + " " + deps
+		if m.OnDemand {
+			line += " " + onDemandMark
+		}
+		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err
 		}
 	}
@@ -58,10 +70,10 @@ func ParseList(r io.Reader) ([]Module, error) {
 			continue
 		}
 		f := strings.Fields(text)
-		if len(f) != 3 {
-			return nil, fmt.Errorf("module list line %d: want \"name path deps\", got %q", line, text)
+		if len(f) != 3 && (len(f) != 4 || f[3] != onDemandMark) {
+			return nil, fmt.Errorf("module list line %d: want \"name path deps\" and optionally %q, got %q", line, onDemandMark, text)
 		}
-		m := Module{Name: f[0], Path: f[1]}
+		m := Module{Name: f[0], Path: f[1], OnDemand: len(f) == 4}
 		if f[2] != "-" {
 			m.Deps = strings.Split(f[2], ",")
 		}

@@ -1,0 +1,56 @@
+package boot
+
+import (
+	"context"
+	"time"
+
+	"github.com/plinth-os/plinth/init/coldplug"
+	"github.com/plinth-os/plinth/init/kmod"
+)
+
+// hardware loads the drivers of the machine's devices from the image's
+// alias table, now and as devices come (see init/coldplug).
+type hardware struct {
+	p *coldplug.Plugger // nil: no drivers are loaded
+}
+
+// startColdplug loads the drivers for the devices the machine has now
+// from the modules of dir and returns once they are in; devices they
+// find, and devices plugged in later, get theirs in the background. The
+// console says which driver was loaded for which device.
+func startColdplug(dir string, mods []kmod.Module) *hardware {
+	aliases, err := kmod.ReadAliases(dir)
+	if err != nil {
+		say("coldplug: %v; no drivers are loaded", err)
+		return &hardware{}
+	}
+	start := time.Now()
+	p, err := coldplug.Start("/sys", dir, mods, aliases, func(format string, args ...any) {
+		phase("coldplug: "+format, args...)
+	})
+	if err != nil {
+		say("coldplug: %v; no drivers are loaded", err)
+		return &hardware{}
+	}
+	phase("init: drivers for the devices present loaded in %.3fs", time.Since(start).Seconds())
+	return &hardware{p: p}
+}
+
+// settle waits, up to d, until the drivers known to be needed are loaded
+// and the devices they found have theirs.
+func (h *hardware) settle(d time.Duration) error {
+	if h.p == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return h.p.Settle(ctx)
+}
+
+// stop ends the loading of drivers for new devices: stage 1 hands over
+// to PID 1's own.
+func (h *hardware) stop() {
+	if h.p != nil {
+		h.p.Stop()
+	}
+}
