@@ -50,7 +50,7 @@ type Config struct {
 	// OneBinary ignores HostBinary: the flavour's size budget has no room
 	// for both binaries (see Flavour).
 	OneBinary bool
-	Version    string // written to os-release and the manifest
+	Version   string // written to os-release and the manifest
 	// Flavour names the kernel and drivers (see Flavours, UseFlavour).
 	Flavour string
 	Kernel  Kernel

@@ -34,26 +34,26 @@ const SelftestMarker = "plinth-selftest: "
 // Selftest is the report `plinth selftest` prints: what a running machine
 // looks like from the inside, for VM tests and for people.
 type Selftest struct {
-	Version      string               `json:"version"`
-	Kernel       string               `json:"kernel"`
-	Hostname     string               `json:"hostname"`
-	PID1Exe      string               `json:"pid1_exe"`
-	PID1IsImage  bool                 `json:"pid1_is_image_plinth"` // same bytes as the system's layer-0 binary
-	ServiceExe   string               `json:"service_exe"`          // this service's binary, as the kernel names it
-	ConfigSource string               `json:"config_source"`
-	Mounts       map[string]Mount     `json:"mounts"`          // by mount point, for the ones checked
-	Modules      []string             `json:"modules"`         // loaded, from /proc/modules
-	Missing      []string             `json:"missing_modules"` // in the image's list, not a driver, but not loaded
+	Version      string           `json:"version"`
+	Kernel       string           `json:"kernel"`
+	Hostname     string           `json:"hostname"`
+	PID1Exe      string           `json:"pid1_exe"`
+	PID1IsImage  bool             `json:"pid1_is_image_plinth"` // same bytes as the system's layer-0 binary
+	ServiceExe   string           `json:"service_exe"`          // this service's binary, as the kernel names it
+	ConfigSource string           `json:"config_source"`
+	Mounts       map[string]Mount `json:"mounts"`          // by mount point, for the ones checked
+	Modules      []string         `json:"modules"`         // loaded, from /proc/modules
+	Missing      []string         `json:"missing_modules"` // in the image's list, not a driver, but not loaded
 	// Drivers are the drivers bound to the PCI and USB devices (and USB
 	// interfaces), "" for none: "pci 0000:00:02.0 8086:10d3" → "e1000e".
-	Drivers map[string]string `json:"drivers"`
-	Interfaces   []string             `json:"interfaces"`
-	Addresses    map[string][]string  `json:"addresses"`      // by interface, global unicast only
-	Ping         map[string]bool      `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
-	Bonds        map[string]BondState `json:"bonds,omitempty"`
-	Uptime       float64              `json:"uptime_seconds"`
-	Problems     []string             `json:"problems"`
-	OK           bool                 `json:"ok"`
+	Drivers    map[string]string    `json:"drivers"`
+	Interfaces []string             `json:"interfaces"`
+	Addresses  map[string][]string  `json:"addresses"`      // by interface, global unicast only
+	Ping       map[string]bool      `json:"ping,omitempty"` // plinth.selftest.ping targets → answered
+	Bonds      map[string]BondState `json:"bonds,omitempty"`
+	Uptime     float64              `json:"uptime_seconds"`
+	Problems   []string             `json:"problems"`
+	OK         bool                 `json:"ok"`
 }
 
 // Mount describes one mounted filesystem.

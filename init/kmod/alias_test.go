@@ -29,8 +29,8 @@ func TestAliasesMatch(t *testing.T) {
 		"pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00": {"e1000e"},
 		"pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01": {"ahci"},
 		"pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00": {"virtio_pci"},
-		"acpi:QEMU0002:":                                        {"qemu_fw_cfg"},
-		"acpi:LNXPWRBN:":                                        {"button"},
+		"acpi:QEMU0002:": {"qemu_fw_cfg"},
+		"acpi:LNXPWRBN:": {"button"},
 		"input:b0019v0000p0001e0000-e0,1,k74,ramlsfw":           {"evdev"},
 		"virtio:d00000001v00001AF4":                             {"virtio_net"},
 		"pci:v00001022d00002000sv00001AF4sd00001100bc02sc00i00": nil, // pcnet
