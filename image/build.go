@@ -130,7 +130,7 @@ func DefaultConfig() Config {
 		Version:          version.Version,
 		InitramfsModules: []string{"loop", "squashfs"},
 		SystemModules: []string{
-			"ext4",                    // the data partition (built into the cloud kernel)
+			"ext4", "crc32c_generic", // the data partition (built into the cloud kernel), and its checksums
 			"overlay",                 // container rootfs; also lets libcontainer seal its binary cheaply
 			"bridge", "veth", "vxlan", // container networking
 			"8021q", "bonding", // VLANs and bonds from the [network] config

@@ -49,7 +49,9 @@ func pid1() {
 		var dev string
 		var err error
 		busy(func() {
-			dev, err = mountData(ctrls, hw.settle, func() error { return loadNow(modDir, mods, "ext4") })
+			// ext4 finds its checksum through the crypto API, not as a
+			// dependency: crc32c goes first.
+			dev, err = mountData(ctrls, hw.settle, func() error { return loadNow(modDir, mods, "crc32c_generic", "ext4") })
 		})
 		switch {
 		case err != nil:
@@ -211,10 +213,10 @@ func loadModules(dir string, mods []kmod.Module, slot bool) *kmod.Queue {
 	return kmod.NewQueue(dir, boot)
 }
 
-// loadNow loads the named module and its dependencies from mods, unless
-// the kernel has it built in (then mods does not list it).
-func loadNow(dir string, mods []kmod.Module, name string) error {
-	now, _, _ := kmod.Split(mods, name)
+// loadNow loads the named modules and their dependencies from mods,
+// except those the kernel has built in (mods does not list them).
+func loadNow(dir string, mods []kmod.Module, names ...string) error {
+	now, _, _ := kmod.Split(mods, names...)
 	return kmod.LoadAll(dir, now)
 }
 

@@ -204,7 +204,8 @@ func selftest(cl cmdline) Selftest {
 	}
 	want := map[string]string{"/": "squashfs", "/run": "tmpfs", "/tmp": "tmpfs", "/var": "tmpfs", "/sys/fs/cgroup": "cgroup2"}
 	for target, fstype := range want {
-		if got := r.Mounts[target]; got.FSType != fstype {
+		// /var is the data partition on a machine that has one.
+		if got := r.Mounts[target]; got.FSType != fstype && (target != "/var" || got.FSType != "ext4") {
 			problem("%s is %q, want %s", target, got.FSType, fstype)
 		}
 	}
