@@ -1,44 +1,21 @@
-package cnet
+package cnet_test
 
 import (
 	"bytes"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-)
 
-// inOwnNetns runs the calling test again in a process of its own, in new
-// network and mount namespaces, so that it can make bridges and mounts
-// freely; it returns true in that process, false in the parent after
-// the child passed.
-func inOwnNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv("PLINTH_CNET_NETNS") == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
-	cmd := exec.Command("unshare", "--net", "--mount", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
-	cmd.Env = append(os.Environ(), "PLINTH_CNET_NETNS="+t.Name())
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v in its own namespaces:\n%s", err, out)
-	}
-	if !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
-		t.Fatalf("the test did not run in its own namespaces:\n%s", out)
-	}
-	return false
-}
+	"github.com/plinth-os/plinth/host/cnet"
+	"github.com/plinth-os/plinth/internal/netnstest"
+)
 
 // The bridge keeps the MAC that follows from the gateway's address
 // whatever its ports are, also when it was there before hostd started.
 func TestBridgeMACStaysPut(t *testing.T) {
-	if !inOwnNetns(t) {
+	if !netnstest.InOwnNetns(t) {
 		return
 	}
 	// A bridge left by an earlier hostd, with a port whose MAC is lower
@@ -61,7 +38,7 @@ func TestBridgeMACStaysPut(t *testing.T) {
 		t.Fatalf("the bridge's MAC is %s; the kernel was expected to give it its port's %s", macOf(), low)
 	}
 
-	n, err := New(Config{Subnet: netip.MustParsePrefix("10.200.9.0/24"), NetnsDir: t.TempDir()})
+	n, err := cnet.New(cnet.Config{Subnet: netip.MustParsePrefix("10.200.9.0/24"), NetnsDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,11 +35,14 @@ type Plugger struct {
 	fd      int
 	loadAll func(dir string, mods []kmod.Module) error // kmod.LoadAll; tests replace it
 
-	mu      sync.Mutex
-	handled uint64          // the last uevent sequence number handled
-	busy    int             // loads under way
-	done    map[string]bool // modules loaded or tried
-	stop    bool
+	done chan struct{} // closed when the listener has closed the socket
+
+	mu        sync.Mutex
+	handled   uint64          // the last uevent sequence number handled
+	lastEvent time.Time       // when it was
+	busy      int             // loads under way
+	loaded    map[string]bool // modules loaded or tried
+	stop      bool
 }
 
 // Start opens the kernel's uevent stream, then loads the drivers for the
@@ -54,6 +57,10 @@ func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(
 	}
 	// Bursts (a controller's disks, a hub's devices) must not overflow it.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+	// The listener looks up from its wait this often to see whether to
+	// stop: the socket is closed by it alone, so that its number cannot
+	// be reused under a wait still on it.
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("uevent socket: %w", err)
@@ -61,18 +68,19 @@ func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(
 	p := newPlugger(sys, dir, mods, aliases, say)
 	p.fd = fd
 	// Events up to now are covered by the scan; later ones reach the socket.
-	p.handled = p.seqnum()
+	p.handled, p.lastEvent = p.seqnum(), time.Now()
 	p.scan()
 	go p.listen()
 	return p, nil
 }
 
 func newPlugger(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(string, ...any)) *Plugger {
-	p := &Plugger{sys: sys, dir: dir, mods: mods, aliases: aliases, say: say, fd: -1, loadAll: kmod.LoadAll, done: map[string]bool{}}
+	p := &Plugger{sys: sys, dir: dir, mods: mods, aliases: aliases, say: say, fd: -1, loadAll: kmod.LoadAll,
+		done: make(chan struct{}), loaded: map[string]bool{}}
 	// A module already in the kernel (stage 1's, or built in) is done.
 	for _, m := range mods {
 		if _, err := os.Stat(filepath.Join(sys, "module", m.Name, "initstate")); err == nil {
-			p.done[m.Name] = true
+			p.loaded[m.Name] = true
 		}
 	}
 	return p
@@ -125,7 +133,7 @@ func (p *Plugger) load(devs []device) {
 	p.mu.Lock()
 	for _, d := range devs {
 		for _, m := range p.aliases.Match(d.modalias) {
-			if p.done[m] || slices.Contains(want, m) {
+			if p.loaded[m] || slices.Contains(want, m) {
 				continue
 			}
 			want = append(want, m)
@@ -136,8 +144,8 @@ func (p *Plugger) load(devs []device) {
 	if len(want) > 0 {
 		first, _, _ := kmod.Split(p.mods, want...)
 		for _, m := range first {
-			if !p.done[m.Name] {
-				p.done[m.Name] = true
+			if !p.loaded[m.Name] {
+				p.loaded[m.Name] = true
 				mods = append(mods, m)
 			}
 		}
@@ -167,27 +175,29 @@ func (p *Plugger) load(devs []device) {
 	p.say("%d module(s) loaded in %.3fs", len(mods), time.Since(start).Seconds())
 }
 
-// listen handles uevents until Stop.
+// listen handles uevents until Stop, then closes the socket.
 func (p *Plugger) listen() {
+	defer close(p.done)
+	defer unix.Close(p.fd)
 	buf := make([]byte, 64<<10)
 	for {
+		p.mu.Lock()
+		stop := p.stop
+		p.mu.Unlock()
+		if stop {
+			return
+		}
 		n, from, err := unix.Recvfrom(p.fd, buf, 0)
-		if err != nil {
-			p.mu.Lock()
-			stop := p.stop
-			p.mu.Unlock()
-			if stop || errors.Is(err, unix.EBADF) {
-				return
-			}
-			if errors.Is(err, unix.ENOBUFS) {
-				// Events were lost: look at everything again.
-				p.scan()
-			}
-			if !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.ENOBUFS) {
-				p.say("uevents: %v; drivers for new devices are no longer loaded", err)
-				return
-			}
+		switch {
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
 			continue
+		case errors.Is(err, unix.ENOBUFS):
+			// Events were lost: look at everything again.
+			p.scan()
+			continue
+		case err != nil:
+			p.say("uevents: %v; drivers for new devices are no longer loaded", err)
+			return
 		}
 		// Only the kernel's own: anyone with CAP_NET_ADMIN may send here.
 		if nl, ok := from.(*unix.SockaddrNetlink); !ok || nl.Pid != 0 {
@@ -208,6 +218,7 @@ func (p *Plugger) handle(ev *uevent) {
 	if ev.seqnum > p.handled {
 		p.handled = ev.seqnum
 	}
+	p.lastEvent = time.Now()
 	p.mu.Unlock()
 }
 
@@ -247,18 +258,20 @@ func parseUevent(b []byte) *uevent {
 	return ev
 }
 
-// Settle waits until every uevent the kernel has sent is handled and no
-// driver is loading, including the events of the devices those drivers
-// made: then every device known so far has its driver. A device that a
-// driver finds later (a disk after a slow bus scan) still comes as a
-// uevent and is handled then.
+// Settle waits until no driver is loading and the kernel's uevents are
+// handled, including those of the devices the drivers made: then every
+// device known so far has its driver. The kernel numbers its events
+// across network namespaces and delivers a namespace's own only there,
+// so the events are taken as handled when this namespace's last one is
+// or when none came for quiet. A device that a driver finds later (a
+// disk after a slow bus scan) still comes as a uevent and is handled then.
 func (p *Plugger) Settle(ctx context.Context) error {
 	for {
 		target := p.seqnum()
 		p.mu.Lock()
-		settled := p.handled >= target && p.busy == 0
+		settled := p.busy == 0 && (p.handled >= target || time.Since(p.lastEvent) > quiet)
 		p.mu.Unlock()
-		if settled && p.seqnum() == target {
+		if settled {
 			return nil
 		}
 		select {
@@ -269,12 +282,16 @@ func (p *Plugger) Settle(ctx context.Context) error {
 	}
 }
 
-// Stop ends the handling of uevents.
+// quiet is how long without a uevent counts as all handled.
+const quiet = 200 * time.Millisecond
+
+// Stop ends the handling of uevents and returns once the socket is
+// closed.
 func (p *Plugger) Stop() {
 	p.mu.Lock()
 	p.stop = true
 	p.mu.Unlock()
-	unix.Close(p.fd)
+	<-p.done
 }
 
 // describe names a device for the console: its bus, address and, for PCI

@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-os/plinth/init/kmod"
+	"github.com/plinth-os/plinth/internal/netnstest"
 )
 
 // fakeSys is a sysfs with devices (by path under devices/) on buses.
@@ -150,5 +153,46 @@ func TestParseUevent(t *testing.T) {
 		if ev := parseUevent([]byte(bad)); ev != nil {
 			t.Errorf("parseUevent(%q) = %+v, want nil", bad, ev)
 		}
+	}
+}
+
+// The listener on the real kernel: in a network namespace of its own, a
+// uevent of its loopback device (which has no modalias) is handled, then
+// Settle returns, and Stop closes the socket.
+func TestListenRealUevents(t *testing.T) {
+	if !netnstest.InOwnNetns(t) {
+		return
+	}
+	// A sysfs of this namespace's, where lo is its own.
+	if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	al, _ := kmod.ParseAliases(strings.NewReader(""))
+	p, err := Start("/sys", t.TempDir(), mods, al, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := p.seqnum()
+	if err := os.WriteFile("/sys/class/net/lo/uevent", []byte("change"), 0o200); err != nil {
+		t.Fatal(err)
+	}
+	handled := func() uint64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.handled
+	}
+	for deadline := time.Now().Add(10 * time.Second); handled() <= before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the event after %d was not handled in 10 s", before)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Stop()
+	if err := unix.Close(p.fd); err == nil {
+		t.Error("the socket was still open after Stop")
 	}
 }

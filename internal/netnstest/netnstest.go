@@ -6,6 +6,7 @@
 package netnstest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -108,4 +109,28 @@ func (s *Segment) DialContext(h *Host) func(ctx context.Context, network, addr s
 	}
 	s.t.Cleanup(func() { ns.Close() })
 	return cnet.DialContextIn(ns, &net.Dialer{Timeout: 5 * time.Second})
+}
+
+// InOwnNetns runs the calling test again in a process of its own, in new
+// network and mount namespaces, so that it can make bridges and mounts
+// freely; it returns true in that process, false in the parent after
+// the child passed.
+func InOwnNetns(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv("PLINTH_OWN_NETNS") == t.Name() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	cmd := exec.Command("unshare", "--net", "--mount", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), "PLINTH_OWN_NETNS="+t.Name())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v in its own namespaces:\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
+		t.Fatalf("the test did not run in its own namespaces:\n%s", out)
+	}
+	return false
 }
