@@ -52,11 +52,11 @@ func uptime() time.Duration {
 
 // phase prints one boot-phase line on the console.
 func phase(format string, args ...any) {
-	fmt.Fprintf(os.Stdout, "plinth: [%7.3fs] %s\n", uptime().Seconds(), fmt.Sprintf(format, args...))
+	fmt.Fprintf(console, "plinth: [%7.3fs] %s\n", uptime().Seconds(), fmt.Sprintf(format, args...))
 }
 
 // say prints a console line without a timestamp, for messages meant for a
 // person at the console (errors, instructions).
 func say(format string, args ...any) {
-	fmt.Fprintf(os.Stdout, "plinth: "+format+"\n", args...)
+	fmt.Fprintf(console, "plinth: "+format+"\n", args...)
 }

@@ -2,7 +2,6 @@ package boot
 
 import (
 	"fmt"
-	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -57,7 +56,7 @@ func crash(v any) {
 	crashOnce.Do(func() {
 		say("PANIC: %v", v)
 		for _, l := range strings.Split(strings.TrimSpace(string(debug.Stack())), "\n") {
-			fmt.Fprintf(os.Stdout, "plinth:   %s\n", l)
+			fmt.Fprintf(console, "plinth:   %s\n", l)
 		}
 		unix.Sync()
 		panicPolicy.Lock()

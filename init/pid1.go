@@ -23,7 +23,8 @@ import (
 func pid1() {
 	cl := readCmdline()
 	applyPanicPolicy(cl, nil)
-	slog.SetDefault(ConsoleLogger(os.Stdout))
+	openConsoles()
+	slog.SetDefault(ConsoleLogger(console))
 	phase("init: started (pid 1)")
 
 	// Everything that could go wrong later needs these: the kernel reboots
@@ -287,6 +288,7 @@ func maintenance(src string, err error, power <-chan powerEvent) {
 func supervisorConfig(m config.Machine) supervise.Config {
 	c := supervise.DefaultConfig()
 	c.StopTimeout = m.Boot.ShutdownTimeout.Duration
+	c.Output = console
 	return c
 }
 

@@ -42,6 +42,7 @@ func stage1() {
 	must(mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"))
 	must(mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
 	must(mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""))
+	openConsoles()
 	cl := readCmdline()
 	applyPanicPolicy(cl, nil)
 	phase("stage1: started")

@@ -5,10 +5,12 @@ package vmtest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -204,4 +206,75 @@ func TestDriverlessNIC(t *testing.T) {
 	if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestConsolesSerialAndVGA: with console=ttyS0 console=tty0 (the screen
+// last, so it is /dev/console), init's lines and its services' reach
+// both: the serial port, which the harness reads, and the VGA text
+// screen, read from the card's memory through QEMU's monitor.
+func TestConsolesSerialAndVGA(t *testing.T) {
+	kernel, initrd := genericImage(t)
+	vm := StartT(t, Config{Name: "vga", Kernel: kernel, Initrd: initrd, Memory: 768, Cmdline: "console=tty0",
+		NICs: []NIC{{User: &UserNet{}}}, ExtraArgs: []string{"-device", "VGA"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+		t.Fatal(err)
+	}
+	var screen string
+	for {
+		var err error
+		if screen, err = vgaText(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(screen, "plinth: ready in ") && strings.Contains(screen, "hostd: ") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the VGA screen shows no line of init's and hostd's:\n%s", screen)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// vgaText reads the VGA text memory through the monitor's xp command:
+// cells of character and attribute bytes from 0xb8000, 80 to a line. The
+// kernel's console scrolls by moving the screen's start through all
+// 32 KiB of it, so all of it is read.
+func vgaText(ctx context.Context, vm *VM) (string, error) {
+	raw, err := vm.QMP(ctx, "human-monitor-command", map[string]string{"command-line": "xp /32768bx 0xb8000"})
+	if err != nil {
+		return "", err
+	}
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return "", err
+	}
+	// Lines of "00000000000b8000: 0x70 0x07 ...".
+	var cells []byte
+	for _, line := range strings.Split(out, "\n") {
+		_, bytesPart, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		for _, b := range strings.Fields(bytesPart) {
+			v, err := strconv.ParseUint(strings.TrimPrefix(b, "0x"), 16, 8)
+			if err != nil {
+				return "", fmt.Errorf("monitor output %q: %w", line, err)
+			}
+			cells = append(cells, byte(v))
+		}
+	}
+	var text strings.Builder
+	for i := 0; i+1 < len(cells); i += 2 {
+		if i > 0 && i%160 == 0 {
+			text.WriteByte('\n')
+		}
+		c := cells[i]
+		if c < 0x20 || c > 0x7e {
+			c = ' '
+		}
+		text.WriteByte(c)
+	}
+	return text.String(), nil
 }
