@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/imagestore"
+	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/host/job"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
@@ -30,6 +32,13 @@ import (
 // drift in the host's speed does not favour one side.
 func BenchmarkBootReady(b *testing.B) {
 	kernel, initrd := plinthImage(b)
+	// Against busybox on the image's own kernel: each flavour's floor.
+	if data, err := os.ReadFile(filepath.Join(filepath.Dir(kernel), image.ManifestName)); err == nil {
+		var m image.Manifest
+		if json.Unmarshal(data, &m) == nil {
+			fmt.Printf("bench boot-image: flavour %s, kernel %s\n", m.Flavour, m.KernelRelease)
+		}
+	}
 	bb := filepath.Join(b.TempDir(), "busybox.img")
 	if err := BusyboxInitrd(bb); err != nil {
 		b.Fatal(err)
