@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/plinth-os/plinth/host/imagestore"
-	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/host/job"
+	"github.com/plinth-os/plinth/image"
 	"github.com/plinth-os/plinth/services/controller"
 	"github.com/plinth-os/plinth/services/scheduler"
 )

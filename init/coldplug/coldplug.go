@@ -77,13 +77,30 @@ func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(
 func newPlugger(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(string, ...any)) *Plugger {
 	p := &Plugger{sys: sys, dir: dir, mods: mods, aliases: aliases, say: say, fd: -1, loadAll: kmod.LoadAll,
 		done: make(chan struct{}), loaded: map[string]bool{}}
-	// A module already in the kernel (stage 1's, or built in) is done.
-	for _, m := range mods {
-		if _, err := os.Stat(filepath.Join(sys, "module", m.Name, "initstate")); err == nil {
-			p.loaded[m.Name] = true
-		}
+	// A module already in the kernel (stage 1's) is done: one read of
+	// /proc/modules rather than a look into sysfs for each.
+	for _, m := range loadedModules() {
+		p.loaded[m] = true
 	}
 	return p
+}
+
+// loadedModules are the modules in the kernel now.
+func loadedModules() []string {
+	data, _ := os.ReadFile("/proc/modules")
+	return moduleNames(string(data))
+}
+
+// moduleNames reads the names of /proc/modules: "name size refs deps
+// state address", one module per line.
+func moduleNames(procModules string) []string {
+	var names []string
+	for _, line := range strings.Split(procModules, "\n") {
+		if name, _, ok := strings.Cut(line, " "); ok {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 // seqnum is the number of the kernel's last uevent.
@@ -95,7 +112,7 @@ func (p *Plugger) seqnum() uint64 {
 
 // device is a device and its modalias.
 type device struct {
-	path     string // sysfs path, under /sys/devices
+	path     string // sysfs path: under devices/, or the bus's link to it
 	modalias string
 }
 
@@ -116,11 +133,9 @@ func (p *Plugger) scan() {
 		if err != nil {
 			continue
 		}
-		real, err := filepath.EvalSymlinks(filepath.Dir(f))
-		if err != nil {
-			real = filepath.Dir(f)
-		}
-		devs = append(devs, device{path: real, modalias: strings.TrimSpace(string(data))})
+		// The bus's link to the device serves as well as its real path,
+		// and resolving it costs a look at every component.
+		devs = append(devs, device{path: filepath.Dir(f), modalias: strings.TrimSpace(string(data))})
 	}
 	p.load(devs)
 }

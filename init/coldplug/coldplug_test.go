@@ -84,9 +84,6 @@ func TestScanLoadsWhatDevicesNeed(t *testing.T) {
 	f.device("pci", "pci0000:00/0000:00:03.0", "pci:v00001022d00002000sv00001AF4sd00001100bc02sc00i00", map[string]string{}) // pcnet: no driver here
 	f.device("acpi", "LNXSYSTM:00/PNP0C0C:00", "acpi:PNP0C0C:", map[string]string{})
 	f.device("platform", "platform/serial8250", "platform:serial8250", map[string]string{}) // a bus no alias is for
-	// button is in the kernel already.
-	os.MkdirAll(filepath.Join(f.root, "module", "button"), 0o755)
-	os.WriteFile(filepath.Join(f.root, "module", "button", "initstate"), []byte("live\n"), 0o644)
 
 	al, err := kmod.ParseAliases(strings.NewReader(aliases))
 	if err != nil {
@@ -101,9 +98,11 @@ func TestScanLoadsWhatDevicesNeed(t *testing.T) {
 	})
 	rec := &recorder{failed: "usbhid"}
 	p.loadAll = rec.loadAll
+	p.loaded["button"] = true // in the kernel already
 	p.scan()
 	if len(rec.loads) != 1 || !slices.Equal(rec.loads[0], []string{"libata", "ahci", "e1000e"}) {
 		t.Fatalf("loads %v, want one of [libata ahci e1000e] (dependency first, button loaded already)", rec.loads)
+
 	}
 	for _, want := range []string{"driver e1000e for pci 0000:00:02.0 8086:10d3", "driver ahci for pci 0000:00:1f.2 8086:2922"} {
 		if !slices.Contains(said, want) {
@@ -194,5 +193,12 @@ func TestListenRealUevents(t *testing.T) {
 	p.Stop()
 	if err := unix.Close(p.fd); err == nil {
 		t.Error("the socket was still open after Stop")
+	}
+}
+
+func TestModuleNames(t *testing.T) {
+	proc := "squashfs 73728 1 - Live 0x0000000000000000\nloop 32768 2 - Live 0x0000000000000000\n"
+	if got := moduleNames(proc); !slices.Equal(got, []string{"squashfs", "loop"}) {
+		t.Errorf("moduleNames = %v", got)
 	}
 }
