@@ -2,6 +2,9 @@ package boot
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/plinth-os/plinth/init/coldplug"
@@ -11,7 +14,8 @@ import (
 // hardware loads the drivers of the machine's devices from the image's
 // alias table, now and as devices come (see init/coldplug).
 type hardware struct {
-	p *coldplug.Plugger // nil: no drivers are loaded
+	p       *coldplug.Plugger // nil: no drivers are loaded
+	aliases *kmod.Aliases
 }
 
 // startColdplug loads the drivers for the devices the machine has now
@@ -33,7 +37,24 @@ func startColdplug(dir string, mods []kmod.Module) *hardware {
 		return &hardware{}
 	}
 	phase("init: drivers for the devices present loaded in %.3fs", time.Since(start).Seconds())
-	return &hardware{p: p}
+	return &hardware{p: p, aliases: aliases}
+}
+
+// driven returns those of the PCI devices devs (sysfs directories) that
+// have a driver, or will have one: the image has one that matches them.
+func (h *hardware) driven(devs []string) []string {
+	var out []string
+	for _, d := range devs {
+		if _, err := os.Stat(filepath.Join(d, "driver")); err == nil {
+			out = append(out, d)
+			continue
+		}
+		modalias, _ := os.ReadFile(filepath.Join(d, "modalias"))
+		if h.aliases != nil && len(h.aliases.Match(strings.TrimSpace(string(modalias)))) > 0 {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // settle waits, up to d, until the drivers known to be needed are loaded

@@ -46,7 +46,9 @@ func pid1() {
 	// drivers find; then the rest of the modules.
 	hw := startColdplug(modDir, mods)
 	modules := loadModules(modDir, mods, slot != "")
-	if ctrls := storageControllers("/sys"); len(ctrls) > 0 {
+	// Only controllers with a driver can show disks: the cloud kernel
+	// has none for q35's AHCI controller, and waits for nothing there.
+	if ctrls := hw.driven(storageControllers("/sys")); len(ctrls) > 0 {
 		var dev string
 		var err error
 		busy(func() {

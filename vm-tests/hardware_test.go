@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-os/plinth/host"
+	"github.com/plinth-os/plinth/host/slots"
+	"github.com/plinth-os/plinth/image"
 	boot "github.com/plinth-os/plinth/init"
 )
 
@@ -277,4 +280,84 @@ func vgaText(ctx context.Context, vm *VM) (string, error) {
 		text.WriteByte(c)
 	}
 	return text.String(), nil
+}
+
+// TestInstallGenericNVMe: the generic image, booted from the network on
+// a q35 machine whose only disk is NVMe, installs itself onto that disk;
+// a machine then boots the disk under UEFI: stage 1 loads the NVMe driver
+// from the initramfs to find slot A (coldplug), and the data partition
+// on the same disk is /var.
+func TestInstallGenericNVMe(t *testing.T) {
+	kernel, initrd := genericImage(t)
+	if _, err := os.Stat(OVMFCode); err != nil {
+		t.Skipf("needs OVMF (apt-get install ovmf): %v", err)
+	}
+	bundle, err := os.ReadFile(filepath.Join(filepath.Dir(kernel), image.BundleName))
+	if err != nil {
+		t.Skipf("no signed bundle (run make image-generic): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	target := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(target, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	bundlePath, creds, err := ClusterFiles(dir, "vmtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := NewSegment(t)
+
+	cfg := ClusterNode(0, 1, kernel, initrd, seg, bundlePath)
+	cfg.Name, cfg.Memory = "installer", 1024
+	cfg.Disks, cfg.DiskBus = []string{target}, DiskNVMe
+	vm := StartT(t, cfg)
+	if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+		t.Fatalf("%v\n%s", err, vm.ConsoleTail(40))
+	}
+	c, err := HostClient(vm, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Install(ctx, "/dev/nvme0n1", bytes.NewReader(bundle), host.InstallOptions{Cmdline: "console=ttyS0 quiet"})
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, vm.ConsoleTail(20))
+	}
+	if len(res.Partitions) != 4 || res.Partitions[3].Device != "/dev/nvme0n1p4" {
+		t.Fatalf("install answer %+v", res)
+	}
+	if err := vm.Powerdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.WaitExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg = ClusterNode(0, 1, "", "", seg, bundlePath)
+	cfg.Name, cfg.Memory, cfg.UEFI = "installed", 1024, true
+	cfg.Disks, cfg.DiskBus = []string{target}, DiskNVMe
+	vm = StartT(t, cfg)
+	if _, err := vm.WaitFor(ctx, "plinth: ready in "); err != nil {
+		t.Fatalf("%v\n%s", err, vm.ConsoleTail(40))
+	}
+	con := vm.Console()
+	for _, want := range []string{"coldplug: driver nvme for pci ", "stage1: slot a (/dev/nvme0n1p2", "init: data partition /dev/nvme0n1p4 mounted at /var"} {
+		if !strings.Contains(con, want) {
+			t.Errorf("console lacks %q:\n%s", want, vm.ConsoleTail(60))
+		}
+	}
+	if c, err = HostClient(vm, creds); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Slots.Booted != "a" || slotOf(info, "a").Entry != slots.EntryCommitted {
+		t.Errorf("booted from the disk: slots %+v, want slot a committed", info.Slots)
+	}
 }
