@@ -18,25 +18,30 @@ type hardware struct {
 	aliases *kmod.Aliases
 }
 
-// startColdplug loads the drivers for the devices the machine has now
-// from the modules of dir and returns once they are in; devices they
-// find, and devices plugged in later, get theirs in the background. The
-// console says which driver was loaded for which device.
-func startColdplug(dir string, mods []kmod.Module) *hardware {
+// startColdplug loads the drivers for the devices the machine has from
+// the modules of dir, and returns once those of the buses first names are
+// in; the others load in the background, then the drivers of the devices
+// they find and of devices plugged in later. The console says which
+// driver was loaded for which device.
+func startColdplug(dir string, mods []kmod.Module, first ...string) *hardware {
 	aliases, err := kmod.ReadAliases(dir)
 	if err != nil {
 		say("coldplug: %v; no drivers are loaded", err)
 		return &hardware{}
 	}
 	start := time.Now()
-	p, err := coldplug.Start("/sys", dir, mods, aliases, func(format string, args ...any) {
+	p, err := coldplug.Start("/sys", dir, mods, aliases, first, func(format string, args ...any) {
 		phase("coldplug: "+format, args...)
 	})
 	if err != nil {
 		say("coldplug: %v; no drivers are loaded", err)
 		return &hardware{}
 	}
-	phase("init: drivers for the devices present loaded in %.3fs", time.Since(start).Seconds())
+	if len(first) > 0 {
+		phase("coldplug: devices found, the drivers of %s's in, in %.3fs; the others load in the background", strings.Join(first, ", "), time.Since(start).Seconds())
+	} else {
+		phase("coldplug: devices found in %.3fs; their drivers load in the background", time.Since(start).Seconds())
+	}
 	return &hardware{p: p, aliases: aliases}
 }
 

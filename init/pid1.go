@@ -44,7 +44,8 @@ func pid1() {
 	// Drivers for the devices the machine has (the machine config's
 	// fw_cfg, the power button, disks, NICs), and later for those their
 	// drivers find; then the rest of the modules.
-	hw := startColdplug(modDir, mods)
+	// ACPI's at once: the machine config's fw_cfg and the power button.
+	hw := startColdplug(modDir, mods, "acpi")
 	modules := loadModules(modDir, mods, slot != "")
 	// Only controllers with a driver can show disks: the cloud kernel
 	// has none for q35's AHCI controller, and waits for nothing there.

@@ -45,12 +45,15 @@ type Plugger struct {
 	stop      bool
 }
 
-// Start opens the kernel's uevent stream, then loads the drivers for the
-// devices sysfs (at sys, normally "/sys") shows now, and returns once
-// they are in; devices that come later are handled in the background.
-// The stream is opened first, so a device that appears during the scan is
-// not missed. say reports each module loaded and for which device.
-func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(format string, args ...any)) (*Plugger, error) {
+// Start opens the kernel's uevent stream, then finds the devices sysfs
+// (at sys, normally "/sys") shows now, and returns once the drivers of
+// those on the buses first names are in: what the caller needs at once
+// (PID 1: the ACPI devices, its machine config's fw_cfg and the power
+// button). The other devices' drivers load in the background, with those
+// of devices that come later (Settle waits for them). The stream is opened
+// first, so a device that appears during the scan is not missed. say
+// reports each module loaded and for which device.
+func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, first []string, say func(format string, args ...any)) (*Plugger, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
 	if err != nil {
 		return nil, fmt.Errorf("uevent socket: %w", err)
@@ -69,9 +72,31 @@ func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(
 	p.fd = fd
 	// Events up to now are covered by the scan; later ones reach the socket.
 	p.handled, p.lastEvent = p.seqnum(), time.Now()
-	p.scan()
-	go p.listen()
+	now, later := splitByBus(p.scan(), first)
+	p.load(now)
+	p.mu.Lock()
+	p.busy++ // until later is loaded
+	p.mu.Unlock()
+	go func() {
+		p.load(later)
+		p.mu.Lock()
+		p.busy--
+		p.mu.Unlock()
+		p.listen()
+	}()
 	return p, nil
+}
+
+// splitByBus divides devs into those on the named buses and the rest.
+func splitByBus(devs []device, buses []string) (on, off []device) {
+	for _, d := range devs {
+		if slices.Contains(buses, d.bus) {
+			on = append(on, d)
+		} else {
+			off = append(off, d)
+		}
+	}
+	return on, off
 }
 
 func newPlugger(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, say func(string, ...any)) *Plugger {
@@ -113,12 +138,13 @@ func (p *Plugger) seqnum() uint64 {
 // device is a device and its modalias.
 type device struct {
 	path     string // sysfs path: under devices/, or the bus's link to it
+	bus      string
 	modalias string
 }
 
-// scan loads the drivers for every device on a bus now. Only buses that
-// some driver of the image is for are read: sysfs is slow under TCG.
-func (p *Plugger) scan() {
+// scan returns the devices on the buses some driver of the image is for
+// (sysfs is slow under TCG: only those are read).
+func (p *Plugger) scan() []device {
 	buses, _ := os.ReadDir(filepath.Join(p.sys, "bus"))
 	var files []string
 	for _, b := range buses {
@@ -135,9 +161,10 @@ func (p *Plugger) scan() {
 		}
 		// The bus's link to the device serves as well as its real path,
 		// and resolving it costs a look at every component.
-		devs = append(devs, device{path: filepath.Dir(f), modalias: strings.TrimSpace(string(data))})
+		bus := filepath.Base(filepath.Dir(filepath.Dir(filepath.Dir(f))))
+		devs = append(devs, device{path: filepath.Dir(f), bus: bus, modalias: strings.TrimSpace(string(data))})
 	}
-	p.load(devs)
+	return devs
 }
 
 // load loads what devs need that is not loaded yet, each module's
@@ -208,7 +235,7 @@ func (p *Plugger) listen() {
 			continue
 		case errors.Is(err, unix.ENOBUFS):
 			// Events were lost: look at everything again.
-			p.scan()
+			p.load(p.scan())
 			continue
 		case err != nil:
 			p.say("uevents: %v; drivers for new devices are no longer loaded", err)

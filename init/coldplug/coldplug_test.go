@@ -99,7 +99,7 @@ func TestScanLoadsWhatDevicesNeed(t *testing.T) {
 	rec := &recorder{failed: "usbhid"}
 	p.loadAll = rec.loadAll
 	p.loaded["button"] = true // in the kernel already
-	p.scan()
+	p.load(p.scan())
 	if len(rec.loads) != 1 || !slices.Equal(rec.loads[0], []string{"libata", "ahci", "e1000e"}) {
 		t.Fatalf("loads %v, want one of [libata ahci e1000e] (dependency first, button loaded already)", rec.loads)
 
@@ -167,7 +167,7 @@ func TestListenRealUevents(t *testing.T) {
 		t.Fatal(err)
 	}
 	al, _ := kmod.ParseAliases(strings.NewReader(""))
-	p, err := Start("/sys", t.TempDir(), mods, al, t.Logf)
+	p, err := Start("/sys", t.TempDir(), mods, al, nil, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +200,13 @@ func TestModuleNames(t *testing.T) {
 	proc := "squashfs 73728 1 - Live 0x0000000000000000\nloop 32768 2 - Live 0x0000000000000000\n"
 	if got := moduleNames(proc); !slices.Equal(got, []string{"squashfs", "loop"}) {
 		t.Errorf("moduleNames = %v", got)
+	}
+}
+
+func TestSplitByBus(t *testing.T) {
+	devs := []device{{path: "a", bus: "acpi"}, {path: "p", bus: "pci"}, {path: "b", bus: "acpi"}}
+	on, off := splitByBus(devs, []string{"acpi"})
+	if len(on) != 2 || on[0].path != "a" || on[1].path != "b" || len(off) != 1 || off[0].path != "p" {
+		t.Errorf("splitByBus: %+v, %+v", on, off)
 	}
 }
