@@ -29,6 +29,7 @@ type Flavour struct {
 var (
 	baseHardware = []string{
 		"virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_rng", // paravirtual devices (virtio_pci is their bus driver)
+		"sd_mod",          // the disks behind virtio_scsi (and SATA, SAS, USB)
 		"qemu_fw_cfg",     // machine config passed by QEMU -fw_cfg
 		"button", "evdev", // ACPI power button → clean poweroff
 	}
