@@ -33,9 +33,6 @@ var (
 	}
 )
 
-// DefaultKernel is the kernel of images built without --kernel.
-var DefaultKernel = CloudKernel
-
 // Release is the kernel release string (uname -r), derived from the package
 // name.
 func (k Kernel) Release() string {

@@ -41,10 +41,9 @@ func pid1() {
 	slot := cl[paramSlot]
 	modDir := filepath.Join("/lib/modules", kernelRelease())
 	mods := readModules(modDir)
-	// Drivers for the devices the machine has (the machine config's
-	// fw_cfg, the power button, disks, NICs), and later for those their
-	// drivers find; then the rest of the modules.
-	// ACPI's at once: the machine config's fw_cfg and the power button.
+	// Drivers for the devices the machine has: the ACPI devices' at once
+	// (the machine config's fw_cfg, the power button), the disks' and
+	// NICs' in the background, then those of the devices they find.
 	hw := startColdplug(modDir, mods, "acpi")
 	modules := loadModules(modDir, mods, slot != "")
 	// Only controllers with a driver can show disks: the cloud kernel
