@@ -97,17 +97,17 @@ func qemuArgs(c Config, stateDir string) []string {
 		if strings.HasSuffix(d, ".qcow2") {
 			format = "qcow2"
 		}
-		drive := "file=" + qemuEscape(d) + ",format=" + format
+		file := "file=" + qemuEscape(d)
 		switch c.DiskBus {
 		case DiskAHCI:
 			// q35's AHCI controller has six ports, buses ide.0 to ide.5.
-			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d", drive, i),
+			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d,format=%s", file, i, format),
 				"-device", fmt.Sprintf("ide-hd,drive=disk%d,bus=ide.%d", i, i))
 		case DiskNVMe:
-			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d", drive, i),
+			args = append(args, "-drive", fmt.Sprintf("%s,if=none,id=disk%d,format=%s", file, i, format),
 				"-device", fmt.Sprintf("nvme,drive=disk%d,serial=plinth%d", i, i))
 		default:
-			args = append(args, "-drive", drive+",if=virtio")
+			args = append(args, "-drive", file+",if=virtio,format="+format)
 		}
 	}
 	return append(args, c.ExtraArgs...)

@@ -125,6 +125,30 @@ func TestQEMUArgsDisksMachineConfigEscaping(t *testing.T) {
 	if got := option(args, "-drive"); !slices.Equal(got, wantDrive) {
 		t.Errorf("-drive %q, want %q", got, wantDrive)
 	}
+	// The disks of real machines, and a NIC model.
+	c.DiskBus, c.NICs = DiskAHCI, []NIC{{Model: "e1000e", User: &UserNet{}}}
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ahci := qemuArgs(c, "/st")
+	if got, want := option(ahci, "-drive"), []string{"file=/d/data.img,if=none,id=disk0,format=raw", "file=/d/x,,y.qcow2,if=none,id=disk1,format=qcow2"}; !slices.Equal(got, want) {
+		t.Errorf("AHCI -drive %q, want %q", got, want)
+	}
+	if got := option(ahci, "-device"); !slices.Contains(got, "ide-hd,drive=disk1,bus=ide.1") || !slices.Contains(got, "e1000e,netdev=net0") {
+		t.Errorf("AHCI and e1000e -device %q", got)
+	}
+	c.DiskBus = DiskNVMe
+	if got := option(qemuArgs(c, "/st"), "-device"); !slices.Contains(got, "nvme,drive=disk0,serial=plinth0") {
+		t.Errorf("NVMe -device %q", got)
+	}
+	c.DiskBus = "scsi"
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "disk bus") {
+		t.Errorf("an unknown disk bus: %v", err)
+	}
+	c.DiskBus, c.Machine = DiskAHCI, "pc"
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "q35") {
+		t.Errorf("AHCI on pc: %v", err)
+	}
 	if got := option(args, "-fw_cfg"); !slices.Equal(got, []string{"name=opt/plinth/config,file=/st,,ate/machine-config"}) {
 		t.Errorf("-fw_cfg %q", got)
 	}
