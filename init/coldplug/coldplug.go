@@ -39,7 +39,7 @@ type Plugger struct {
 
 	mu        sync.Mutex
 	handled   uint64          // the last uevent sequence number handled
-	lastEvent time.Time       // when it was
+	lastEvent time.Time       // when it was, or the last load ended
 	busy      int             // loads under way
 	loaded    map[string]bool // modules loaded or tried
 	stop      bool
@@ -81,6 +81,7 @@ func Start(sys, dir string, mods []kmod.Module, aliases *kmod.Aliases, first []s
 		p.load(later)
 		p.mu.Lock()
 		p.busy--
+		p.lastEvent = time.Now()
 		p.mu.Unlock()
 		p.listen()
 	}()
@@ -197,6 +198,9 @@ func (p *Plugger) load(devs []device) {
 	defer func() {
 		p.mu.Lock()
 		p.busy--
+		// The devices a driver made are uevents the listener has yet to
+		// read: the quiet that Settle may take for all handled starts now.
+		p.lastEvent = time.Now()
 		p.mu.Unlock()
 	}()
 	if len(mods) == 0 {

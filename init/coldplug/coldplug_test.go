@@ -128,6 +128,19 @@ func TestScanLoadsWhatDevicesNeed(t *testing.T) {
 		t.Errorf("handled %d, want 14", p.handled)
 	}
 
+	// A load just ended: its devices' events may still be unread, so
+	// Settle does not take the quiet for all handled yet.
+	os.MkdirAll(filepath.Join(f.root, "kernel"), 0o755)
+	os.WriteFile(filepath.Join(f.root, "kernel", "uevent_seqnum"), []byte("14\n"), 0o644)
+	p.handled, p.lastEvent = 13, time.Now().Add(-time.Second)
+	p.load(nil)
+	early, cancelEarly := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelEarly()
+	if err := p.Settle(early); err == nil {
+		t.Fatal("settled with an event unread right after a load")
+	}
+	p.handled = 14
+
 	// Settle: done once the kernel's last event is handled.
 	os.MkdirAll(filepath.Join(f.root, "kernel"), 0o755)
 	os.WriteFile(filepath.Join(f.root, "kernel", "uevent_seqnum"), []byte("15\n"), 0o644)
