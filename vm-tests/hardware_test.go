@@ -25,18 +25,7 @@ import (
 // image-generic), or skips the test.
 func genericImage(t testing.TB) (kernel, initrd string) {
 	t.Helper()
-	testKernel(t) // root and QEMU checks
-	dir := os.Getenv("PLINTH_GENERIC_IMAGE_DIR")
-	if dir == "" {
-		dir = "../out/generic"
-	}
-	kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
-	for _, f := range []string{kernel, initrd} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("no generic image (run make image-generic): %v", err)
-		}
-	}
-	return kernel, initrd
+	return builtImage(t, "PLINTH_GENERIC_IMAGE_DIR", "../out/generic", "make image-generic")
 }
 
 // dhcpServer runs dnsmasq on a port of seg, leasing 10.61.0.0/24 with

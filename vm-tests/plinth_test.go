@@ -18,15 +18,21 @@ import (
 // skips the test.
 func plinthImage(t testing.TB) (kernel, initrd string) {
 	t.Helper()
+	return builtImage(t, "PLINTH_IMAGE_DIR", "../out", "make image")
+}
+
+// builtImage returns the kernel and initrd of the image in the directory
+// env names (default dir), or skips the test, saying to run target.
+func builtImage(t testing.TB, env, dir, target string) (kernel, initrd string) {
+	t.Helper()
 	testKernel(t) // root and QEMU checks
-	dir := os.Getenv("PLINTH_IMAGE_DIR")
-	if dir == "" {
-		dir = "../out"
+	if d := os.Getenv(env); d != "" {
+		dir = d
 	}
 	kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
 	for _, f := range []string{kernel, initrd} {
 		if _, err := os.Stat(f); err != nil {
-			t.Skipf("no plinth image (run make image): %v", err)
+			t.Skipf("no image in %s (run %s): %v", dir, target, err)
 		}
 	}
 	return kernel, initrd
